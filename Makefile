@@ -1,0 +1,52 @@
+# llamaindex-rerankers: `make demo` sets up and runs the demo, `make test` sets up and runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED ?= $(abspath ../shared)
+
+# Machines without internet keep offline stand-ins in ../shared; point the defaults at them
+# explicitly (the library never substitutes a model on its own).
+ifneq ($(wildcard $(SHARED)/models/minilm-l6-ce/config.json),)
+export LLAMAINDEX_RERANKERS_CROSS_ENCODER ?= $(SHARED)/models/minilm-l6-ce
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+endif
+export LLAMAINDEX_RERANKERS_DATA ?= $(SHARED)/data
+export TOKENIZERS_PARALLELISM ?= false
+export ANONYMIZED_TELEMETRY ?= False
+
+.PHONY: setup demo test lint typecheck bench-cross-encoder bench-llm clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The local CPU build of torch first, so that nothing pulls a CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	source scripts/offline-env.sh && $(BIN)/llamaindex-rerankers demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+test: lint typecheck
+	source scripts/offline-env.sh && $(BIN)/python -m pytest
+
+bench-cross-encoder: setup
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_cross_encoder.py
+
+bench-llm: setup
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,24 @@
+"""Rerankers for LlamaIndex: a cross-encoder and an LLM likelihood-label reranker.
+
+Importing this package is light: torch, sentence-transformers, chromadb and openai are imported
+only when a model, index or client is first used.
+
+Example:
+    >>> from llamaindex_rerankers import CrossEncoderReranker
+    >>> reranker = CrossEncoderReranker(top_n=3)
+"""
+
+from __future__ import annotations
+
+from llamaindex_rerankers.base import BaseReranker, Judgement, RerankerEndEvent, RerankReport
+from llamaindex_rerankers.cross_encoder import CrossEncoderReranker, ModelLoadError
+
+__all__ = [
+    "BaseReranker",
+    "CrossEncoderReranker",
+    "Judgement",
+    "ModelLoadError",
+    "RerankReport",
+    "RerankerEndEvent",
+]
+__version__ = "0.1.0"

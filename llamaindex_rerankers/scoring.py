@@ -1,0 +1,91 @@
+"""Pure scoring maths shared by every reranker: no I/O, no models.
+
+Everything here is a plain function over numbers so that it can be tested exhaustively.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def sigmoid(x: float) -> float:
+    """Numerically stable logistic function, mapping a logit to (0, 1).
+
+    Example:
+        >>> sigmoid(0.0)
+        0.5
+    """
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def rank_prior(position: int, total: int) -> float:
+    """First-stage score of the candidate at 0-based ``position`` among ``total``, by rank.
+
+    Linear in rank: the first candidate gets 1.0, the last ``1/total``. Rank-based rather than
+    score-based so that it is comparable across retrievers (BM25 scores, cosine similarities
+    and missing scores all map the same way).
+
+    Example:
+        >>> [rank_prior(i, 4) for i in range(4)]
+        [1.0, 0.75, 0.5, 0.25]
+    """
+    if total <= 0 or not 0 <= position < total:
+        raise ValueError(f"position must be in [0, {total}), got {position}")
+    return (total - position) / total
+
+
+def fuse(rerank_score: float, prior: float, weight: float) -> float:
+    """Blend a rerank score with a first-stage prior: ``(1 - weight) * rerank + weight * prior``.
+
+    Example:
+        >>> fuse(0.2, 1.0, 0.5)
+        0.6
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    return (1.0 - weight) * rerank_score + weight * prior
+
+
+def clamp_unit(x: float) -> float:
+    """Clamp a finite float to [0, 1]; NaN and infinities raise ``ValueError``."""
+    if not math.isfinite(x):
+        raise ValueError(f"score must be finite, got {x}")
+    return min(1.0, max(0.0, float(x)))
+
+
+def rank_order(scores: Sequence[float | None]) -> list[int]:
+    """Indices in reranked order: judged candidates by score, highest first, ties by input order;
+    unjudged candidates (``None``) after every judged one, in input order.
+
+    Example:
+        >>> rank_order([0.2, None, 0.9, 0.2])
+        [2, 0, 3, 1]
+    """
+    judged = [i for i, s in enumerate(scores) if s is not None]
+    unjudged = [i for i, s in enumerate(scores) if s is None]
+    # sorted() is stable, so equal scores keep their input (retrieval) order.
+    judged.sort(key=lambda i: -(scores[i] or 0.0))
+    return judged + unjudged
+
+
+def select(
+    order: Sequence[int],
+    scores: Sequence[float | None],
+    top_n: int | None = None,
+    min_score: float | None = None,
+) -> list[int]:
+    """Apply the cut-offs to a ranked list of indices.
+
+    ``min_score`` drops judged candidates scoring below it; unjudged candidates are never dropped
+    by the threshold (a failure must not lose a node). ``top_n`` then keeps the first ``top_n``.
+
+    Example:
+        >>> select([2, 0, 1], [0.5, None, 0.9], top_n=2, min_score=0.6)
+        [2, 1]
+    """
+    kept = [i for i in order if min_score is None or scores[i] is None or scores[i] >= min_score]  # type: ignore[operator]
+    return kept if top_n is None else kept[:top_n]
