@@ -33,5 +33,6 @@ def require(module: str) -> ModuleType:
     except ImportError as exc:
         top = module.split(".")[0]
         hint = _INSTALL_HINTS.get(top, f"pip install {top}")
-        raise ImportError(f"{module!r} is needed here but could not be imported ({exc}). "
-                          f"Install it with: {hint}") from exc
+        raise ImportError(
+            f"{module!r} is needed here but could not be imported ({exc}). Install it with: {hint}"
+        ) from exc

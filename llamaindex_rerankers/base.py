@@ -207,8 +207,11 @@ class BaseReranker(BaseNodePostprocessor):
         model_scores: list[float | None] = []
         for i, j in enumerate(judgements):
             if j.score is not None and not math.isfinite(j.score):
-                logger.warning("%s gave a non-finite score for node %d; treating it as unjudged",
-                               self.class_name(), i)
+                logger.warning(
+                    "%s gave a non-finite score for node %d; treating it as unjudged",
+                    self.class_name(),
+                    i,
+                )
                 model_scores.append(None)
             else:
                 model_scores.append(None if j.score is None else clamp_unit(j.score))
@@ -223,8 +226,14 @@ class BaseReranker(BaseNodePostprocessor):
         report.best_score = max(judged) if judged else None
         report.n_returned = len(chosen)
         return [
-            _new_node(nodes[i], final[i], model_scores[i], i + 1, judgements[i].metadata,
-                      fused=self.retrieval_weight > 0)
+            _new_node(
+                nodes[i],
+                final[i],
+                model_scores[i],
+                i + 1,
+                judgements[i].metadata,
+                fused=self.retrieval_weight > 0,
+            )
             for i in chosen
         ]
 
