@@ -11,10 +11,12 @@ Example:
 from __future__ import annotations
 
 from llamaindex_rerankers.base import BaseReranker, Judgement, RerankerEndEvent, RerankReport
+from llamaindex_rerankers.cascade import CascadeReranker
 from llamaindex_rerankers.cross_encoder import CrossEncoderReranker, ModelLoadError
 
 __all__ = [
     "BaseReranker",
+    "CascadeReranker",
     "CrossEncoderReranker",
     "Judgement",
     "ModelLoadError",

@@ -42,10 +42,13 @@ class Judgement:
         score: relevance in [0, 1], or ``None`` when the passage could not be judged (the base
             then keeps the node, after every judged one, in retrieval order).
         metadata: extra per-node metadata (``rerank_*`` keys) to attach to the output node.
+        pruned: the reranker deliberately leaves this passage out, as ``top_n`` would (a
+            cascade's first stage cut it). Never used for failures: those are ``score=None``.
     """
 
     score: float | None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    pruned: bool = False
 
 
 @dataclass
@@ -58,6 +61,7 @@ class RerankReport:
         n_candidates: nodes received.
         n_returned: nodes returned after ``min_score`` and ``top_n``.
         n_unjudged: nodes the reranker could not judge (kept, never dropped).
+        n_pruned: nodes a multi-stage reranker cut on purpose before its last stage.
         best_score: highest rerank score among judged nodes, ``None`` if none was judged.
         counters: reranker-specific figures (LLM calls, tokens, cache hits, truncations ...).
     """
@@ -66,6 +70,7 @@ class RerankReport:
     n_candidates: int = 0
     n_returned: int = 0
     n_unjudged: int = 0
+    n_pruned: int = 0
     best_score: float | None = None
     counters: dict[str, float] = field(default_factory=dict)
 
@@ -219,10 +224,16 @@ class BaseReranker(BaseNodePostprocessor):
             None if s is None else fuse(s, rank_prior(i, total), self.retrieval_weight)
             for i, s in enumerate(model_scores)
         ]
-        chosen = select(rank_order(final), final, self.top_n, self.min_score)
+        order = [i for i in rank_order(final) if not judgements[i].pruned]
+        chosen = select(order, final, self.top_n, self.min_score)
 
-        judged = [s for s in model_scores if s is not None]
-        report.n_unjudged = total - len(judged)
+        judged = [
+            s
+            for s, j in zip(model_scores, judgements, strict=True)
+            if s is not None and not j.pruned
+        ]
+        report.n_pruned = sum(j.pruned for j in judgements)
+        report.n_unjudged = total - report.n_pruned - len(judged)
         report.best_score = max(judged) if judged else None
         report.n_returned = len(chosen)
         return [
@@ -294,6 +305,7 @@ def _report_dict(report: RerankReport) -> dict[str, Any]:
         "n_candidates": report.n_candidates,
         "n_returned": report.n_returned,
         "n_unjudged": report.n_unjudged,
+        "n_pruned": report.n_pruned,
         "best_score": report.best_score,
         **report.counters,
     }

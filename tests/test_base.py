@@ -19,27 +19,9 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from table_reranker import TableReranker
 
-from llamaindex_rerankers.base import BaseReranker, Judgement, RerankReport
-
-
-class TableReranker(BaseReranker):
-    """Scores each text from a fixed table; a missing text is 'could not judge'."""
-
-    table: dict[str, float] = {}
-    calls: int = 0
-    seen: list[str] = []
-
-    @property
-    def model_name(self) -> str:
-        return "table"
-
-    def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
-        self.calls += 1
-        self.seen = list(texts)
-        report.counters["looked_up"] = len(texts)
-        keys = [t.rsplit("\n", 1)[-1] for t in texts]  # the node text after its metadata header
-        return [Judgement(self.table.get(k), {"rerank_seen": k}) for k in keys]
+from llamaindex_rerankers.base import Judgement, RerankReport
 
 
 def nodes_for(*texts: str) -> list[NodeWithScore]:

@@ -1,0 +1,91 @@
+"""Two-stage reranking: a cheap reranker prunes K candidates to M, a stronger one orders those M."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.bridge.pydantic import Field
+
+from llamaindex_rerankers.base import BaseReranker, Judgement, RerankReport
+from llamaindex_rerankers.scoring import rank_order
+
+
+class CascadeReranker(BaseReranker):
+    """Prune with ``first`` (e.g. a cross-encoder) to the best ``keep``, then judge those with
+    ``second`` (e.g. the LLM reranker).
+
+    The returned score is the second stage's; each node also carries the first stage's score and
+    rank as ``rerank_stage1_score`` / ``rerank_stage1_rank`` and the first stage's own metadata
+    under ``rerank_stage1_*``. Candidates the first stage cut are left out on purpose (as
+    ``top_n`` would, counted as ``n_pruned`` in the report); a candidate the second stage fails to
+    judge is kept, after the judged ones. The stages' own ``top_n``, ``min_score`` and
+    ``retrieval_weight`` are not used: set them on the cascade.
+
+    Example:
+        >>> cascade = CascadeReranker(  # doctest: +SKIP
+        ...     first=CrossEncoderReranker(), second=LLMReranker(), keep=8, top_n=5
+        ... )
+    """
+
+    first: BaseReranker = Field(description="Cheap first stage that prunes K candidates to keep.")
+    second: BaseReranker = Field(description="Stronger second stage that orders the survivors.")
+    keep: int = Field(default=10, ge=1, description="How many candidates the second stage sees.")
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.first.model_name} -> {self.second.model_name}"
+
+    def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
+        r1, r2 = _run_stage(report, len(texts)), _run_stage(report, min(self.keep, len(texts)))
+        stage1 = self.first._judge(query, texts, r1)
+        survivors = self._survivors(stage1)
+        stage2 = self.second._judge(query, [texts[i] for i in survivors], r2)
+        _add_counters(report, r1, r2)
+        return _combine(stage1, survivors, stage2)
+
+    async def _ajudge(
+        self, query: str, texts: Sequence[str], report: RerankReport
+    ) -> list[Judgement]:
+        r1, r2 = _run_stage(report, len(texts)), _run_stage(report, min(self.keep, len(texts)))
+        stage1 = await self.first._ajudge(query, texts, r1)
+        survivors = self._survivors(stage1)
+        stage2 = await self.second._ajudge(query, [texts[i] for i in survivors], r2)
+        _add_counters(report, r1, r2)
+        return _combine(stage1, survivors, stage2)
+
+    def _survivors(self, stage1: Sequence[Judgement]) -> list[int]:
+        return rank_order([j.score for j in stage1])[: self.keep]
+
+
+def _run_stage(report: RerankReport, n: int) -> RerankReport:
+    return RerankReport(query=report.query, n_candidates=n)
+
+
+def _add_counters(parent: RerankReport, *stages: RerankReport) -> None:
+    """Sum the stages' figures (LLM calls, tokens, truncations ...) into the cascade's report."""
+    for stage in stages:
+        for key, value in stage.counters.items():
+            parent.counters[key] = parent.counters.get(key, 0) + value
+
+
+def _combine(
+    stage1: Sequence[Judgement], survivors: Sequence[int], stage2: Sequence[Judgement]
+) -> list[Judgement]:
+    if len(stage2) != len(survivors):
+        raise RuntimeError(
+            f"second stage returned {len(stage2)} judgements for {len(survivors)} passages"
+        )
+    out = [Judgement(None, _stage1_meta(j, None), pruned=True) for j in stage1]
+    for rank, (i, j) in enumerate(zip(survivors, stage2, strict=True), start=1):
+        out[i] = Judgement(j.score, {**_stage1_meta(stage1[i], rank), **j.metadata})
+    return out
+
+
+def _stage1_meta(j: Judgement, rank: int | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        f"rerank_stage1_{k.removeprefix('rerank_')}": v for k, v in j.metadata.items()
+    }
+    meta["rerank_stage1_score"] = j.score
+    meta["rerank_stage1_rank"] = rank
+    return meta

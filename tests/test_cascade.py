@@ -1,0 +1,60 @@
+"""CascadeReranker: the first stage prunes, the second orders the survivors."""
+
+from __future__ import annotations
+
+import asyncio
+
+from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
+from table_reranker import TableReranker
+
+from llamaindex_rerankers.cascade import CascadeReranker
+
+TEXTS = ["a", "b", "c", "d", "e"]
+FIRST = {"a": 0.1, "b": 0.8, "c": 0.6, "d": 0.9, "e": 0.3}  # order: d b c e a
+SECOND = {"b": 0.2, "c": 0.7, "d": 0.5}
+
+
+def nodes() -> list[NodeWithScore]:
+    return [NodeWithScore(node=TextNode(text=t, id_=t), score=1.0) for t in TEXTS]
+
+
+def cascade(**kwargs: object) -> CascadeReranker:
+    return CascadeReranker(
+        first=TableReranker(table=FIRST, metadata_mode=MetadataMode.NONE),
+        second=TableReranker(table=SECOND, metadata_mode=MetadataMode.NONE),
+        metadata_mode=MetadataMode.NONE,
+        **kwargs,
+    )
+
+
+def test_second_stage_sees_only_the_survivors_and_decides_the_order() -> None:
+    reranker = cascade(keep=3)
+    out = reranker.postprocess_nodes(nodes(), query_str="q")
+    assert [n.node.node_id for n in out] == ["c", "d", "b"]
+    assert [n.score for n in out] == [0.7, 0.5, 0.2]
+    # the second stage sees only the survivors, best first-stage score first
+    assert reranker.second.seen == ["d", "b", "c"]  # type: ignore[attr-defined]
+    meta = out[0].node.metadata
+    assert meta["rerank_stage1_score"] == 0.6 and meta["rerank_stage1_rank"] == 3
+    assert meta["retrieval_rank"] == 3  # the first-stage retrieval rank, not the cascade's
+    report = reranker.last_report
+    assert report is not None
+    assert (report.n_pruned, report.n_returned, report.counters["looked_up"]) == (2, 3, 8)
+
+
+def test_top_n_and_failures_in_the_second_stage() -> None:
+    # "b" has no second-stage score: it is kept, after the judged survivors.
+    reranker = cascade(keep=3, top_n=3)
+    partial = {"c": 0.7, "d": 0.5}
+    reranker.second.table = partial  # type: ignore[attr-defined]
+    out = reranker.postprocess_nodes(nodes(), query_str="q")
+    assert [n.node.node_id for n in out] == ["c", "d", "b"]
+    assert out[2].node.metadata["rerank_score"] is None
+
+
+def test_keep_larger_than_k_prunes_nothing_and_async_matches_sync() -> None:
+    reranker = cascade(keep=50)
+    sync_ids = [n.node.node_id for n in reranker.postprocess_nodes(nodes(), query_str="q")]
+    async_out = asyncio.run(reranker.apostprocess_nodes(nodes(), query_str="q"))
+    assert [n.node.node_id for n in async_out] == sync_ids == ["c", "d", "b", "a", "e"]
+    assert reranker.last_report is not None and reranker.last_report.n_pruned == 0
