@@ -1,0 +1,211 @@
+"""``llamaindex-rerankers eval``: run rerankers side by side on a BEIR dataset and report.
+
+Load (:mod:`.data`) → run (:mod:`.harness`) → score (:mod:`.metrics`) → a Markdown table on
+stdout, JSON with per-query and aggregate figures (``--output``), and a plot of nDCG@10 and
+latency against K (``--plot``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+
+from llamaindex_rerankers.evaluation.data import DatasetError, load_beir, load_trec_run
+from llamaindex_rerankers.evaluation.harness import (
+    ChromaStage,
+    FirstStage,
+    RunFileStage,
+    ScoredRun,
+    markdown_table,
+    plot_against_k,
+    run_rerankers,
+    score_runs,
+)
+
+#: Rerankers that need an OpenAI-compatible LLM endpoint.
+LLM_RERANKERS = frozenset({"llm", "cascade", "llmrerank", "rankgpt"})
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``eval`` options to a (sub)parser."""
+    parser.add_argument("--dataset", required=True, help="BEIR-layout folder (corpus.jsonl ...)")
+    parser.add_argument("--split", default="test", help="qrels split (default: test)")
+    parser.add_argument(
+        "--first-stage",
+        choices=("bm25-run", "chroma"),
+        default="bm25-run",
+        help="bm25-run: the dataset's runs/bm25_top100.trec (or --run-file); chroma: dense "
+        "retrieval through our Chroma pipeline (index built once in --persist-dir)",
+    )
+    parser.add_argument("--run-file", help="TREC run for --first-stage bm25-run")
+    parser.add_argument(
+        "--persist-dir",
+        help="Chroma folder for --first-stage chroma (default: .cache/eval-chroma/<dataset>)",
+    )
+    parser.add_argument(
+        "--top-k",
+        default="20",
+        help="candidates per query; a comma list (e.g. 10,20,50) runs each K (for --plot)",
+    )
+    parser.add_argument("--top-n", type=int, default=10, help="nodes each reranker returns")
+    parser.add_argument(
+        "--reranker",
+        default="none,cross-encoder",
+        help="comma list of: none, cross-encoder, llm, cascade, sbert, llmrerank, rankgpt",
+    )
+    parser.add_argument("--queries", type=int, help="only the first N queries")
+    parser.add_argument("--output", help="write results JSON here")
+    parser.add_argument("--plot", help="write a PNG of nDCG@10 and latency against K")
+    parser.add_argument(
+        "--cross-encoder-model",
+        help="cross-encoder for cross-encoder, "
+        "cascade and sbert (default: the library default / "
+        "$LLAMAINDEX_RERANKERS_CROSS_ENCODER)",
+    )
+    parser.add_argument(
+        "--cascade-keep",
+        type=int,
+        default=7,
+        help="candidates the cascade's LLM stage sees (default 7)",
+    )
+    parser.add_argument(
+        "--llm-base-url",
+        help="OpenAI-compatible endpoint for the LLM "
+        "rerankers; without it a local llama.cpp server is started",
+    )
+    parser.add_argument("--llm-model", help="model name at --llm-base-url")
+    parser.add_argument("--llm-api-key", help="API key (default: $OPENAI_API_KEY)")
+    parser.add_argument(
+        "--llm-gguf", help="GGUF for the local server (default: $LLAMAINDEX_RERANKERS_LLM_GGUF)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    base_url: str
+    model: str
+    api_key: str | None
+
+
+@contextlib.contextmanager
+def _llm_endpoint(args: argparse.Namespace, needed: bool) -> Iterator[_Endpoint | None]:
+    if not needed:
+        yield None
+        return
+    if args.llm_base_url:
+        if not args.llm_model:
+            raise ValueError("--llm-base-url needs --llm-model (the model name to request)")
+        yield _Endpoint(args.llm_base_url, args.llm_model, args.llm_api_key)
+        return
+    from llamaindex_rerankers.llm.server import local_llm_server
+
+    with local_llm_server(args.llm_gguf) as server:
+        yield _Endpoint(server.base_url, server.model, "not-needed")
+
+
+def _build(name: str, args: argparse.Namespace, endpoint: _Endpoint | None) -> Any:
+    from llamaindex_rerankers.registry import make_reranker
+
+    options: dict[str, Any] = {}
+    if name in ("cross-encoder", "sbert", "cascade") and args.cross_encoder_model:
+        options["cross_encoder_model" if name == "cascade" else "model"] = args.cross_encoder_model
+    if name in LLM_RERANKERS and endpoint is not None:
+        options.update(
+            llm_base_url=endpoint.base_url, llm_model=endpoint.model, llm_api_key=endpoint.api_key
+        )
+    if name == "cascade":
+        options["keep"] = args.cascade_keep
+    return make_reranker(name, top_n=args.top_n, **options)
+
+
+def _first_stage(args: argparse.Namespace, dataset: Any) -> FirstStage:
+    if args.first_stage == "chroma":
+        persist = args.persist_dir or str(Path(".cache") / "eval-chroma" / dataset.name)
+        return ChromaStage(dataset, persist, show_progress=not args.no_progress)
+    run_file = args.run_file or str(Path(args.dataset) / "runs" / "bm25_top100.trec")
+    return RunFileStage(dataset, load_trec_run(run_file))
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    """Execute ``eval``; returns the exit code. Bad input raises ``ValueError``/``DatasetError``."""
+    names = [n.strip() for n in args.reranker.split(",") if n.strip()]
+    try:
+        ks = sorted({int(k) for k in str(args.top_k).split(",") if k.strip()})
+    except ValueError:
+        raise ValueError(
+            f"--top-k takes integers, e.g. 20 or 10,20,50; got {args.top_k!r}"
+        ) from None
+    if not ks or min(ks) < 1:
+        raise ValueError("--top-k must be at least 1")
+    if args.top_n < 1 or args.top_n > max(ks):
+        raise ValueError(f"--top-n must be between 1 and the largest --top-k ({max(ks)})")
+    dataset = load_beir(args.dataset, args.split)
+    qids = dataset.query_ids(args.queries)
+    stage = _first_stage(args, dataset)
+    scored: list[ScoredRun] = []
+    with _llm_endpoint(args, needed=bool(LLM_RERANKERS.intersection(names))) as endpoint:
+        rerankers: dict[str, BaseNodePostprocessor | None] = {
+            n: _build(n, args, endpoint) for n in names
+        }
+        for k in ks:
+            runs = run_rerankers(
+                dataset,
+                stage,
+                rerankers,
+                top_k=k,
+                top_n=min(args.top_n, k),
+                query_ids=qids,
+                show_progress=not args.no_progress,
+                progress_desc=f"{dataset.name} {stage.name} K={k}",
+            )
+            scored.extend(score_runs(dataset, runs))
+    rows = [s.row() for s in scored]
+    print(f"\n{dataset.name} ({args.split}, {len(qids)} queries), first stage {stage.name}\n")
+    print(markdown_table(rows))
+    if args.output:
+        _write_json(Path(args.output), args, dataset.name, len(qids), stage.name, scored)
+        print(f"\nresults: {args.output}")
+    if args.plot:
+        print(f"plot: {plot_against_k(scored, args.plot)}")
+    return 0
+
+
+def _write_json(
+    path: Path,
+    args: argparse.Namespace,
+    dataset: str,
+    n_queries: int,
+    stage: str,
+    scored: Sequence[ScoredRun],
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "command": "llamaindex-rerankers " + " ".join(sys.argv[1:]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "dataset": dataset,
+        "split": args.split,
+        "queries": n_queries,
+        "first_stage": stage,
+        "results": [{**s.row(), "per_query": s.per_query} for s in scored],
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+__all__ = ["DatasetError", "add_eval_arguments", "run_eval_command"]

@@ -1,0 +1,381 @@
+"""Running rerankers side by side on the same first-stage candidates (the "run" step).
+
+Loading lives in :mod:`.data`, scoring in :mod:`.metrics`; this module only runs: for every query
+it takes the first stage's top K once and hands a fresh copy of those candidates to each
+reranker in turn, timing each call and collecting its LLM calls and tokens. The ranking a
+reranker returns is what gets scored, in its order (ties included), not re-sorted by score.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore, QueryBundle
+
+from llamaindex_rerankers.base import BaseReranker
+from llamaindex_rerankers.evaluation.data import Dataset, Run, candidates
+from llamaindex_rerankers.evaluation.metrics import evaluate, per_query
+
+logger = logging.getLogger(__name__)
+
+
+class FirstStage(Protocol):
+    """Where candidates come from: the top ``k`` nodes for a query, best first."""
+
+    name: str
+
+    def retrieve(self, query_id: str, query: str, k: int) -> list[NodeWithScore]: ...
+
+
+@dataclass
+class RunFileStage:
+    """Candidates from a TREC run file (e.g. the BM25 top-100 shipped with a dataset).
+
+    Example:
+        >>> stage = RunFileStage(ds, load_trec_run(".../runs/bm25_top100.trec"))  # doctest: +SKIP
+    """
+
+    dataset: Dataset
+    run: Run
+    name: str = "bm25-run"
+
+    def retrieve(self, query_id: str, query: str, k: int) -> list[NodeWithScore]:
+        return candidates(self.dataset, self.run, query_id, k)
+
+
+@dataclass
+class ChromaStage:
+    """Dense retrieval through our Chroma pipeline; the index is built once, persisted in
+    ``persist_dir`` and reused (re-indexing an unchanged corpus embeds nothing).
+
+    Documents longer than one chunk are split; a document's score is its best chunk's, and its
+    text is the whole document, so rerankers see the same passage whatever the first stage.
+    """
+
+    dataset: Dataset
+    persist_dir: str | Path
+    embed_model: Any = None
+    name: str = "chroma"
+    show_progress: bool = True
+    _index: Any = field(default=None, init=False, repr=False)
+
+    def _ensure_index(self) -> Any:
+        if self._index is None:
+            from llama_index.core import Document
+
+            from llamaindex_rerankers import pipeline
+
+            config = pipeline.ChromaConfig(
+                persist_dir=self.persist_dir, collection=f"eval-{self.dataset.name}"
+            )
+            embed = self.embed_model or pipeline.make_embed_model()
+            docs = [Document(id_=d.doc_id, text=d.content) for d in self.dataset.corpus.values()]
+            pipeline.index_documents(
+                docs, config, embed_model=embed, show_progress=self.show_progress
+            )
+            self._index = pipeline.load_index(config, embed_model=embed)
+        return self._index
+
+    def retrieve(self, query_id: str, query: str, k: int) -> list[NodeWithScore]:
+        from llama_index.core.schema import TextNode
+
+        retriever = self._ensure_index().as_retriever(similarity_top_k=2 * k)
+        best: dict[str, float] = {}
+        for hit in retriever.retrieve(query):
+            doc_id = hit.node.ref_doc_id or hit.node.node_id.split("#", 1)[0]
+            if doc_id not in best:  # hits come best first
+                best[doc_id] = float(hit.score or 0.0)
+        return [
+            NodeWithScore(node=TextNode(id_=d, text=self.dataset.corpus[d].content), score=s)
+            for d, s in list(best.items())[:k]
+        ]
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    """One reranker on one query: the doc ids it returned, best first, and what it cost."""
+
+    query_id: str
+    ranking: tuple[str, ...]
+    n_candidates: int
+    latency_s: float
+    counters: Mapping[str, float]
+    dropped: int  # expected min(top_n, K) nodes minus those returned (0 for our rerankers)
+
+
+@dataclass
+class RerankerRun:
+    """All queries of one reranker at one K."""
+
+    reranker: str
+    top_k: int
+    top_n: int | None
+    outcomes: dict[str, QueryOutcome] = field(default_factory=dict)
+
+    def as_run(self) -> Run:
+        """The rankings as a run whose scores preserve each returned order exactly."""
+        return {
+            q: [(doc, float(len(o.ranking) - i)) for i, doc in enumerate(o.ranking)]
+            for q, o in self.outcomes.items()
+        }
+
+
+@dataclass(frozen=True)
+class ScoredRun:
+    """A :class:`RerankerRun` scored: aggregate measures, latency, summed counters."""
+
+    reranker: str
+    top_k: int
+    top_n: int | None
+    queries: int
+    measures: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    latency_median_s: float
+    latency_p95_s: float
+    totals: dict[str, float]
+
+    def row(self) -> dict[str, Any]:
+        """A flat record for tables and JSON."""
+        return {
+            "reranker": self.reranker,
+            "top_k": self.top_k,
+            "top_n": self.top_n,
+            "queries": self.queries,
+            **self.measures,
+            "latency_median_s": self.latency_median_s,
+            "latency_p95_s": self.latency_p95_s,
+            **{f"total_{k}": v for k, v in sorted(self.totals.items())},
+        }
+
+
+class LLMUsageCounter(BaseEventHandler):
+    """Counts LLM calls and tokens seen by LlamaIndex instrumentation (for the anchors, whose
+    LLM traffic goes through LlamaIndex LLM classes)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "LLMUsageCounter"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        name = type(event).__name__
+        if name not in ("LLMChatEndEvent", "LLMCompletionEndEvent"):
+            return
+        self.calls += 1
+        response = getattr(event, "response", None)
+        usage = _usage(getattr(response, "raw", None))
+        self.prompt_tokens += usage.get("prompt_tokens", 0)
+        self.completion_tokens += usage.get("completion_tokens", 0)
+
+    def snapshot(self) -> tuple[int, int, int]:
+        return self.calls, self.prompt_tokens, self.completion_tokens
+
+
+def _usage(raw: Any) -> dict[str, int]:
+    usage = raw.get("usage") if isinstance(raw, Mapping) else getattr(raw, "usage", None)
+    if usage is None:
+        return {}
+    get = usage.get if isinstance(usage, Mapping) else lambda k, d=0: getattr(usage, k, d)
+    return {k: int(get(k, 0) or 0) for k in ("prompt_tokens", "completion_tokens")}
+
+
+def run_rerankers(
+    dataset: Dataset,
+    first_stage: FirstStage,
+    rerankers: Mapping[str, BaseNodePostprocessor | None],
+    *,
+    top_k: int,
+    top_n: int | None,
+    query_ids: Sequence[str] | None = None,
+    show_progress: bool = True,
+    progress_desc: str | None = None,
+) -> dict[str, RerankerRun]:
+    """Rerank the first stage's top ``top_k`` of every query with each reranker, side by side.
+
+    Args:
+        dataset: queries (and corpus) to run.
+        first_stage: where candidates come from; asked once per query.
+        rerankers: name -> postprocessor (``None`` keeps the first-stage order, cut to ``top_n``).
+            Each gets its own deep copy of the candidates (some anchors write into their input).
+        top_k: candidates per query.
+        top_n: nodes each reranker should return (``None``: all).
+        query_ids: which queries (default: all of the dataset's, in file order).
+        show_progress: tqdm bar over queries.
+
+    Returns:
+        name -> :class:`RerankerRun`.
+    """
+    from tqdm.auto import tqdm
+
+    qids = list(query_ids) if query_ids is not None else dataset.query_ids()
+    runs = {name: RerankerRun(name, top_k, top_n) for name in rerankers}
+    counter = LLMUsageCounter()
+    root = get_dispatcher()
+    root.add_event_handler(counter)
+    try:
+        bar = tqdm(
+            qids,
+            desc=progress_desc or f"{first_stage.name} K={top_k}",
+            disable=not show_progress,
+            unit="query",
+        )
+        for qid in bar:
+            query = dataset.queries[qid]
+            pool = first_stage.retrieve(qid, query, top_k)
+            for name, reranker in rerankers.items():
+                runs[name].outcomes[qid] = _run_one(reranker, pool, qid, query, top_n, counter)
+    finally:
+        root.event_handlers.remove(counter)
+    return runs
+
+
+def _run_one(
+    reranker: BaseNodePostprocessor | None,
+    pool: Sequence[NodeWithScore],
+    qid: str,
+    query: str,
+    top_n: int | None,
+    counter: LLMUsageCounter,
+) -> QueryOutcome:
+    nodes = [n.model_copy(deep=True) for n in pool]
+    expected = len(nodes) if top_n is None else min(top_n, len(nodes))
+    before = counter.snapshot()
+    start = time.perf_counter()
+    if reranker is None or not nodes:
+        out = nodes[:expected]
+    else:
+        # Rerankers are built with top_n already; the cut keeps any that are not comparable.
+        out = reranker.postprocess_nodes(nodes, QueryBundle(query))[:expected]
+    latency = time.perf_counter() - start
+    after = counter.snapshot()
+    counters: dict[str, float] = {}
+    if isinstance(reranker, BaseReranker) and reranker.last_report is not None and nodes:
+        counters.update(reranker.last_report.counters)
+    elif reranker is not None:
+        counters.update(
+            calls=after[0] - before[0],
+            prompt_tokens=after[1] - before[1],
+            completion_tokens=after[2] - before[2],
+        )
+    ranking = tuple(dict.fromkeys(n.node.node_id for n in out))  # an anchor may repeat a node
+    return QueryOutcome(
+        qid, ranking, len(nodes), latency, counters, max(0, expected - len(ranking))
+    )
+
+
+def default_measures(dataset: Dataset, top_n: int | None, top_k: int) -> list[str]:
+    """nDCG@10, RR@10 and R@N (N = top_n, else K); binary measures at rel ≥ 2 on graded data."""
+    graded = any(label > 1 for labels in dataset.qrels.values() for label in labels.values())
+    rel = "(rel=2)" if graded else ""
+    return ["nDCG@10", f"RR{rel}@10", f"R{rel}@{top_n or top_k}"]
+
+
+def score_runs(
+    dataset: Dataset,
+    runs: Mapping[str, RerankerRun],
+    measures: Sequence[str] | None = None,
+) -> list[ScoredRun]:
+    """Score each run over the queries it ran (a query with no result scores 0).
+
+    Latency is reported as the median and 95th percentile over queries; counters (LLM calls,
+    tokens, failures, dropped nodes ...) are summed.
+    """
+    scored = []
+    for run in runs.values():
+        qids = list(run.outcomes)
+        names = list(measures or default_measures(dataset, run.top_n, run.top_k))
+        as_run = run.as_run()
+        totals: dict[str, float] = {"dropped": 0.0}
+        for o in run.outcomes.values():
+            totals["dropped"] += o.dropped
+            for k, v in o.counters.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        latencies = sorted(o.latency_s for o in run.outcomes.values())
+        scored.append(
+            ScoredRun(
+                reranker=run.reranker,
+                top_k=run.top_k,
+                top_n=run.top_n,
+                queries=len(qids),
+                measures=evaluate(dataset.qrels, as_run, names, qids),
+                per_query=per_query(dataset.qrels, as_run, names, qids),
+                latency_median_s=statistics.median(latencies) if latencies else 0.0,
+                latency_p95_s=_percentile(latencies, 0.95),
+                totals=totals,
+            )
+        )
+    return scored
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (0.0 for none)."""
+    if not sorted_values:
+        return 0.0
+    rank = min(len(sorted_values), max(1, math.ceil(q * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A Markdown table of flat records (floats to 4 places, latency to 3)."""
+    if not rows:
+        return ""
+    cols = list(columns or dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(value: Any) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return f"{value:.0f}" if value.is_integer() and abs(value) >= 10 else f"{value:.4f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_against_k(scored: Sequence[ScoredRun], path: str | Path, measure: str = "nDCG@10") -> Path:
+    """Plot ``measure`` and median latency against K for each reranker; writes a PNG."""
+    from llamaindex_rerankers._imports import require
+
+    matplotlib = require("matplotlib")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    by_name: dict[str, list[ScoredRun]] = {}
+    for s in scored:
+        by_name.setdefault(s.reranker, []).append(s)
+    for name, points in by_name.items():
+        points.sort(key=lambda s: s.top_k)
+        ks = [p.top_k for p in points]
+        left.plot(ks, [p.measures.get(measure, 0.0) for p in points], marker="o", label=name)
+        right.plot(ks, [p.latency_median_s * 1000 for p in points], marker="o", label=name)
+    left.set(xlabel="K (first-stage candidates)", ylabel=measure, title=f"{measure} vs K")
+    right.set(
+        xlabel="K (first-stage candidates)",
+        ylabel="median latency per query (ms)",
+        title="Latency vs K",
+        yscale="log",
+    )
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

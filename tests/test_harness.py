@@ -1,0 +1,128 @@
+"""The evaluation harness: side-by-side runs on the same candidates, scored by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from table_reranker import TableReranker
+
+from llamaindex_rerankers.evaluation.data import Dataset, Run, load_beir, load_trec_run
+from llamaindex_rerankers.evaluation.harness import (
+    RunFileStage,
+    default_measures,
+    markdown_table,
+    plot_against_k,
+    run_rerankers,
+    score_runs,
+)
+
+
+def write_dataset(root: Path) -> Path:
+    """Two queries, four docs. q1: d2 relevant; q2: d1 (grade 1) and d4 (grade 2)."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "runs").mkdir()
+    docs = {"d1": "one", "d2": "two", "d3": "three", "d4": "four"}
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items())
+    )
+    (root / "queries.jsonl").write_text(
+        json.dumps({"_id": "q1", "text": "first"})
+        + "\n"
+        + json.dumps({"_id": "q2", "text": "second"})
+        + "\n"
+    )
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td1\t1\nq2\td4\t2\n"
+    )
+    (root / "runs" / "bm25_top100.trec").write_text(
+        "q1 Q0 d1 1 3.0 bm25\nq1 Q0 d2 2 2.0 bm25\nq1 Q0 d3 3 1.0 bm25\n"
+        "q2 Q0 d3 1 3.0 bm25\nq2 Q0 d1 2 2.0 bm25\nq2 Q0 d4 3 1.0 bm25\n"
+    )
+    return root
+
+
+class DropsAll(BaseNodePostprocessor):
+    """An anchor-like postprocessor that loses every node (as LLMRerank can)."""
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        return []
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> tuple[Dataset, Run]:
+    root = write_dataset(tmp_path / "tiny")
+    return load_beir(root), load_trec_run(root / "runs" / "bm25_top100.trec")
+
+
+def test_runs_share_candidates_and_are_scored_in_their_returned_order(
+    tiny: tuple[Dataset, Run],
+) -> None:
+    dataset, run = tiny
+    # Scores tie on purpose for q1 (d2, d3): the harness must keep the reranker's tie order.
+    table = TableReranker(
+        table={"one": 0.1, "two": 0.5, "three": 0.5, "four": 0.9},
+        metadata_mode=MetadataMode.NONE,
+    )
+    runs = run_rerankers(
+        dataset,
+        RunFileStage(dataset, run),
+        {"none": None, "table": table, "drops": DropsAll()},
+        top_k=3,
+        top_n=2,
+        show_progress=False,
+    )
+    assert runs["none"].outcomes["q1"].ranking == ("d1", "d2")
+    assert runs["table"].outcomes["q1"].ranking == ("d2", "d3")
+    assert runs["table"].outcomes["q2"].ranking == ("d4", "d3")
+    assert runs["drops"].outcomes["q1"].dropped == 2
+
+    scored = {s.reranker: s for s in score_runs(dataset, runs, ["nDCG@10", "RR@10"])}
+    # none: q1 relevant at rank 2 -> nDCG 1/log2(3); RR 0.5.
+    #       q2 [d3, d1]: d1 (gain 1) at rank 2 -> DCG 1/log2(3); ideal [d4 (2), d1 (1)]
+    #       -> IDCG 2 + 1/log2(3).
+    l3 = math.log2(3)
+    none_q1, none_q2 = 1 / l3, (1 / l3) / (2 + 1 / l3)
+    assert scored["none"].per_query["q1"]["nDCG@10"] == pytest.approx(none_q1)
+    assert scored["none"].per_query["q2"]["nDCG@10"] == pytest.approx(none_q2)
+    assert scored["none"].measures["nDCG@10"] == pytest.approx((none_q1 + none_q2) / 2)
+    # table: q1 [d2, d3] -> 1.0; q2 [d4, d3] -> 2 / (2 + 1/log2 3)
+    assert scored["table"].per_query["q1"]["nDCG@10"] == pytest.approx(1.0)
+    assert scored["table"].per_query["q2"]["nDCG@10"] == pytest.approx(2 / (2 + 1 / l3))
+    assert scored["table"].measures["RR@10"] == pytest.approx(1.0)
+    # A reranker that returns nothing scores 0 on every query instead of vanishing.
+    assert scored["drops"].measures == {"nDCG@10": 0.0, "RR@10": 0.0}
+    assert scored["drops"].totals["dropped"] == 4
+    assert scored["table"].totals["looked_up"] == 6
+    assert scored["table"].queries == 2
+
+
+def test_default_measures_use_rel_2_on_graded_data(tiny: tuple[Dataset, Run]) -> None:
+    dataset, _ = tiny
+    assert default_measures(dataset, 5, 20) == ["nDCG@10", "RR(rel=2)@10", "R(rel=2)@5"]
+
+
+def test_markdown_and_plot(tiny: tuple[Dataset, Run], tmp_path: Path) -> None:
+    dataset, run = tiny
+    scored = []
+    for k in (1, 2, 3):
+        runs = run_rerankers(
+            dataset,
+            RunFileStage(dataset, run),
+            {"none": None},
+            top_k=k,
+            top_n=1,
+            show_progress=False,
+        )
+        scored += score_runs(dataset, runs, ["nDCG@10"])
+    table = markdown_table([s.row() for s in scored])
+    assert table.splitlines()[0].startswith("| reranker | top_k | top_n | queries | nDCG@10")
+    assert len(table.splitlines()) == 2 + 3
+    png = plot_against_k(scored, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
