@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``llamaindex-rerankers`` (subcommands ``index``, ``query``,
-    ``demo``).
+    ``demo``, ``eval``).
 
     Example:
         >>> build_parser().parse_args(["demo"]).command
@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask this instead of the built-in questions (repeatable)",
     )
     p.set_defaults(run=_cmd_demo)
+
+    from llamaindex_rerankers.evaluation.command import add_eval_arguments
+
+    text = "rerank a BEIR dataset's first-stage candidates side by side and score the runs"
+    p = sub.add_parser("eval", help=text, description=text)
+    add_eval_arguments(p)
+    p.set_defaults(run=_cmd_eval)
     return parser
 
 
@@ -344,6 +351,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     print(format_demo(report, width=_width()))
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from llamaindex_rerankers.evaluation.command import run_eval_command
+
+    _quiet_third_parties()
+    return run_eval_command(args)
 
 
 # -- helpers ----------------------------------------------------------------------------------
