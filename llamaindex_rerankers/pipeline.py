@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 #: Environment variable naming a model id or local path that replaces the default embedding model.
 EMBED_MODEL_ENV = "LLAMAINDEX_RERANKERS_EMBED_MODEL"
+#: What :func:`build_query_engine` answers when it abstains.
+NO_RELEVANT_CONTEXT = "No relevant context found."
 DEFAULT_COLLECTION = "llamaindex_rerankers"
 
 #: Chunk metadata keys that hold the incremental-indexing state.
@@ -830,9 +832,17 @@ def build_query_engine(
     reranker: BaseNodePostprocessor | None = None,
     top_k: int = 20,
     llm: LLM | None = None,
+    abstain_below: float | None = None,
+    abstain_message: str = NO_RELEVANT_CONTEXT,
     **kwargs: Any,
 ) -> RetrieverQueryEngine:
     """Query engine: retriever top ``top_k`` -> reranker (its own ``top_n``) -> synthesizer.
+
+    With ``abstain_below`` set, a query whose reranked sources all score below it (by the
+    reranker's own score, ``rerank_model_score`` when fused, else ``rerank_score``) is answered
+    with ``abstain_message`` instead of sending junk to the synthesizer: the LLM is not called,
+    ``response.metadata["abstained"]`` is True and the sources are still returned. For the LLM
+    reranker, pass the value of the weakest label that counts (``likely`` = 0.5 by default).
 
     With ``llm=None`` the engine never calls an LLM (and never falls back to LlamaIndex's default
     OpenAI one): it uses ``response_mode="no_text"``, so ``response.source_nodes`` holds the
@@ -843,6 +853,9 @@ def build_query_engine(
         reranker: any node postprocessor; ``None`` keeps the first-stage order.
         top_k: number of first-stage candidates.
         llm: the LLM that writes the answer; ``None`` returns sources only.
+        abstain_below: minimum rerank score one source must reach; ``None`` (default) never
+            abstains.
+        abstain_message: the answer given when abstaining.
         **kwargs: passed to ``llama_index.core.get_response_synthesizer`` (``response_mode``,
             ``text_qa_template``, ``streaming``, ...).
 
@@ -865,6 +878,8 @@ def build_query_engine(
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}.")
+    if abstain_below is not None and not 0.0 <= abstain_below <= 1.0:
+        raise ValueError(f"abstain_below must be in [0, 1] (a rerank score), got {abstain_below}.")
     if llm is None:
         mode = ResponseMode(kwargs.pop("response_mode", ResponseMode.NO_TEXT))
         if mode != ResponseMode.NO_TEXT:
@@ -879,8 +894,78 @@ def build_query_engine(
         synthesizer: Any = NoText(llm=MockLLM(), **kwargs)
     else:
         synthesizer = get_response_synthesizer(llm=llm, **kwargs)
-    return RetrieverQueryEngine(
-        retriever=index.as_retriever(similarity_top_k=top_k),
-        response_synthesizer=synthesizer,
-        node_postprocessors=[reranker] if reranker is not None else [],
+    parts: dict[str, Any] = {
+        "retriever": index.as_retriever(similarity_top_k=top_k),
+        "response_synthesizer": synthesizer,
+        "node_postprocessors": [reranker] if reranker is not None else [],
+    }
+    if abstain_below is None:
+        return RetrieverQueryEngine(**parts)
+    return _abstaining_engine_class()(
+        abstain_below=abstain_below, abstain_message=abstain_message, **parts
     )
+
+
+def relevant_enough(nodes: Sequence[NodeWithScore], threshold: float) -> bool:
+    """Whether any reranked node's own rerank score reaches ``threshold``.
+
+    Example:
+        >>> from llama_index.core.schema import TextNode
+        >>> relevant_enough([NodeWithScore(node=TextNode(metadata={"rerank_score": 0.7}))], 0.5)
+        True
+    """
+    for n in nodes:
+        meta = n.node.metadata
+        score = meta.get("rerank_model_score", meta.get("rerank_score"))
+        if isinstance(score, (int, float)) and score >= threshold:
+            return True
+    return False
+
+
+def _abstaining_engine_class() -> Callable[..., RetrieverQueryEngine]:
+    from llama_index.core.base.response.schema import Response
+    from llama_index.core.callbacks import CBEventType, EventPayload
+    from llama_index.core.query_engine import RetrieverQueryEngine
+    from llama_index.core.schema import QueryBundle
+
+    class AbstainingQueryEngine(RetrieverQueryEngine):
+        """A ``RetrieverQueryEngine`` that answers "no relevant context" instead of calling the
+        synthesizer when no reranked source reaches the threshold."""
+
+        def __init__(self, *, abstain_below: float, abstain_message: str, **kw: Any) -> None:
+            super().__init__(**kw)
+            self._abstain_below = abstain_below
+            self._abstain_message = abstain_message
+
+        def _abstain(self, nodes: list[NodeWithScore]) -> Response | None:
+            if relevant_enough(nodes, self._abstain_below):
+                return None
+            return Response(
+                response=self._abstain_message, source_nodes=nodes, metadata={"abstained": True}
+            )
+
+        # Same flow as RetrieverQueryEngine._query/_aquery, with the abstain check between
+        # retrieval (which runs the reranker) and the synthesizer.
+        def _query(self, query_bundle: QueryBundle) -> Any:
+            with self.callback_manager.event(
+                CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}
+            ) as query_event:
+                nodes = self.retrieve(query_bundle)
+                response = self._abstain(nodes) or self._response_synthesizer.synthesize(
+                    query=query_bundle, nodes=nodes
+                )
+                query_event.on_end(payload={EventPayload.RESPONSE: response})
+            return response
+
+        async def _aquery(self, query_bundle: QueryBundle) -> Any:
+            with self.callback_manager.event(
+                CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}
+            ) as query_event:
+                nodes = await self.aretrieve(query_bundle)
+                response = self._abstain(nodes) or await self._response_synthesizer.asynthesize(
+                    query=query_bundle, nodes=nodes
+                )
+                query_event.on_end(payload={EventPayload.RESPONSE: response})
+            return response
+
+    return AbstainingQueryEngine

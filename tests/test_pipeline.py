@@ -4,6 +4,7 @@ engines carrying the rerank metadata, and the errors that say how to fix bad inp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llamaindex_rerankers import CrossEncoderReranker
 from llamaindex_rerankers.pipeline import (
     EMBED_MODEL_ENV,
+    NO_RELEVANT_CONTEXT,
     SOURCE_ID,
     ChromaConfig,
     EmbedModelLoadError,
@@ -537,3 +539,28 @@ def test_unreachable_chroma_server_says_how_to_start_one(embed_model: BaseEmbedd
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
     with pytest.raises(ConnectionError, match="chroma run"):
         load_index(ChromaConfig(host="127.0.0.1", port=port), embed_model=embed_model)
+
+
+def test_query_engine_abstains_when_no_source_is_relevant(
+    built_index: Any, ce_model_path: str
+) -> None:
+    engine = build_query_engine(
+        built_index,
+        reranker=CrossEncoderReranker(model=ce_model_path, top_n=2),
+        top_k=8,
+        llm=MockLLM(),  # echoes its prompt, so an answer that is not the message means it ran
+        abstain_below=0.5,
+    )
+
+    off_topic = engine.query("how do I replace the timing belt of a diesel van?")
+    on_topic = engine.query(QUERY)
+
+    assert off_topic.response == NO_RELEVANT_CONTEXT
+    assert off_topic.metadata == {"abstained": True}
+    assert len(off_topic.source_nodes) == 2  # the sources are still shown
+    assert all(s.node.metadata["rerank_score"] < 0.5 for s in off_topic.source_nodes)
+    assert on_topic.response != NO_RELEVANT_CONTEXT
+    assert asyncio.run(engine.aquery("best diesel van timing belt")).response == NO_RELEVANT_CONTEXT
+    assert on_topic.source_nodes[0].node.get_content() in str(on_topic.response)
+    with pytest.raises(ValueError, match="abstain_below"):
+        build_query_engine(built_index, abstain_below=2.0)
