@@ -40,7 +40,11 @@ DEMO_QUESTIONS: tuple[str, ...] = (
     "best practices for pruning apple trees",
     "why are my apples so small?",
     "is Apple stock a good buy after the earnings report?",
+    # Off-topic: nothing in the corpus answers it, so the query engine should abstain.
+    "how do I replace the timing belt on a diesel van?",
 )
+#: A query engine built with ``abstain_below`` answers "no relevant context" below this score.
+DEMO_ABSTAIN_BELOW = 0.5
 #: Chroma collection the demo writes to.
 DEMO_COLLECTION = "llamaindex_rerankers_demo"
 #: Terminal width the formatters fit into by default.
@@ -116,6 +120,7 @@ class Comparison:
     question: str
     retrieved: list[RankedSource]
     reranked: list[RankedSource]
+    abstained: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,7 @@ def run_demo(
     reranker: BaseNodePostprocessor | None = None,
     embed_model: BaseEmbedding | None = None,
     show_progress: bool = True,
+    abstain_below: float | None = DEMO_ABSTAIN_BELOW,
 ) -> DemoReport:
     """Index the sample corpus into an embedded Chroma and compare both orders per question.
 
@@ -233,6 +239,8 @@ def run_demo(
         embed_model: the embedding model; ``None`` uses
             :func:`~llamaindex_rerankers.pipeline.make_embed_model`'s default.
         show_progress: show a progress bar while embedding.
+        abstain_below: mark a question as abstained when no reranked source reaches this
+            score (what ``build_query_engine(abstain_below=...)`` does); ``None`` never.
 
     Returns:
         The index stats and one :class:`Comparison` per question.
@@ -251,6 +259,7 @@ def run_demo(
         index_folder,
         load_index,
         make_embed_model,
+        relevant_enough,
         retrieve_and_rerank,
     )
 
@@ -283,8 +292,11 @@ def run_demo(
         comparisons = []
         for question in questions:
             result = retrieve_and_rerank(index, question, top_k=top_k, reranker=reranker)
+            abstained = abstain_below is not None and not relevant_enough(
+                result.reranked, abstain_below
+            )
             comparisons.append(
-                Comparison(question, retrieval_sources(result), ranked_sources(result))
+                Comparison(question, retrieval_sources(result), ranked_sources(result), abstained)
             )
     name = str(getattr(reranker, "model_name", None) or type(reranker).__name__)
     location = config.describe() + (" (temporary)" if persist_dir is None else "")
@@ -325,6 +337,14 @@ def format_comparison(comparison: Comparison, *, width: int = DEFAULT_WIDTH) -> 
             title = _cut(s.title, right_title)
             right = f"{s.rank:>2}  {title:<{right_title}} {_score(s.rerank_score)} {was:>5}"
         lines.append(f"{left:<{half}} | {right}".rstrip())
+    if comparison.abstained:
+        lines.append(
+            _cut(
+                "-> abstain: no source is relevant; the engine answers "
+                "'No relevant context found.'",
+                width,
+            )
+        )
     return "\n".join(lines)
 
 
