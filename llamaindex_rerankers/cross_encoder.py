@@ -1,4 +1,8 @@
-"""Cross-encoder reranker: a sentence-transformers ``CrossEncoder`` scores (query, passage) pairs."""
+"""Cross-encoder reranker: a sentence-transformers ``CrossEncoder`` scores (query, passage) pairs.
+
+Speed: identical passages are scored once, pairs are batched by token length, inference runs
+under ``torch.inference_mode``, and ``precision="bfloat16"`` uses torch autocast.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ class ModelLoadError(RuntimeError):
 
 
 def default_cross_encoder() -> str:
-    """The model used when none is passed: ``$LLAMAINDEX_RERANKERS_CROSS_ENCODER`` or the hub default."""
+    """The model used when none is passed: ``$LLAMAINDEX_RERANKERS_CROSS_ENCODER`` or the hub
+    default."""
     return os.environ.get(CROSS_ENCODER_ENV) or DEFAULT_CROSS_ENCODER
 
 
@@ -45,8 +50,9 @@ class CrossEncoderReranker(BaseReranker):
     Example:
         >>> from llama_index.core.schema import NodeWithScore, TextNode
         >>> reranker = CrossEncoderReranker(top_n=2)  # doctest: +SKIP
-        >>> nodes = [NodeWithScore(node=TextNode(text=t)) for t in ["Prune in late winter.", "AAPL fell 2%."]]
-        >>> reranker.postprocess_nodes(nodes, query_str="how to prune apple trees")  # doctest: +SKIP
+        >>> texts = ["Prune in late winter.", "AAPL fell 2%."]
+        >>> nodes = [NodeWithScore(node=TextNode(text=t)) for t in texts]
+        >>> reranker.postprocess_nodes(nodes, query_str="how to prune apples")  # doctest: +SKIP
     """
 
     model: str = Field(
@@ -56,8 +62,10 @@ class CrossEncoderReranker(BaseReranker):
     )
     batch_size: int = Field(default=32, ge=1, description="Pairs per forward pass.")
     max_length: int | None = Field(
-        default=None, ge=8, description="Token limit per (query, passage) pair; None uses the "
-        "model's own limit. Longer pairs are truncated and flagged rerank_truncated."
+        default=None,
+        ge=8,
+        description="Token limit per (query, passage) pair; None uses the "
+        "model's own limit. Longer pairs are truncated and flagged rerank_truncated.",
     )
     device: str | None = Field(
         default=None, description="torch device ('cpu', 'cuda', 'mps'); None picks automatically."
@@ -87,31 +95,77 @@ class CrossEncoderReranker(BaseReranker):
 
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
         model = self.load()
-        torch = require("torch")
-        pairs = [(query, t) for t in texts]
-        truncated = _truncated_pairs(model, query, texts)
-        if any(truncated):
+        # Identical passages (duplicated chunks, repeated hits) are scored once.
+        unique = list(dict.fromkeys(texts))
+        lengths = _pair_lengths(model, query, unique)
+        limit = model.max_seq_length
+        cut = dict(zip(unique, (limit is not None and n > limit for n in lengths), strict=True))
+        n_cut = sum(cut[t] for t in texts)
+        if n_cut:
             logger.warning(
                 "%d of %d (query, passage) pairs exceed max_length=%s tokens and were truncated "
                 "(see node metadata 'rerank_truncated'); raise max_length or chunk documents "
-                "smaller.", sum(truncated), len(texts), model.max_seq_length,
+                "smaller.",
+                n_cut,
+                len(texts),
+                limit,
             )
-        report.counters["truncated"] = sum(truncated)
-        with _precision(torch, self.precision, model.device.type):
-            logits = model.predict(
-                pairs,
-                batch_size=self.batch_size,
-                activation_fn=torch.nn.Identity(),
-                show_progress_bar=False,
-                convert_to_numpy=True,
-            )
+        report.counters["truncated"] = n_cut
+        report.counters["deduplicated"] = len(texts) - len(unique)
+        logits = _score_pairs(model, query, unique, lengths, self.batch_size, self.precision)
+        by_text = dict(zip(unique, logits, strict=True))
         return [
             Judgement(
-                score=sigmoid(float(logit)),
-                metadata={"rerank_logit": float(logit), "rerank_truncated": bool(cut)},
+                score=sigmoid(by_text[t]),
+                metadata={"rerank_logit": by_text[t], "rerank_truncated": cut[t]},
             )
-            for logit, cut in zip(logits.reshape(-1), truncated, strict=True)
+            for t in texts
         ]
+
+
+def _score_pairs(
+    model: Any,
+    query: str,
+    texts: Sequence[str],
+    lengths: Sequence[int],
+    batch_size: int,
+    precision: str,
+) -> list[float]:
+    """The raw logit of each (query, text) pair, as Python floats in input order.
+
+    Pairs are batched by token length (shortest first) so that a batch pads little, and run
+    under ``torch.inference_mode`` with the requested precision. In float32 the logits equal
+    ``CrossEncoder.predict(..., activation_fn=Identity())`` up to padding noise (~1e-6).
+    """
+    torch = require("torch")
+    if not texts:
+        return []
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    logits = [0.0] * len(texts)
+    can_forward = callable(getattr(model, "preprocess", None))
+    if getattr(model, "training", False):
+        model.eval()  # as predict() does: no dropout at inference
+    with torch.inference_mode(), _precision(torch, precision, model.device.type):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            pairs = [(query, texts[i]) for i in idx]
+            if can_forward:
+                features = model.preprocess(pairs)
+                features = {
+                    k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()
+                }
+                scores = model(features)["scores"]
+            else:  # older sentence-transformers: no preprocess/forward split
+                scores = model.predict(
+                    pairs,
+                    batch_size=len(pairs),
+                    activation_fn=torch.nn.Identity(),
+                    show_progress_bar=False,
+                    convert_to_tensor=True,
+                )
+            for i, value in zip(idx, scores.float().reshape(-1).tolist(), strict=True):
+                logits[i] = float(value)
+    return logits
 
 
 def _precision(torch: Any, precision: str, device_type: str) -> Any:
@@ -120,14 +174,13 @@ def _precision(torch: Any, precision: str, device_type: str) -> Any:
     return torch.autocast(device_type=device_type, enabled=False)
 
 
-def _truncated_pairs(model: Any, query: str, texts: Sequence[str]) -> list[bool]:
-    """Which pairs the model will truncate, counted with its own tokenizer."""
-    limit = model.max_seq_length
+def _pair_lengths(model: Any, query: str, texts: Sequence[str]) -> list[int]:
+    """Untruncated token length of each (query, text) pair, counted with the model's tokenizer."""
     tokenizer = model.tokenizer
-    if limit is None or tokenizer is None:
-        return [False] * len(texts)
+    if tokenizer is None or not texts:
+        return [0] * len(texts)
     ids = tokenizer([query] * len(texts), list(texts), truncation=False, verbose=False)["input_ids"]
-    return [len(x) > limit for x in ids]
+    return [len(x) for x in ids]
 
 
 _MODELS: dict[tuple[str, str | None, int | None, bool], Any] = {}

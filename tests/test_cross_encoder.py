@@ -1,0 +1,218 @@
+"""CrossEncoderReranker on the real offline cross-encoder and real SciFact candidates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from llamaindex_rerankers import cross_encoder as ce_module
+from llamaindex_rerankers.cross_encoder import (
+    CROSS_ENCODER_ENV,
+    CrossEncoderReranker,
+    ModelLoadError,
+)
+from llamaindex_rerankers.evaluation import candidates, load_beir, load_trec_run
+
+pytestmark = pytest.mark.slow
+
+N_QUERIES = 5
+TOP_K = 20
+
+
+@pytest.fixture(scope="session")
+def reranker(ce_model_path: str) -> CrossEncoderReranker:
+    """The one model load of this module (shared through the process-wide cache)."""
+    r = CrossEncoderReranker(model=ce_model_path)
+    r.load()
+    return r
+
+
+@pytest.fixture(scope="session")
+def scifact_top20(data_dir: Path) -> list[tuple[str, list[NodeWithScore]]]:
+    """(query, BM25 top-20 nodes) for the first 5 SciFact test queries."""
+    ds = load_beir(data_dir / "scifact")
+    run = load_trec_run(data_dir / "scifact" / "runs" / "bm25_top100.trec")
+    qids = ds.query_ids(N_QUERIES)
+    return [(ds.queries[q], candidates(ds, run, q, TOP_K)) for q in qids]
+
+
+def _logits(out: list[NodeWithScore]) -> dict[str, float]:
+    return {n.node.node_id: n.node.metadata["rerank_logit"] for n in out}
+
+
+def test_logits_and_order_equal_sentence_transformers_predict(
+    reranker: CrossEncoderReranker,
+    ce_model_path: str,
+    scifact_top20: list[tuple[str, list[NodeWithScore]]],
+) -> None:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    # An independent load of the reference, so our loader's settings are checked too.
+    st_model = CrossEncoder(ce_model_path, device="cpu")
+    for query, nodes in scifact_top20:
+        assert len(nodes) == TOP_K
+        pairs = [(query, n.node.get_content()) for n in nodes]
+        expected = st_model.predict(pairs, activation_fn=torch.nn.Identity()).tolist()
+
+        out = reranker.postprocess_nodes(nodes, query_str=query)
+
+        ours = _logits(out)
+        for n, want in zip(nodes, expected, strict=True):
+            assert ours[n.node.node_id] == pytest.approx(want, abs=1e-5)
+        # Order = stable sort by the reference logits (ties keep retrieval order).
+        want_order = sorted(range(len(nodes)), key=lambda i: -expected[i])
+        assert [n.node.node_id for n in out] == [nodes[i].node.node_id for i in want_order]
+        for n in out:
+            assert type(n.score) is float
+            assert 0.0 < n.score < 1.0
+            logit = n.node.metadata["rerank_logit"]
+            assert n.score == pytest.approx(1.0 / (1.0 + math.exp(-logit)), abs=1e-12)
+
+
+def test_bfloat16_keeps_scores_close_and_top_result(
+    reranker: CrossEncoderReranker,
+    ce_model_path: str,
+    scifact_top20: list[tuple[str, list[NodeWithScore]]],
+) -> None:
+    fast = CrossEncoderReranker(model=ce_model_path, precision="bfloat16")
+    query, nodes = scifact_top20[0]
+    exact = _logits(reranker.postprocess_nodes(nodes, query_str=query))
+    approx = _logits(fast.postprocess_nodes(nodes, query_str=query))
+    assert fast.load() is reranker.load()  # precision is per call, not another model
+    assert set(approx) == set(exact)
+    assert max(abs(approx[d] - exact[d]) for d in exact) < 0.25
+
+
+def test_identical_passages_are_scored_once_and_equally(reranker: CrossEncoderReranker) -> None:
+    texts = ["Pruning apple trees is best done in late winter.", "Apple Inc. stock fell 2%."]
+    nodes = [
+        NodeWithScore(node=TextNode(id_=f"n{i}", text=texts[i % 2]), score=1.0) for i in range(5)
+    ]
+    out = reranker.postprocess_nodes(nodes, query_str="when to prune apple trees")
+    assert reranker.last_report is not None
+    assert reranker.last_report.counters["deduplicated"] == 3
+    by_id = {n.node.node_id: n.score for n in out}
+    assert by_id["n0"] == by_id["n2"] == by_id["n4"]
+    assert by_id["n1"] == by_id["n3"]
+    # Ties keep input order; the pruning passage wins.
+    assert [n.node.node_id for n in out] == ["n0", "n2", "n4", "n1", "n3"]
+
+
+def test_truncation_is_flagged_per_node_and_warned_once(
+    ce_model_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    short = CrossEncoderReranker(model=ce_model_path, max_length=32)
+    nodes = [
+        NodeWithScore(node=TextNode(id_="long", text=" ".join(["pruning"] * 60)), score=1.0),
+        NodeWithScore(node=TextNode(id_="short", text="Prune in late winter."), score=0.5),
+        NodeWithScore(node=TextNode(id_="long2", text=" ".join(["orchard"] * 40)), score=0.2),
+    ]
+    with caplog.at_level(logging.WARNING, logger=ce_module.__name__):
+        out = short.postprocess_nodes(nodes, query_str="how to prune apple trees")
+    flags = {n.node.node_id: n.node.metadata["rerank_truncated"] for n in out}
+    assert flags == {"long": True, "short": False, "long2": True}
+    warnings = [r for r in caplog.records if r.name == ce_module.__name__]
+    assert len(warnings) == 1
+    assert "2 of 3" in warnings[0].getMessage()
+    assert short.last_report is not None
+    assert short.last_report.counters["truncated"] == 2
+
+
+def test_no_warning_when_nothing_is_truncated(
+    reranker: CrossEncoderReranker, caplog: pytest.LogCaptureFixture
+) -> None:
+    nodes = [NodeWithScore(node=TextNode(text="Prune in late winter."), score=1.0)]
+    with caplog.at_level(logging.WARNING, logger=ce_module.__name__):
+        out = reranker.postprocess_nodes(nodes, query_str="how to prune apple trees")
+    assert out[0].node.metadata["rerank_truncated"] is False
+    assert not [r for r in caplog.records if r.name == ce_module.__name__]
+
+
+def test_model_is_loaded_once_per_settings(
+    reranker: CrossEncoderReranker, ce_model_path: str
+) -> None:
+    same = CrossEncoderReranker(model=ce_model_path, top_n=3)
+    assert same.load() is reranker.load()
+    other = CrossEncoderReranker(model=ce_model_path, max_length=128)
+    assert other.load() is not reranker.load()
+    assert other.load().max_seq_length == 128
+    assert CrossEncoderReranker(model=ce_model_path, max_length=128).load() is other.load()
+
+
+def test_concurrent_loads_load_once(ce_model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A max_length no other test uses, so this really loads; count the real loads.
+    calls: list[int] = []
+    real = ce_module._load_uncached
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(ce_module, "_load_uncached", counting)
+    start = threading.Barrier(4)
+    models: list[Any] = []
+
+    def load() -> None:
+        start.wait()
+        models.append(CrossEncoderReranker(model=ce_model_path, max_length=99).load())
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len(models) == 4
+    assert all(m is models[0] for m in models)
+
+
+@pytest.mark.parametrize(
+    "name", ["/nonexistent/cross-encoder", "no-such-org/no-such-cross-encoder-xyz"]
+)
+def test_unloadable_model_names_the_option_and_env_var(name: str) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        CrossEncoderReranker(model=name).load()
+    message = str(info.value)
+    assert "model=" in message
+    assert CROSS_ENCODER_ENV in message
+    assert name in message
+
+
+async def test_async_equals_sync_and_does_not_block_the_loop(
+    reranker: CrossEncoderReranker,
+    scifact_top20: list[tuple[str, list[NodeWithScore]]],
+) -> None:
+    query, nodes = scifact_top20[1]
+    sync_out = reranker.postprocess_nodes(nodes, query_str=query)
+
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    t0 = time.perf_counter()
+    async_out = await reranker.apostprocess_nodes(nodes, query_str=query)
+    elapsed = time.perf_counter() - t0
+    done = True
+    await task
+
+    assert [n.node.node_id for n in async_out] == [n.node.node_id for n in sync_out]
+    assert [n.score for n in async_out] == pytest.approx([n.score for n in sync_out], abs=1e-9)
+    # 20 long pairs take well over 50 ms; a blocked loop would have ticked about once.
+    assert elapsed > 0.05
+    assert ticks >= 3
