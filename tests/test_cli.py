@@ -277,14 +277,14 @@ def test_query_json_reranks_the_guide_first(indexed: Path, cli_env: dict[str, st
 
 
 @pytest.mark.slow
-def test_query_on_an_empty_collection_is_an_input_error(
+def test_query_on_a_missing_collection_is_an_input_error(
     indexed: Path, cli_env: dict[str, str]
 ) -> None:
     proc = run_cli(
         cli_env, "query", QUESTION, "--persist-dir", str(indexed), "--collection", "nothing-here"
     )
     line = _one_line_error(proc)
-    assert "is empty" in line and "nothing-here" in line
+    assert "no index" in line and "nothing-here" in line and "llamaindex-rerankers index" in line
 
 
 # -- the demo -------------------------------------------------------------------------------
