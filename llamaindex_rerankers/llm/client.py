@@ -1,0 +1,717 @@
+"""The one door to OpenAI-compatible chat endpoints: requests, retries and capability memory.
+
+This is the only module of the package that imports ``openai`` (lazily, on first use). It turns
+one chat request into a :class:`ChatResult` or a :class:`ChatClientError`, with our own retry
+policy (the SDK's retries are off):
+
+* **Retried**: HTTP 408, 429 and 5xx, connection errors, timeouts and malformed 200 answers (a
+  body that is not a chat completion, or one without choices; proxies and overloaded servers
+  produce them). Waits grow exponentially with *full jitter*
+  (:func:`backoff_delay`); a ``Retry-After`` header (seconds or HTTP date, or OpenAI's
+  ``retry-after-ms``) replaces the jittered wait, capped by ``backoff_max``
+  (:func:`parse_retry_after`, :func:`retry_delay`).
+* **Not retried**: other 4xx answers (bad key, unknown model, bad request): retrying cannot fix
+  them, so they fail at once with the server's message.
+* **Deadline**: ``achat(..., deadline=t)`` takes an absolute :func:`time.monotonic` time after
+  which no new attempt starts; a wait that would end past it gives up at once, and each request's
+  timeout is cut to the time left.
+* **Endpoints without logprobs**: reasoning models answer 400 to the ``logprobs`` parameter and
+  some servers silently omit them. Either way the endpoint is remembered as "unsupported" for
+  the process (:func:`logprobs_supported`, keyed by ``(base_url, model)``); after a 400 the
+  same call re-asks at once without logprobs, and later calls do not send them.
+
+One ``openai.AsyncOpenAI`` is made per running event loop, because its httpx connection pool is
+bound to the loop it was first used on (the reranker's sync path runs its own loop, possibly in a
+worker thread).
+
+Example:
+    >>> import asyncio
+    >>> client = OpenAIChatClient(model="gpt-4o-mini")  # doctest: +SKIP
+    >>> messages = [{"role": "user", "content": "Say A"}]
+    >>> coro = client.achat(messages, max_tokens=1, logprobs=True, top_logprobs=5)  # doctest: +SKIP
+    >>> result = asyncio.run(coro)  # doctest: +SKIP
+    >>> result.text, result.tokens[0].top[:2]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import email.utils
+import functools
+import logging
+import math
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from llamaindex_rerankers._imports import require
+
+logger = logging.getLogger(__name__)
+
+#: Base URL used when none is passed and ``OPENAI_BASE_URL`` is unset.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: API key sent to a ``base_url`` that needs none (local servers ignore it; the SDK wants one).
+PLACEHOLDER_API_KEY = "not-needed"
+#: HTTP statuses worth retrying besides 5xx.
+RETRYABLE_STATUSES = frozenset({408, 429})
+
+
+@dataclass(frozen=True)
+class TokenChoice:
+    """One alternative at a generated position (an entry of ``top_logprobs``).
+
+    Example:
+        >>> TokenChoice(token="A", logprob=-0.1).logprob
+        -0.1
+    """
+
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    """A generated token with its log-probability and the top alternatives at its position.
+
+    Example:
+        >>> t = GeneratedToken("A", -0.1, (TokenChoice("A", -0.1), TokenChoice("B", -2.4)))
+        >>> [c.token for c in t.top]
+        ['A', 'B']
+    """
+
+    token: str
+    logprob: float
+    top: tuple[TokenChoice, ...]
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """What one successful chat call returned.
+
+    Attributes:
+        text: the message content (``""`` if none).
+        tokens: the generated tokens with log-probabilities, or ``None`` when logprobs were not
+            asked for, or the endpoint does not give them.
+        prompt_tokens: prompt tokens as reported by the server (0 if it reports none).
+        completion_tokens: generated tokens as reported by the server (0 if none).
+        attempts: HTTP attempts made, 1 when the first one succeeded.
+
+    Example:
+        >>> ChatResult(text="A", tokens=None, prompt_tokens=50, completion_tokens=1, attempts=1)
+        ChatResult(text='A', tokens=None, prompt_tokens=50, completion_tokens=1, attempts=1)
+    """
+
+    text: str
+    tokens: tuple[GeneratedToken, ...] | None
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int
+
+
+class ChatClientError(RuntimeError):
+    """A chat call failed for good: retries spent, deadline reached or a non-retryable answer.
+
+    Attributes:
+        status: HTTP status of the last answer, ``None`` for connection errors, timeouts and
+            malformed bodies.
+        attempts: HTTP attempts made.
+
+    Example:
+        >>> str(ChatClientError("HTTP 500 three times", status=500, attempts=3))
+        'HTTP 500 three times'
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+@runtime_checkable
+class ChatClient(Protocol):
+    """What the LLM reranker needs from a chat endpoint; :class:`OpenAIChatClient` is one."""
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """``(base_url, model)``: the key of the score cache and of the capability memory."""
+        ...
+
+    async def achat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int,
+        logprobs: bool,
+        top_logprobs: int,
+        deadline: float | None = None,
+    ) -> ChatResult:
+        """Send one chat request; raise :class:`ChatClientError` on final failure."""
+        ...
+
+
+# -- capability memory (process-wide) ----------------------------------------------------
+
+_LOGPROBS_SUPPORT: dict[tuple[str, str], bool] = {}
+_CAPABILITY_LOCK = threading.Lock()
+
+
+def logprobs_supported(identity: tuple[str, str]) -> bool | None:
+    """Whether the endpoint ``(base_url, model)`` gives logprobs, as learnt by this process.
+
+    Returns ``None`` while unknown (no call with logprobs made yet).
+
+    Example:
+        >>> logprobs_supported(("http://127.0.0.1:1/v1", "never-asked")) is None
+        True
+    """
+    with _CAPABILITY_LOCK:
+        return _LOGPROBS_SUPPORT.get(identity)
+
+
+def record_logprobs_support(identity: tuple[str, str], supported: bool | None) -> bool:
+    """Set (or, with ``None``, forget) what is known about an endpoint's logprobs.
+
+    Returns whether the stored value changed. The client calls this itself; it is public so that
+    tests and applications can reset or preset the memory.
+
+    Example:
+        >>> record_logprobs_support(("http://127.0.0.1:1/v1", "m"), False)
+        True
+        >>> record_logprobs_support(("http://127.0.0.1:1/v1", "m"), None)
+        True
+    """
+    with _CAPABILITY_LOCK:
+        before = _LOGPROBS_SUPPORT.get(identity)
+        if supported is None:
+            _LOGPROBS_SUPPORT.pop(identity, None)
+        else:
+            _LOGPROBS_SUPPORT[identity] = supported
+        return before != supported
+
+
+# -- retry maths (pure) ------------------------------------------------------------------
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``.
+
+    Args:
+        attempt: how many retries were already made (0 before the first retry).
+        base: the ceiling of the first wait, in seconds.
+        cap: the largest ceiling, in seconds.
+        rng: source of randomness (``random`` module's global one if ``None``).
+
+    Example:
+        >>> import random
+        >>> 0.0 <= backoff_delay(3, 0.5, 20.0, random.Random(0)) <= 4.0
+        True
+    """
+    if attempt < 0 or base < 0 or cap < 0:
+        raise ValueError(f"attempt, base and cap must be >= 0, got {attempt}, {base}, {cap}")
+    # The exponent is bounded so that a long run of retries cannot overflow a float.
+    ceiling = min(cap, base * 2.0 ** min(attempt, 64))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value: delay-seconds or an HTTP date.
+
+    Args:
+        value: the header value, e.g. ``"2"`` or ``"Wed, 21 Oct 2015 07:28:00 GMT"``.
+        now: the current Unix time (``time.time()`` if ``None``), for HTTP dates.
+
+    Returns:
+        A non-negative number of seconds (a date in the past gives 0.0), or ``None`` when the
+        value is missing or cannot be read.
+
+    Example:
+        >>> parse_retry_after("2")
+        2.0
+        >>> parse_retry_after("Thu, 01 Jan 1970 00:01:00 GMT", now=30.0)
+        30.0
+        >>> parse_retry_after("soon") is None
+        True
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; naive ones come from obsolete formats
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def retry_delay(
+    attempt: int,
+    *,
+    retry_after: float | None,
+    base: float,
+    cap: float,
+    rng: random.Random | None = None,
+) -> float:
+    """The wait before retry number ``attempt + 1``: the server's ``Retry-After`` when given
+    (capped by ``cap``), else :func:`backoff_delay`.
+
+    Example:
+        >>> retry_delay(0, retry_after=3.0, base=0.5, cap=20.0)
+        3.0
+        >>> retry_delay(0, retry_after=60.0, base=0.5, cap=20.0)
+        20.0
+    """
+    if retry_after is not None:
+        return min(max(0.0, retry_after), cap)
+    return backoff_delay(attempt, base, cap, rng)
+
+
+def retry_after_from_headers(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait according to response headers: ``retry-after-ms`` (OpenAI) or
+    ``Retry-After``; ``None`` when neither is usable. Header names are case-insensitive.
+
+    Example:
+        >>> retry_after_from_headers({"Retry-After": "1"})
+        1.0
+        >>> retry_after_from_headers({"retry-after-ms": "250"})
+        0.25
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    ms = lowered.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            return max(0.0, value)
+    return parse_retry_after(lowered.get("retry-after"), now)
+
+
+_RANGE_WORDS = ("maximum", "minimum", "less than", "greater than", "<=", ">=", "between", "range")
+
+
+def rejects_logprobs(error_message: str) -> bool:
+    """Whether a 400 answer's message says that the endpoint does not take logprobs.
+
+    An out-of-range ``top_logprobs`` (e.g. above OpenAI's 20) is a setting to fix, not a missing
+    capability, so it does not count.
+
+    Example:
+        >>> rejects_logprobs("logprobs is not supported with this model")
+        True
+        >>> rejects_logprobs("Invalid 'top_logprobs': integer above maximum value. Expected <= 20")
+        False
+        >>> rejects_logprobs("maximum context length is 8192 tokens")
+        False
+    """
+    text = error_message.lower()
+    if "logprob" not in text:
+        return False
+    return not ("top_logprobs" in text and any(word in text for word in _RANGE_WORDS))
+
+
+# -- the client ------------------------------------------------------------------------
+
+
+class _Malformed(Exception):
+    """A 200 answer that is not a usable chat completion."""
+
+
+class _Retryable(Exception):
+    """One failed attempt worth retrying."""
+
+    def __init__(self, description: str, status: int | None, retry_after: float | None) -> None:
+        super().__init__(description)
+        self.description = description
+        self.status = status
+        self.retry_after = retry_after
+
+
+class OpenAIChatClient:
+    """:class:`ChatClient` for any OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+    Args:
+        model: model name sent with each request.
+        base_url: endpoint root, e.g. ``"http://127.0.0.1:8080/v1"``; ``None`` uses
+            ``OPENAI_BASE_URL`` or OpenAI's API.
+        api_key: API key; ``None`` uses ``OPENAI_API_KEY``, else a placeholder when a
+            ``base_url`` is given (local servers need no key).
+        default_headers: extra HTTP headers sent with every request.
+        timeout: seconds allowed for each HTTP attempt.
+        max_retries: retries after the first attempt for retryable failures (0 = try once).
+        backoff_base: ceiling of the first jittered wait, in seconds; doubles per retry.
+        backoff_max: longest wait between attempts, in seconds, ``Retry-After`` included.
+        temperature: sampling temperature (0 for reproducible judgements).
+        rng: random source for the jitter (tests pass a seeded one).
+
+    Raises:
+        ValueError: on bad settings; and at the first call when no API key can be found for
+            OpenAI's API.
+
+    Example:
+        >>> client = OpenAIChatClient(model="smollm2", base_url="http://127.0.0.1:8080/v1")
+        >>> client.identity
+        ('http://127.0.0.1:8080/v1', 'smollm2')
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        backoff_base: float = 0.5,
+        backoff_max: float = 20.0,
+        temperature: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError("model must be a non-empty model name, e.g. model='gpt-4o-mini'.")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}.")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}.")
+        if backoff_base < 0 or backoff_max < 0:
+            raise ValueError(
+                f"backoff_base and backoff_max must be >= 0, got {backoff_base}, {backoff_max}."
+            )
+        explicit_url = base_url or None
+        resolved_url = explicit_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not key and resolved_url.rstrip("/") != DEFAULT_BASE_URL:
+            key = PLACEHOLDER_API_KEY
+        self._model = model
+        self._base_url = resolved_url.rstrip("/")
+        self._api_key = key or None
+        self._headers = dict(default_headers or {})
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.temperature = float(temperature)
+        self._rng = rng
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._clients_lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIChatClient(model={self._model!r}, base_url={self._base_url!r})"
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """``(base_url, model)``, the base URL without a trailing slash."""
+        return (self._base_url, self._model)
+
+    @property
+    def model(self) -> str:
+        """The model name sent with each request."""
+        return self._model
+
+    @property
+    def base_url(self) -> str:
+        """The endpoint root, without a trailing slash."""
+        return self._base_url
+
+    def _sdk_client(self) -> Any:
+        """The ``AsyncOpenAI`` of the running event loop, made on first use in that loop."""
+        loop = asyncio.get_running_loop()
+        with self._clients_lock:
+            client = self._clients.get(loop)
+            if client is None:
+                if not self._api_key:
+                    # Raised at first use, not at construction, so that a reranker can be built
+                    # and inspected (prompts, settings) before credentials are set.
+                    raise ValueError(
+                        "No API key for OpenAI's API: pass api_key='sk-...', set OPENAI_API_KEY, "
+                        "or pass base_url='http://127.0.0.1:PORT/v1' for a local server that "
+                        "needs none."
+                    )
+                openai = require("openai")
+                client = openai.AsyncOpenAI(
+                    api_key=self._api_key,
+                    base_url=self._base_url,
+                    default_headers=self._headers or None,
+                    timeout=self.timeout,
+                    max_retries=0,  # the retry policy is ours (see the module docstring)
+                    http_client=_loop_bound_http_client(loop, self.timeout),
+                )
+                self._clients[loop] = client
+            return client
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections of the running loop's client (others close with their
+        loops)."""
+        loop = asyncio.get_running_loop()
+        with self._clients_lock:
+            client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.close()
+
+    async def achat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int,
+        logprobs: bool,
+        top_logprobs: int,
+        deadline: float | None = None,
+    ) -> ChatResult:
+        """Send one chat request, retrying transient failures.
+
+        Args:
+            messages: chat messages, e.g. ``[{"role": "user", "content": "..."}]``.
+            max_tokens: most tokens to generate.
+            logprobs: ask for log-probabilities (skipped if the endpoint is known not to give
+                them).
+            top_logprobs: alternatives per position when ``logprobs`` is sent.
+            deadline: absolute :func:`time.monotonic` time after which no new attempt starts.
+
+        Returns:
+            The answer; ``tokens`` is ``None`` when logprobs were not asked for or not given.
+
+        Raises:
+            ChatClientError: retries spent, deadline reached, or an answer that retrying cannot
+                fix (e.g. 401, 404); the message says which and quotes the last error.
+        """
+        openai = require("openai")
+        client = self._sdk_client()
+        want_logprobs = bool(logprobs) and logprobs_supported(self.identity) is not False
+        attempts = 0
+        failures: list[_Retryable] = []
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise self._give_up("the deadline passed", attempts, failures)
+            attempts += 1
+            timeout = self.timeout if deadline is None else min(self.timeout, deadline - now)
+            kwargs: dict[str, Any] = {
+                "model": self._model,
+                "messages": [dict(m) for m in messages],
+                "max_tokens": max_tokens,
+                "temperature": self.temperature,
+                "timeout": timeout,
+            }
+            if want_logprobs:
+                kwargs["logprobs"] = True
+                kwargs["top_logprobs"] = top_logprobs
+            try:
+                try:
+                    raw = await client.chat.completions.create(**kwargs)
+                except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                    if want_logprobs and rejects_logprobs(_error_text(exc)):
+                        self._mark_no_logprobs(f"HTTP {exc.status_code}: {_error_text(exc)}")
+                        want_logprobs = False
+                        continue  # re-ask at once: this is not a transient failure
+                    raise self._fatal(exc, attempts) from exc
+                except openai.APIStatusError as exc:
+                    status = exc.status_code
+                    if status in RETRYABLE_STATUSES or status >= 500:
+                        raise _Retryable(
+                            f"HTTP {status}: {_error_text(exc)}",
+                            status,
+                            retry_after_from_headers(exc.response.headers),
+                        ) from exc
+                    raise self._fatal(exc, attempts) from exc
+                except openai.APITimeoutError as exc:
+                    raise _Retryable(f"timed out after {timeout:.3g} s", None, None) from exc
+                except openai.APIConnectionError as exc:
+                    cause = exc.__cause__ or exc
+                    raise _Retryable(f"connection error: {cause!r}", None, None) from exc
+                except (openai.APIResponseValidationError, ValueError) as exc:
+                    # A body that claims to be JSON but is not (json.JSONDecodeError is a
+                    # ValueError) fails inside the SDK.
+                    raise _Retryable(f"malformed answer: {exc}", 200, None) from exc
+                try:
+                    return self._parse(raw, want_logprobs, attempts)
+                except _Malformed as exc:
+                    raise _Retryable(f"malformed answer: {exc}", 200, None) from exc
+            except _Retryable as failure:
+                failures.append(failure)
+            if len(failures) > self.max_retries:
+                raise self._give_up(f"{len(failures)} retryable failures", attempts, failures)
+            wait = retry_delay(
+                len(failures) - 1,
+                retry_after=failures[-1].retry_after,
+                base=self.backoff_base,
+                cap=self.backoff_max,
+                rng=self._rng,
+            )
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                raise self._give_up(
+                    f"the deadline would pass during the {wait:.3g} s wait before a retry",
+                    attempts,
+                    failures,
+                )
+            logger.debug(
+                "%s attempt %d failed (%s); retrying in %.3f s",
+                self,
+                attempts,
+                failures[-1].description,
+                wait,
+            )
+            await asyncio.sleep(wait)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _mark_no_logprobs(self, why: str) -> None:
+        if record_logprobs_support(self.identity, False):
+            logger.info(
+                "%s gives no logprobs (%s); judging from the answer text from now on", self, why
+            )
+
+    def _parse(self, raw: Any, want_logprobs: bool, attempts: int) -> ChatResult:
+        if isinstance(raw, (str, bytes)) or not hasattr(raw, "choices"):
+            raise _Malformed(f"the body is not a chat completion: {_preview(raw)}")
+        choices = raw.choices
+        if not choices:
+            raise _Malformed("the answer has no choices")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise _Malformed("the first choice has no message")
+        text = getattr(message, "content", None)
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise _Malformed(f"the message content is not text: {_preview(text)}")
+        usage = getattr(raw, "usage", None)
+        tokens: tuple[GeneratedToken, ...] | None = None
+        if want_logprobs:
+            tokens = _read_logprobs(getattr(choice, "logprobs", None))
+            if tokens is None or (not tokens and text):
+                self._mark_no_logprobs("a 200 answer without logprobs")
+                tokens = None
+            else:
+                record_logprobs_support(self.identity, True)
+        return ChatResult(
+            text=text,
+            tokens=tokens,
+            prompt_tokens=_as_int(getattr(usage, "prompt_tokens", 0)),
+            completion_tokens=_as_int(getattr(usage, "completion_tokens", 0)),
+            attempts=attempts,
+        )
+
+    def _fatal(self, exc: Any, attempts: int) -> ChatClientError:
+        status = getattr(exc, "status_code", None)
+        hint = {
+            401: " Check api_key / OPENAI_API_KEY.",
+            403: " Check that the key may use this model.",
+            404: " Check base_url (it usually ends in /v1) and the model name.",
+        }.get(status or 0, "")
+        return ChatClientError(
+            f"{self} failed with HTTP {status}, which retrying cannot fix: "
+            f"{_error_text(exc)}.{hint}",
+            status=status,
+            attempts=attempts,
+        )
+
+    def _give_up(self, why: str, attempts: int, failures: Sequence[_Retryable]) -> ChatClientError:
+        last = failures[-1] if failures else None
+        detail = f"; last error: {last.description}" if last else ""
+        return ChatClientError(
+            f"{self} gave up after {attempts} attempt(s): {why}{detail}",
+            status=last.status if last else None,
+            attempts=attempts,
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _loop_bound_http_client_class() -> type:
+    """The SDK's default httpx client, minus a finaliser that breaks across event loops.
+
+    The SDK's own client schedules ``aclose()`` on *whatever* loop is running when it is
+    garbage-collected; when its connections belong to a loop that has already closed (an
+    ``asyncio.run`` that ended), that task fails with "Event loop is closed". This one only
+    schedules it on its own loop, and otherwise leaves the dead loop's sockets to be closed
+    with their objects.
+    """
+    openai = require("openai")
+
+    class LoopBoundHttpClient(openai.DefaultAsyncHttpxClient):  # type: ignore[name-defined]
+        owner_loop: asyncio.AbstractEventLoop | None = None
+        closing: asyncio.Task[None] | None = None
+
+        def __del__(self) -> None:
+            if self.is_closed:
+                return
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            if running is self.owner_loop and not running.is_closed():
+                self.closing = running.create_task(self.aclose())
+
+    return LoopBoundHttpClient
+
+
+def _loop_bound_http_client(loop: asyncio.AbstractEventLoop, timeout: float) -> Any:
+    client = _loop_bound_http_client_class()(timeout=timeout)
+    client.owner_loop = loop
+    return client
+
+
+def _read_logprobs(logprobs: Any) -> tuple[GeneratedToken, ...] | None:
+    """``choice.logprobs.content`` as :class:`GeneratedToken` s; ``None`` when absent or
+    unreadable."""
+    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    if content is None:
+        return None
+    try:
+        return tuple(
+            GeneratedToken(
+                token=str(item.token),
+                logprob=float(item.logprob),
+                top=tuple(
+                    TokenChoice(token=str(alt.token), logprob=float(alt.logprob))
+                    for alt in (getattr(item, "top_logprobs", None) or ())
+                ),
+            )
+            for item in content
+        )
+    except (AttributeError, TypeError, ValueError):
+        logger.debug("unreadable logprobs in a chat answer: %s", _preview(logprobs))
+        return None
+
+
+def _error_text(exc: Any) -> str:
+    """The server's own error message when the body has one, else the exception text."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        error = body.get("error", body)
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    return str(getattr(exc, "message", None) or exc)
+
+
+def _as_int(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _preview(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
