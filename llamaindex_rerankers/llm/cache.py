@@ -1,0 +1,183 @@
+"""Caches of LLM judgements: a repeated (query, passage) makes no LLM call.
+
+Key: (model, base_url, prompt key, sha256(query), sha256(passage)) — see :func:`cache_key`; the
+prompt key holds the prompt version and a hash of the templates and labels. Value: a
+:class:`CachedJudgement`, the label probabilities (or the parsed label, as probability 1) and
+where they came from. Judgements that failed are never cached.
+
+Two implementations of the :class:`JudgementCache` protocol: :class:`MemoryCache` (an LRU, the
+default, per reranker instance) and :class:`SQLiteCache` (a file shared across runs and
+processes).
+
+Example:
+    >>> cache = MemoryCache(maxsize=2)
+    >>> key = cache_key("gpt-4o-mini", "https://api.openai.com/v1", "v1:abc", "q", "p")
+    >>> cache.put(key, CachedJudgement({"unlikely": 0.1, "very likely": 0.9}, "logprobs"))
+    >>> cache.get(key).probs["very likely"]
+    0.9
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class CachedJudgement:
+    """What is kept per (query, passage): label probabilities and their source.
+
+    Attributes:
+        probs: label name → probability (sums to 1); a parsed text answer is ``{label: 1.0}``.
+        source: ``"logprobs"`` or ``"text"``.
+
+    Example:
+        >>> CachedJudgement({"likely": 1.0}, "text").source
+        'text'
+    """
+
+    probs: dict[str, float]
+    source: str
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def cache_key(model: str, base_url: str, prompt_key: str, query: str, passage: str) -> str:
+    """One string key from the model identity, the prompt key and the texts' sha256 digests.
+
+    Example:
+        >>> cache_key("m", "u", "v1", "q", "p") == cache_key("m", "u", "v1", "q", "p")
+        True
+        >>> cache_key("m", "u", "v1", "q", "p") == cache_key("m", "u", "v2", "q", "p")
+        False
+    """
+    return json.dumps([model, base_url, prompt_key, _sha(query), _sha(passage)])
+
+
+@runtime_checkable
+class JudgementCache(Protocol):
+    """Anything that can store judgements by key; must be safe to use from several threads."""
+
+    def get(self, key: str) -> CachedJudgement | None:
+        """The cached judgement for ``key``, or ``None``."""
+        ...
+
+    def put(self, key: str, value: CachedJudgement) -> None:
+        """Store ``value`` under ``key``."""
+        ...
+
+
+class MemoryCache:
+    """In-memory least-recently-used cache, thread-safe.
+
+    Args:
+        maxsize: entries kept; the least recently used one is evicted beyond it.
+
+    Example:
+        >>> c = MemoryCache(maxsize=1)
+        >>> c.put("a", CachedJudgement({"likely": 1.0}, "text"))
+        >>> c.put("b", CachedJudgement({"likely": 1.0}, "text"))
+        >>> c.get("a") is None, len(c)
+        (True, 1)
+    """
+
+    def __init__(self, maxsize: int = 100_000) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.maxsize = maxsize
+        self._data: OrderedDict[str, CachedJudgement] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> CachedJudgement | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: CachedJudgement) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"MemoryCache(maxsize={self.maxsize}, entries={len(self._data)})"
+
+
+class SQLiteCache:
+    """Judgements in an SQLite file, kept across runs; thread-safe, one connection.
+
+    Args:
+        path: database file; created with its parent folder if missing.
+
+    Example:
+        >>> c = SQLiteCache(":memory:")
+        >>> c.put("k", CachedJudgement({"likely": 1.0}, "text"))
+        >>> c.get("k")
+        CachedJudgement(probs={'likely': 1.0}, source='text')
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0)
+        with self._lock, self._conn:
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS judgements "
+                "(key TEXT PRIMARY KEY, probs TEXT NOT NULL, source TEXT NOT NULL)"
+            )
+
+    def get(self, key: str) -> CachedJudgement | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT probs, source FROM judgements WHERE key = ?", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            probs = {str(k): float(v) for k, v in json.loads(row[0]).items()}
+        except (ValueError, AttributeError, TypeError):
+            return None  # a damaged row is a miss, not a crash
+        if not all(math.isfinite(p) for p in probs.values()):
+            return None
+        return CachedJudgement(probs, str(row[1]))
+
+    def put(self, key: str, value: CachedJudgement) -> None:
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO judgements (key, probs, source) VALUES (?, ?, ?)",
+                (key, json.dumps(value.probs), value.source),
+            )
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM judgements").fetchone()[0])
+
+    def __repr__(self) -> str:
+        return f"SQLiteCache({self.path!r})"

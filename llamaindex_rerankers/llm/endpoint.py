@@ -1,0 +1,96 @@
+"""Which OpenAI-compatible endpoint the command line talks to, and its options.
+
+Resolution, first match wins: ``--llm-base-url`` (any OpenAI-compatible server: vLLM, Ollama,
+Azure, a llama.cpp server already running); ``OPENAI_API_KEY`` in the environment (OpenAI's API,
+model ``--llm-model`` or the reranker's default); otherwise a local llama.cpp server is started
+for the duration of the command on the GGUF of ``--llm-gguf`` / ``$LLAMAINDEX_RERANKERS_LLM_GGUF``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LLMEndpoint:
+    """An OpenAI-compatible chat endpoint.
+
+    Attributes:
+        base_url: root URL ending in ``/v1``; ``None`` is OpenAI's API.
+        model: model name to request; ``None`` leaves the reranker's default.
+        api_key: key; ``None`` reads ``OPENAI_API_KEY``.
+        local: a llama.cpp server this process started (and stops).
+    """
+
+    base_url: str | None
+    model: str | None
+    api_key: str | None
+    local: bool = False
+
+    def reranker_options(self) -> dict[str, Any]:
+        """Options for the registry's LLM-backed rerankers (``llm_base_url`` ...)."""
+        return {"llm_base_url": self.base_url, "llm_model": self.model, "llm_api_key": self.api_key}
+
+    def as_llama_index_llm(self) -> Any:
+        """This endpoint as a LlamaIndex LLM (``OpenAILike``), e.g. for the response synthesizer.
+
+        Example:
+            >>> endpoint = LLMEndpoint("http://127.0.0.1:8000/v1", "m", None)
+            >>> llm = endpoint.as_llama_index_llm()  # doctest: +SKIP
+        """
+        from llamaindex_rerankers._imports import require
+
+        openai_like = require("llama_index.llms.openai_like")
+        return openai_like.OpenAILike(
+            api_base=self.base_url or "https://api.openai.com/v1",
+            model=self.model or "gpt-4o-mini",
+            api_key=self.api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
+            is_chat_model=True,
+            temperature=0.0,
+            max_tokens=256,
+        )
+
+
+def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--llm-base-url``, ``--llm-model``, ``--llm-api-key`` and ``--llm-gguf``."""
+    group = parser.add_argument_group("LLM endpoint (LLM reranker, cascade, anchors, answers)")
+    group.add_argument(
+        "--llm-base-url",
+        metavar="URL",
+        help="OpenAI-compatible endpoint "
+        "ending in /v1; default: OpenAI if OPENAI_API_KEY is set, else a local "
+        "llama.cpp server started for this command",
+    )
+    group.add_argument("--llm-model", metavar="NAME", help="model name at the endpoint")
+    group.add_argument("--llm-api-key", metavar="KEY", help="API key (default: $OPENAI_API_KEY)")
+    group.add_argument(
+        "--llm-gguf",
+        metavar="PATH",
+        help="GGUF for the local server (default: $LLAMAINDEX_RERANKERS_LLM_GGUF)",
+    )
+
+
+@contextlib.contextmanager
+def llm_endpoint(args: argparse.Namespace, *, needed: bool) -> Iterator[LLMEndpoint | None]:
+    """The endpoint the options describe, for the duration of a ``with`` block.
+
+    Yields ``None`` when no LLM is ``needed``. A local server is started only when neither
+    ``--llm-base-url`` nor ``OPENAI_API_KEY`` is given, and stopped on exit.
+    """
+    if not needed:
+        yield None
+        return
+    if getattr(args, "llm_base_url", None) or (
+        os.environ.get("OPENAI_API_KEY") and not getattr(args, "llm_gguf", None)
+    ):
+        yield LLMEndpoint(args.llm_base_url, args.llm_model, args.llm_api_key)
+        return
+    from llamaindex_rerankers.llm.server import local_llm_server
+
+    with local_llm_server(getattr(args, "llm_gguf", None)) as server:
+        yield LLMEndpoint(server.base_url, server.model, "not-needed", local=True)

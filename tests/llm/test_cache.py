@@ -1,0 +1,201 @@
+"""Judgement caches, and the reranker's bookkeeping around them (no server needed).
+
+The reranker is driven here through the ChatClient protocol by a scripted client, the same door
+the OpenAI client uses; the real llama.cpp server is exercised in test_local_server.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from llamaindex_rerankers.llm import LLMReranker, MemoryCache, SQLiteCache
+from llamaindex_rerankers.llm.cache import CachedJudgement, cache_key
+from llamaindex_rerankers.llm.client import ChatClientError, ChatResult, GeneratedToken, TokenChoice
+
+
+def test_cache_key_changes_with_every_component() -> None:
+    base = ("m", "u", "v1:x", "q", "p")
+    keys = {cache_key(*base)}
+    for i in range(len(base)):
+        changed = list(base)
+        changed[i] = changed[i] + "!"
+        keys.add(cache_key(*changed))
+    assert len(keys) == 1 + len(base)
+    assert "q" not in cache_key(*base).split('"')[7:]  # texts are stored as digests only
+
+
+def test_memory_cache_evicts_least_recently_used() -> None:
+    c = MemoryCache(maxsize=2)
+    j = CachedJudgement({"likely": 1.0}, "text")
+    c.put("a", j)
+    c.put("b", j)
+    assert c.get("a") == j  # "a" is now the most recent
+    c.put("c", j)
+    assert c.get("b") is None and c.get("a") == j and c.get("c") == j
+    with pytest.raises(ValueError):
+        MemoryCache(maxsize=0)
+
+
+def test_sqlite_cache_persists_across_instances(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "judgements.sqlite"
+    first = SQLiteCache(path)
+    value = CachedJudgement({"unlikely": 0.25, "likely": 0.25, "very likely": 0.5}, "logprobs")
+    first.put("k", value)
+    first.close()
+    second = SQLiteCache(path)
+    assert second.get("k") == value
+    assert second.get("missing") is None
+    assert len(second) == 1
+
+
+def test_reranker_cache_option(tmp_path: Path) -> None:
+    assert isinstance(LLMReranker(model="m").judgement_cache, MemoryCache)
+    assert LLMReranker(model="m", cache=None).judgement_cache is None
+    on_disk = LLMReranker(model="m", cache=str(tmp_path / "c.sqlite"))
+    assert isinstance(on_disk.judgement_cache, SQLiteCache)
+    shared = MemoryCache()
+    assert LLMReranker(model="m", cache=shared).judgement_cache is shared
+    with pytest.raises(ValueError, match="cache must be"):
+        LLMReranker(model="m", cache=42)
+
+
+def test_api_key_is_neither_serialised_nor_shown() -> None:
+    reranker = LLMReranker(model="m", api_key="sk-secret")
+    assert "sk-secret" not in repr(reranker)
+    assert "sk-secret" not in str(reranker.to_dict())
+    assert "sk-secret" not in reranker.to_json()
+
+
+# -- the reranker through a scripted ChatClient ---------------------------------------------
+
+
+class ScriptedClient:
+    """Answers by the passage text: 'good' → C, 'fair' → B, 'bad' → A, 'junk' → unparseable,
+    'fail' → ChatClientError. Records every request."""
+
+    def __init__(self, logprobs: bool = True) -> None:
+        self.logprobs = logprobs
+        self.requests: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return ("http://scripted/v1", "scripted")
+
+    async def achat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int,
+        logprobs: bool,
+        top_logprobs: int,
+        deadline: float | None = None,
+    ) -> ChatResult:
+        user = messages[-1]["content"]
+        passage = user.split("<passage>\n")[1].split("\n</passage>")[0]
+        self.requests.append(passage)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        if passage.startswith("fail"):
+            raise ChatClientError("HTTP 500 five times", status=500, attempts=5)
+        code = {"good": "C", "fair": "B", "bad": "A"}.get(passage.split()[0], "Hmm")
+        main = 0.7 if code != "Hmm" else 0.9
+        top = (TokenChoice(code, math.log(main)), TokenChoice("X" if code == "A" else "A",
+                                                              math.log(1 - main)))  # fmt: skip
+        tokens = (
+            (GeneratedToken(code, math.log(main), top),) if logprobs and self.logprobs else None
+        )
+        return ChatResult(
+            text=code, tokens=tokens, prompt_tokens=10, completion_tokens=1, attempts=1
+        )
+
+
+def nodes_of(*texts: str) -> list[NodeWithScore]:
+    return [
+        NodeWithScore(node=TextNode(text=t, id_=f"n{i}"), score=1.0) for i, t in enumerate(texts)
+    ]
+
+
+def test_repeated_query_is_served_from_cache_with_zero_calls() -> None:
+    client = ScriptedClient()
+    reranker = LLMReranker(model="scripted", client=client)
+    nodes = nodes_of("bad one", "good one", "fair one")
+    first = reranker.postprocess_nodes(nodes, query_str="q")
+    assert [n.node.id_ for n in first] == ["n1", "n2", "n0"]
+    assert reranker.last_report is not None
+    assert reranker.last_report.counters["calls"] == 3
+    second = reranker.postprocess_nodes(nodes, query_str="q")
+    counters = reranker.last_report.counters
+    assert counters["calls"] == 0 and counters["cache_hits"] == 3
+    assert len(client.requests) == 3
+    assert [n.score for n in second] == [n.score for n in first]
+    assert all(n.node.metadata["rerank_cached"] for n in second)
+    # Another query is another key.
+    reranker.postprocess_nodes(nodes, query_str="another q")
+    assert reranker.last_report.counters["calls"] == 3
+
+
+def test_failures_and_unparseable_answers_become_unknown_and_are_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = ScriptedClient(logprobs=False)
+    reranker = LLMReranker(model="scripted", client=client)
+    nodes = nodes_of("fail a", "junk b", "good c", "fail d", "bad e")
+    with caplog.at_level("WARNING"):
+        out = reranker.postprocess_nodes(nodes, query_str="q")
+    assert [n.node.id_ for n in out] == ["n2", "n4", "n0", "n1", "n3"]
+    meta = {n.node.id_: n.node.metadata for n in out}
+    assert meta["n2"]["rerank_source"] == "text" and meta["n2"]["rerank_score"] == 1.0
+    for unknown in ("n0", "n1", "n3"):
+        assert meta[unknown]["rerank_label"] == "unknown"
+        assert meta[unknown]["rerank_score"] is None
+    counters = reranker.last_report.counters  # type: ignore[union-attr]
+    assert counters["failures"] == 2 and counters["unknown"] == 3
+    assert counters["parse_failures"] == 2  # junk: the answer and the stricter retry
+    assert counters["retries"] == 8  # 2 failed judgements x (5 attempts - 1)
+    assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 1
+    # Failures are not cached: the next call asks again.
+    reranker.postprocess_nodes(nodes, query_str="q")
+    assert reranker.last_report.counters["cache_hits"] == 2  # type: ignore[union-attr]
+
+
+def test_concurrency_limit_is_respected() -> None:
+    client = ScriptedClient()
+    reranker = LLMReranker(model="scripted", client=client, concurrency=3, cache=None)
+    reranker.postprocess_nodes(nodes_of(*[f"good {i}" for i in range(10)]), query_str="q")
+    assert client.max_in_flight == 3
+    assert reranker.last_report.counters["max_in_flight"] == 3  # type: ignore[union-attr]
+
+
+def test_fused_scores_are_recomputed_from_the_cache_without_calls() -> None:
+    client = ScriptedClient()
+    cache = MemoryCache()
+    nodes = nodes_of("fair first", "bad second", "good third")
+    LLMReranker(model="scripted", client=client, cache=cache).postprocess_nodes(
+        nodes, query_str="q"
+    )
+    fused = LLMReranker(model="scripted", client=client, cache=cache, retrieval_weight=0.5)
+    out = fused.postprocess_nodes(nodes, query_str="q")
+    assert len(client.requests) == 3
+    assert fused.last_report.counters["calls"] == 0  # type: ignore[union-attr]
+    assert all(0.0 <= n.score <= 1.0 for n in out)  # type: ignore[operator]
+    assert all("rerank_model_score" in n.node.metadata for n in out)
+
+
+def test_truncation_is_recorded_per_node() -> None:
+    client = ScriptedClient()
+    reranker = LLMReranker(model="scripted", client=client, passage_max_tokens=4)
+    out = reranker.postprocess_nodes(nodes_of("good " + "word " * 50, "good short"), query_str="q")
+    flags = {n.node.id_: n.node.metadata["rerank_truncated"] for n in out}
+    assert flags == {"n0": True, "n1": False}
+    assert reranker.last_report.counters["truncated"] == 1  # type: ignore[union-attr]
+    assert max(len(p) for p in client.requests) <= 16

@@ -1,0 +1,141 @@
+"""LLMReranker against a real llama.cpp server running SmolLM2-135M (about 20 LLM calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import pytest
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from llamaindex_rerankers.llm import LLMReranker
+from llamaindex_rerankers.llm.labels import DEFAULT_LABELS
+from llamaindex_rerankers.llm.server import (
+    LLM_GGUF_ENV,
+    LocalLLMServer,
+    LocalLLMServerError,
+    local_llm_server,
+    resolve_model_path,
+)
+
+pytestmark = pytest.mark.server
+
+QUERY = "how do I prune an apple tree"
+PRUNING = (
+    "Pruning apple trees: in late winter, while the tree is dormant, cut out dead, diseased "
+    "and crossing branches, then thin the canopy so light reaches the fruit."
+)
+STOCK = "Apple Inc. shares fell 2% on Tuesday after the company reported weaker iPhone sales."
+PIE = "Apple pie recipe: mix sliced apples with sugar and cinnamon and bake in a buttery crust."
+LABEL_NAMES = {lab.name for lab in DEFAULT_LABELS}
+
+
+def apple_nodes() -> list[NodeWithScore]:
+    texts = {"stock": STOCK, "pruning": PRUNING, "pie": PIE}
+    return [NodeWithScore(node=TextNode(text=t, id_=k), score=1.0) for k, t in texts.items()]
+
+
+def reranker_for(server: LocalLLMServer, **kwargs: object) -> LLMReranker:
+    return LLMReranker(model=server.model, base_url=server.base_url, **kwargs)  # type: ignore[arg-type]
+
+
+def test_model_path_must_be_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(LLM_GGUF_ENV, raising=False)
+    with pytest.raises(LocalLLMServerError, match=f"model_path.*{LLM_GGUF_ENV}"):
+        resolve_model_path(None)
+    with pytest.raises(LocalLLMServerError, match="does not exist"):
+        resolve_model_path("/nonexistent/model.gguf")
+
+
+def test_apple_pruning_logprob_path_and_cache(llm_server: LocalLLMServer) -> None:
+    reranker = reranker_for(llm_server)
+    nodes = apple_nodes()
+    out = reranker.postprocess_nodes(nodes, query_str=QUERY)
+
+    assert sorted(n.node.id_ for n in out) == ["pie", "pruning", "stock"]
+    scores = {n.node.id_: n.score for n in out}
+    # The one passage about pruning beats the share price and the recipe.
+    assert out[0].node.id_ == "pruning"
+    assert scores["pruning"] > scores["stock"] and scores["pruning"] > scores["pie"]
+    for n in out:
+        meta = n.node.metadata
+        assert meta["rerank_source"] == "logprobs"
+        probs = meta["rerank_label_probs"]
+        assert set(probs) == LABEL_NAMES
+        assert math.fsum(probs.values()) == pytest.approx(1.0)
+        assert meta["rerank_label"] == max(probs, key=probs.get)
+        expected = sum(p * lab.value for lab in DEFAULT_LABELS for k, p in probs.items()
+                       if k == lab.name)  # fmt: skip
+        assert n.score == pytest.approx(expected)
+        assert meta["rerank_score"] == n.score
+    report = reranker.last_report
+    assert report is not None
+    assert report.counters["calls"] == 3 and report.counters["failures"] == 0
+    assert report.counters["prompt_tokens"] > 3 * 50
+    assert report.counters["completion_tokens"] == 3  # one generated token per passage
+    # The input nodes are untouched.
+    assert all(n.score == 1.0 and "rerank_score" not in n.node.metadata for n in nodes)
+
+    again = reranker.postprocess_nodes(nodes, query_str=QUERY)
+    assert reranker.last_report is not None
+    assert reranker.last_report.counters["calls"] == 0
+    assert reranker.last_report.counters["cache_hits"] == 3
+    assert [(n.node.id_, n.score) for n in again] == [(n.node.id_, n.score) for n in out]
+
+
+def test_text_fallback_without_logprobs(llm_server: LocalLLMServer) -> None:
+    reranker = reranker_for(llm_server, use_logprobs=False, cache=None)
+    out = reranker.postprocess_nodes(apple_nodes(), query_str=QUERY)
+    assert sorted(n.node.id_ for n in out) == ["pie", "pruning", "stock"]
+    report = reranker.last_report
+    assert report is not None
+    for n in out:
+        meta = n.node.metadata
+        assert meta["rerank_source"] in {"text", "unknown"}
+        if meta["rerank_source"] == "text":
+            label = meta["rerank_label"]
+            assert n.score == next(lab.value for lab in DEFAULT_LABELS if lab.name == label)
+            assert meta["rerank_label_probs"][label] == 1.0
+        else:
+            assert meta["rerank_label"] == "unknown" and meta["rerank_score"] is None
+    judged = [n for n in out if n.node.metadata["rerank_source"] == "text"]
+    unknown = [n for n in out if n.node.metadata["rerank_source"] == "unknown"]
+    assert out == judged + unknown  # unjudged nodes come after every judged one
+    # Each unparseable answer was retried once with the stricter instruction.
+    assert report.counters["calls"] == 3 + report.counters["parse_failures"]
+    assert report.counters["unknown"] == len(unknown)
+    assert report.n_unjudged == len(unknown)
+
+
+async def test_async_judgements_overlap(llm_server: LocalLLMServer) -> None:
+    reranker = reranker_for(llm_server, concurrency=4, cache=None)
+    nodes = [NodeWithScore(node=TextNode(text=f"{PRUNING} ({i})", id_=str(i))) for i in range(4)]
+    out = await reranker.apostprocess_nodes(nodes, query_str=QUERY)
+    assert sorted(n.node.id_ for n in out) == ["0", "1", "2", "3"]
+    report = reranker.last_report
+    assert report is not None
+    assert report.counters["calls"] == 4
+    assert report.counters["max_in_flight"] > 1
+
+
+async def test_sync_call_inside_a_running_event_loop(llm_server: LocalLLMServer) -> None:
+    asyncio.get_running_loop()  # as in Jupyter: a loop is running in this thread
+    reranker = reranker_for(llm_server, cache=None)
+    nodes = apple_nodes()[:2]
+    out = reranker.postprocess_nodes(nodes, query_str="apple tree pruning")
+    assert sorted(n.node.id_ for n in out) == ["pruning", "stock"]
+    assert reranker.last_report is not None
+    assert reranker.last_report.counters["calls"] == 2
+    # A second sync call (a new loop in a new worker thread) works as well.
+    reranker.postprocess_nodes(nodes[:1], query_str="apple tree pruning")
+    assert reranker.last_report.counters["calls"] == 1
+
+
+def test_server_process_is_stopped_on_exit(gguf_path: str) -> None:
+    start = time.monotonic()
+    with local_llm_server(gguf_path, startup_timeout=180) as server:
+        assert server.base_url.startswith("http://127.0.0.1:") and server.base_url.endswith("/v1")
+        assert server.process.poll() is None
+    assert server.process.poll() is not None
+    assert time.monotonic() - start < 180
