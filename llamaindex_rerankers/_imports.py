@@ -19,6 +19,7 @@ _INSTALL_HINTS = {
     "ir_measures": "pip install 'llamaindex-rerankers[eval]'",
     "matplotlib": "pip install 'llamaindex-rerankers[eval]'",
     "llama_cpp": "pip install 'llamaindex-rerankers[local-llm]'",
+    "llama_index": "pip install 'llamaindex-rerankers[anchors]'",
 }
 
 

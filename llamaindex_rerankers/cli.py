@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from llamaindex_rerankers.cross_encoder import ModelLoadError
+from llamaindex_rerankers.llm.endpoint import LLMEndpoint, add_llm_arguments, llm_endpoint
 from llamaindex_rerankers.registry import RERANKER_NAMES, make_reranker
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``llamaindex-rerankers`` (subcommands ``index``, ``query``,
-    ``demo``, ``eval``).
+    ``demo``, ``eval``, ``llm-server``).
 
     Example:
         >>> build_parser().parse_args(["demo"]).command
@@ -146,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="print only JSON: a list of sources with id, "
         "rerank_score, retrieval_rank, retrieval_score, text",
     )
+    p.add_argument(
+        "--answer",
+        action="store_true",
+        help="also write an answer from the top N sources with the LLM endpoint (implied by "
+        "--llm-base-url)",
+    )
+    add_llm_arguments(p)
     p.set_defaults(run=_cmd_query)
 
     text = "index the bundled sample corpus and compare retrieval and reranked orders"
@@ -172,7 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="Q",
         help="ask this instead of the built-in questions (repeatable)",
     )
+    add_llm_arguments(p)
     p.set_defaults(run=_cmd_demo)
+
+    text = "serve a local GGUF model OpenAI-compatibly (llama.cpp) until interrupted"
+    p = sub.add_parser("llm-server", help=text, description=text)
+    p.add_argument("--model-path", metavar="GGUF", help="default: $LLAMAINDEX_RERANKERS_LLM_GGUF")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=8000, help="listen port (default: %(default)s)")
+    p.set_defaults(run=_cmd_llm_server)
 
     from llamaindex_rerankers.evaluation.command import add_eval_arguments
 
@@ -298,9 +314,6 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from llamaindex_rerankers.demo import format_sources, ranked_sources
-    from llamaindex_rerankers.pipeline import load_index, make_embed_model, retrieve_and_rerank
-
     config = _config(args)
     if not config.host:
         where = Path(str(config.persist_dir)).expanduser()
@@ -309,7 +322,18 @@ def _cmd_query(args: argparse.Namespace) -> int:
                 f"{PROG} query: no index at --persist-dir {str(where)!r}; build one first with "
                 f"`{PROG} index PATH --persist-dir {where}`"
             )
-    reranker = _reranker(args, top_n=args.top_n)
+    wants_answer = (args.answer or bool(args.llm_base_url)) and not args.json
+    with llm_endpoint(args, needed=_needs_llm(args.reranker) or wants_answer) as endpoint:
+        return _query(args, config, endpoint, wants_answer)
+
+
+def _query(
+    args: argparse.Namespace, config: ChromaConfig, endpoint: LLMEndpoint | None, answer: bool
+) -> int:
+    from llamaindex_rerankers.demo import format_sources, ranked_sources
+    from llamaindex_rerankers.pipeline import load_index, make_embed_model, retrieve_and_rerank
+
+    reranker = _reranker(args, top_n=args.top_n, endpoint=endpoint)
     _quiet_third_parties()
     embed = make_embed_model(args.embed_model)
     index = load_index(config, embed_model=embed)
@@ -323,19 +347,23 @@ def _cmd_query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.to_json() for s in sources], indent=2, ensure_ascii=False))
         return 0
-    llm = _configured_llm(args)
-    answer = None
-    if llm is not None:
-        answer = _answer(llm, args.question, result.reranked[: args.top_n])
-    print(format_sources(sources, width=_width(), answer=answer))
+    text = None
+    if answer and endpoint is not None:
+        text = _answer(endpoint.as_llama_index_llm(), args.question, result.reranked[: args.top_n])
+    print(format_sources(sources, width=_width(), answer=text))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    with llm_endpoint(args, needed=_needs_llm(args.reranker)) as endpoint:
+        return _demo(args, endpoint)
+
+
+def _demo(args: argparse.Namespace, endpoint: LLMEndpoint | None) -> int:
     from llamaindex_rerankers.demo import DEMO_COLLECTION, DEMO_QUESTIONS, format_demo, run_demo
     from llamaindex_rerankers.pipeline import make_embed_model
 
-    reranker = _reranker(args, top_n=None)
+    reranker = _reranker(args, top_n=None, endpoint=endpoint)
     _quiet_third_parties()
     # The reranker's model first: a missing model fails before anything is embedded.
     load = getattr(reranker, "load", None)
@@ -351,6 +379,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     print(format_demo(report, width=_width()))
     return 0
+
+
+def _cmd_llm_server(args: argparse.Namespace) -> int:
+    from llamaindex_rerankers.llm.server import serve_forever
+
+    print(f"serving at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
+    return serve_forever(args.model_path, args.host, args.port)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -374,21 +409,23 @@ def _config(args: argparse.Namespace) -> ChromaConfig:
     )
 
 
-def _reranker(args: argparse.Namespace, *, top_n: int | None) -> BaseNodePostprocessor | None:
+def _needs_llm(reranker: str) -> bool:
+    from llamaindex_rerankers.evaluation.command import LLM_RERANKERS
+
+    return reranker in LLM_RERANKERS
+
+
+def _reranker(
+    args: argparse.Namespace, *, top_n: int | None, endpoint: LLMEndpoint | None = None
+) -> BaseNodePostprocessor | None:
     options: dict[str, Any] = {}
-    if args.reranker == "cross-encoder" and args.cross_encoder_model:
+    if args.cross_encoder_model and args.reranker in ("cross-encoder", "sbert"):
         options["model"] = args.cross_encoder_model
+    if args.cross_encoder_model and args.reranker == "cascade":
+        options["cross_encoder_model"] = args.cross_encoder_model
+    if endpoint is not None and _needs_llm(args.reranker):
+        options.update(endpoint.reranker_options())
     return make_reranker(args.reranker, top_n=top_n, **options)
-
-
-def _configured_llm(args: argparse.Namespace) -> LLM | None:
-    """The LLM that writes an answer from the reranked sources; ``None`` prints sources only.
-
-    Hook: no LLM is configured from the CLI yet. When the OpenAI-compatible client (llama.cpp
-    server or OpenAI) lands, build it here from its options; ``query`` then prints its answer
-    above the sources.
-    """
-    return None
 
 
 def _answer(llm: LLM, question: str, nodes: Sequence[NodeWithScore]) -> str:

@@ -5,7 +5,7 @@ Each name maps to a small factory; adding a reranker is one line in :data:`_FACT
 Example:
     >>> from llamaindex_rerankers.registry import RERANKER_NAMES, make_reranker
     >>> RERANKER_NAMES
-    ('none', 'cross-encoder')
+    ('none', 'cross-encoder', 'llm', 'cascade', 'sbert', 'llmrerank', 'rankgpt')
     >>> make_reranker("none") is None
     True
     >>> reranker = make_reranker("cross-encoder", top_n=5, batch_size=16)
@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
+
+from llamaindex_rerankers.base import BaseReranker
 
 Factory = Callable[..., BaseNodePostprocessor | None]
 
@@ -37,9 +39,107 @@ def _cross_encoder(*, top_n: int | None = None, **options: Any) -> BaseNodePostp
     return CrossEncoderReranker(top_n=top_n, **options)
 
 
+def _llm(
+    *,
+    top_n: int | None = None,
+    llm_base_url: str | None = None,
+    llm_model: str | None = None,
+    llm_api_key: str | None = None,
+    **options: Any,
+) -> BaseReranker:
+    from llamaindex_rerankers.llm import LLMReranker
+
+    if llm_model:
+        options["model"] = llm_model
+    return LLMReranker(top_n=top_n, base_url=llm_base_url, api_key=llm_api_key, **options)
+
+
+def _cascade(
+    *,
+    top_n: int | None = None,
+    keep: int = 7,
+    cross_encoder_model: str | None = None,
+    **llm_options: Any,
+) -> BaseNodePostprocessor:
+    from llamaindex_rerankers.cascade import CascadeReranker
+    from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
+
+    first = CrossEncoderReranker(**({"model": cross_encoder_model} if cross_encoder_model else {}))
+    return CascadeReranker(first=first, second=_llm(**llm_options), keep=keep, top_n=top_n)
+
+
+# -- LlamaIndex's own rerankers, the anchors we compare against (extra: anchors) -------------
+
+_ALL = 10**9  # the anchors need an int top_n; "all" for ours is None
+
+
+def _sbert(*, top_n: int | None = None, model: str | None = None, **options: Any) -> Any:
+    from llamaindex_rerankers._imports import require
+    from llamaindex_rerankers.cross_encoder import default_cross_encoder
+
+    sbert = require("llama_index.postprocessor.sbert_rerank")
+    return sbert.SentenceTransformerRerank(
+        model=model or default_cross_encoder(), top_n=top_n or _ALL, **options
+    )
+
+
+def _openai_like(base_url: str | None, model: str | None, api_key: str | None) -> Any:
+    from llamaindex_rerankers._imports import require
+
+    if not base_url or not model:
+        raise ValueError(
+            "LlamaIndex's LLM rerankers need llm_base_url and llm_model (an OpenAI-compatible "
+            "endpoint, e.g. the local server of `llamaindex-rerankers llm-server`)."
+        )
+    openai_like = require("llama_index.llms.openai_like")
+    return openai_like.OpenAILike(
+        api_base=base_url,
+        model=model,
+        api_key=api_key or "not-needed",
+        is_chat_model=True,
+        temperature=0.0,
+        timeout=120.0,
+        max_retries=2,
+    )
+
+
+def _llmrerank(
+    *,
+    top_n: int | None = None,
+    llm_base_url: str | None = None,
+    llm_model: str | None = None,
+    llm_api_key: str | None = None,
+    **options: Any,
+) -> Any:
+    from llama_index.core.postprocessor import LLMRerank
+
+    llm = _openai_like(llm_base_url, llm_model, llm_api_key)
+    return LLMRerank(llm=llm, top_n=top_n or _ALL, **options)
+
+
+def _rankgpt(
+    *,
+    top_n: int | None = None,
+    llm_base_url: str | None = None,
+    llm_model: str | None = None,
+    llm_api_key: str | None = None,
+    **options: Any,
+) -> Any:
+    from llamaindex_rerankers._imports import require
+
+    rankgpt = require("llama_index.postprocessor.rankgpt_rerank")
+    llm = _openai_like(llm_base_url, llm_model, llm_api_key)
+    return rankgpt.RankGPTRerank(llm=llm, top_n=top_n or _ALL, **options)
+
+
 _FACTORIES: dict[str, Factory] = {
     "none": _none,
     "cross-encoder": _cross_encoder,
+    "llm": _llm,
+    "cascade": _cascade,
+    "sbert": _sbert,
+    "llmrerank": _llmrerank,
+    "rankgpt": _rankgpt,
 }
 
 #: Names accepted by :func:`make_reranker`, in display order.

@@ -8,14 +8,12 @@ latency against K (``--plot``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from llamaindex_rerankers.evaluation.harness import (
     run_rerankers,
     score_runs,
 )
+from llamaindex_rerankers.llm.endpoint import LLMEndpoint, add_llm_arguments, llm_endpoint
 
 #: Rerankers that need an OpenAI-compatible LLM endpoint.
 LLM_RERANKERS = frozenset({"llm", "cascade", "llmrerank", "rankgpt"})
@@ -79,52 +78,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         default=7,
         help="candidates the cascade's LLM stage sees (default 7)",
     )
-    parser.add_argument(
-        "--llm-base-url",
-        help="OpenAI-compatible endpoint for the LLM "
-        "rerankers; without it a local llama.cpp server is started",
-    )
-    parser.add_argument("--llm-model", help="model name at --llm-base-url")
-    parser.add_argument("--llm-api-key", help="API key (default: $OPENAI_API_KEY)")
-    parser.add_argument(
-        "--llm-gguf", help="GGUF for the local server (default: $LLAMAINDEX_RERANKERS_LLM_GGUF)"
-    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_llm_arguments(parser)
 
 
-@dataclass(frozen=True)
-class _Endpoint:
-    base_url: str
-    model: str
-    api_key: str | None
-
-
-@contextlib.contextmanager
-def _llm_endpoint(args: argparse.Namespace, needed: bool) -> Iterator[_Endpoint | None]:
-    if not needed:
-        yield None
-        return
-    if args.llm_base_url:
-        if not args.llm_model:
-            raise ValueError("--llm-base-url needs --llm-model (the model name to request)")
-        yield _Endpoint(args.llm_base_url, args.llm_model, args.llm_api_key)
-        return
-    from llamaindex_rerankers.llm.server import local_llm_server
-
-    with local_llm_server(args.llm_gguf) as server:
-        yield _Endpoint(server.base_url, server.model, "not-needed")
-
-
-def _build(name: str, args: argparse.Namespace, endpoint: _Endpoint | None) -> Any:
+def _build(name: str, args: argparse.Namespace, endpoint: LLMEndpoint | None) -> Any:
     from llamaindex_rerankers.registry import make_reranker
 
     options: dict[str, Any] = {}
     if name in ("cross-encoder", "sbert", "cascade") and args.cross_encoder_model:
         options["cross_encoder_model" if name == "cascade" else "model"] = args.cross_encoder_model
     if name in LLM_RERANKERS and endpoint is not None:
-        options.update(
-            llm_base_url=endpoint.base_url, llm_model=endpoint.model, llm_api_key=endpoint.api_key
-        )
+        options.update(endpoint.reranker_options())
     if name == "cascade":
         options["keep"] = args.cascade_keep
     return make_reranker(name, top_n=args.top_n, **options)
@@ -155,7 +120,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     qids = dataset.query_ids(args.queries)
     stage = _first_stage(args, dataset)
     scored: list[ScoredRun] = []
-    with _llm_endpoint(args, needed=bool(LLM_RERANKERS.intersection(names))) as endpoint:
+    with llm_endpoint(args, needed=bool(LLM_RERANKERS.intersection(names))) as endpoint:
         rerankers: dict[str, BaseNodePostprocessor | None] = {
             n: _build(n, args, endpoint) for n in names
         }
