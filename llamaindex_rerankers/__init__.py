@@ -13,14 +13,17 @@ from __future__ import annotations
 from llamaindex_rerankers.base import BaseReranker, Judgement, RerankerEndEvent, RerankReport
 from llamaindex_rerankers.cascade import CascadeReranker
 from llamaindex_rerankers.cross_encoder import CrossEncoderReranker, ModelLoadError
+from llamaindex_rerankers.llm import LLMReranker, local_llm_server
 
 __all__ = [
     "BaseReranker",
     "CascadeReranker",
     "CrossEncoderReranker",
     "Judgement",
+    "LLMReranker",
     "ModelLoadError",
     "RerankReport",
     "RerankerEndEvent",
+    "local_llm_server",
 ]
 __version__ = "0.1.0"

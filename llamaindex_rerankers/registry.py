@@ -57,7 +57,7 @@ def _llm(
 def _cascade(
     *,
     top_n: int | None = None,
-    keep: int = 7,
+    keep: int = 6,
     cross_encoder_model: str | None = None,
     **llm_options: Any,
 ) -> BaseNodePostprocessor:
