@@ -43,10 +43,10 @@ test: lint typecheck
 	source scripts/offline-env.sh && $(BIN)/python -m pytest
 
 bench-cross-encoder: setup
-	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_cross_encoder.py
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_cross_encoder.py --threads 1
 
 bench-llm: setup
-	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm.py
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm.py --rerankers bm25,llm --tag ours
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
