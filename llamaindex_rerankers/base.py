@@ -150,30 +150,36 @@ class BaseReranker(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query = self._validate(nodes, query_bundle)
-        report = RerankReport(query=query, n_candidates=len(nodes))
+        query, texts, report = self._begin(nodes, query_bundle)
         if not nodes:
-            self._last_report = report
             return []
         with self._events(nodes, query_bundle, query) as finish:
-            texts = [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
             judgements = self._judge(query, texts, report)
             return finish(self._assemble(nodes, judgements, report), report)
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query = self._validate(nodes, query_bundle)
-        report = RerankReport(query=query, n_candidates=len(nodes))
+        query, texts, report = self._begin(nodes, query_bundle)
         if not nodes:
-            self._last_report = report
             return []
         with self._events(nodes, query_bundle, query) as finish:
-            texts = [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
             judgements = await self._ajudge(query, texts, report)
             return finish(self._assemble(nodes, judgements, report), report)
 
     # -- shared machinery ---------------------------------------------------------------
+
+    def _begin(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> tuple[str, list[str], RerankReport]:
+        """Validate, then the query, the texts to judge and a fresh report (already the last
+        report when there is nothing to judge)."""
+        query = self._validate(nodes, query_bundle)
+        report = RerankReport(query=query, n_candidates=len(nodes))
+        if not nodes:
+            self._last_report = report
+        texts = [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
+        return query, texts, report
 
     def _validate(self, nodes: Sequence[NodeWithScore], query_bundle: QueryBundle | None) -> str:
         if query_bundle is None:

@@ -103,33 +103,33 @@ def _openai_like(base_url: str | None, model: str | None, api_key: str | None) -
     )
 
 
-def _llmrerank(
-    *,
-    top_n: int | None = None,
-    llm_base_url: str | None = None,
-    llm_model: str | None = None,
-    llm_api_key: str | None = None,
-    **options: Any,
-) -> Any:
+def _llm_anchor(cls: Any) -> Factory:
+    """A factory for one of LlamaIndex's LLM rerankers on our endpoint options."""
+
+    def make(
+        *,
+        top_n: int | None = None,
+        llm_base_url: str | None = None,
+        llm_model: str | None = None,
+        llm_api_key: str | None = None,
+        **options: Any,
+    ) -> Any:
+        llm = _openai_like(llm_base_url, llm_model, llm_api_key)
+        return cls()(llm=llm, top_n=top_n or _ALL, **options)
+
+    return make
+
+
+def _llmrerank_class() -> Any:
     from llama_index.core.postprocessor import LLMRerank
 
-    llm = _openai_like(llm_base_url, llm_model, llm_api_key)
-    return LLMRerank(llm=llm, top_n=top_n or _ALL, **options)
+    return LLMRerank
 
 
-def _rankgpt(
-    *,
-    top_n: int | None = None,
-    llm_base_url: str | None = None,
-    llm_model: str | None = None,
-    llm_api_key: str | None = None,
-    **options: Any,
-) -> Any:
+def _rankgpt_class() -> Any:
     from llamaindex_rerankers._imports import require
 
-    rankgpt = require("llama_index.postprocessor.rankgpt_rerank")
-    llm = _openai_like(llm_base_url, llm_model, llm_api_key)
-    return rankgpt.RankGPTRerank(llm=llm, top_n=top_n or _ALL, **options)
+    return require("llama_index.postprocessor.rankgpt_rerank").RankGPTRerank
 
 
 _FACTORIES: dict[str, Factory] = {
@@ -138,8 +138,8 @@ _FACTORIES: dict[str, Factory] = {
     "llm": _llm,
     "cascade": _cascade,
     "sbert": _sbert,
-    "llmrerank": _llmrerank,
-    "rankgpt": _rankgpt,
+    "llmrerank": _llm_anchor(_llmrerank_class),
+    "rankgpt": _llm_anchor(_rankgpt_class),
 }
 
 #: Names accepted by :func:`make_reranker`, in display order.

@@ -130,6 +130,26 @@ def test_registry_builds_rerankers_by_name() -> None:
         make_reranker("none", model="x")
 
 
+def test_registry_builds_the_llm_rerankers_and_anchors_on_one_endpoint() -> None:
+    endpoint = {"llm_base_url": "http://127.0.0.1:9/v1", "llm_model": "m", "llm_api_key": "k"}
+    llm = make_reranker("llm", top_n=4, **endpoint)
+    assert type(llm).__name__ == "LLMReranker"
+    assert (llm.top_n, llm.base_url, llm.model) == (4, "http://127.0.0.1:9/v1", "m")
+    cascade = make_reranker("cascade", top_n=2, keep=5, cross_encoder_model="ce/x", **endpoint)
+    assert type(cascade).__name__ == "CascadeReranker"
+    assert (cascade.keep, cascade.first.model, cascade.second.base_url) == (
+        5,
+        "ce/x",
+        "http://127.0.0.1:9/v1",
+    )
+    for name, cls in (("llmrerank", "LLMRerank"), ("rankgpt", "RankGPTRerank")):
+        anchor = make_reranker(name, top_n=3, **endpoint)
+        assert (type(anchor).__name__, anchor.top_n) == (cls, 3)
+        assert anchor.llm.api_base == "http://127.0.0.1:9/v1"
+        with pytest.raises(ValueError, match="llm_base_url and llm_model"):
+            make_reranker(name, top_n=3)
+
+
 # -- presentation (pure) --------------------------------------------------------------------
 
 
