@@ -20,6 +20,7 @@ from llamaindex_rerankers.evaluation.harness import (
     run_rerankers,
     score_runs,
 )
+from llamaindex_rerankers.evaluation.metrics import evaluate
 
 
 def write_dataset(root: Path) -> Path:
@@ -126,3 +127,61 @@ def test_markdown_and_plot(tiny: tuple[Dataset, Run], tmp_path: Path) -> None:
     assert len(table.splitlines()) == 2 + 3
     png = plot_against_k(scored, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_command_end_to_end_on_a_five_query_slice(
+    data_dir: Path, ce_model_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llamaindex_rerankers.cli import main
+
+    out_json, out_png = tmp_path / "dl19.json", tmp_path / "dl19.png"
+    code = main(
+        [
+            "eval",
+            "--dataset",
+            str(data_dir / "trec-dl-2019"),
+            "--top-k",
+            "5,10",
+            "--top-n",
+            "5",
+            "--reranker",
+            "none,cross-encoder",
+            "--queries",
+            "5",
+            "--cross-encoder-model",
+            ce_model_path,
+            "--output",
+            str(out_json),
+            "--plot",
+            str(out_png),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "| reranker | top_k | top_n | queries | nDCG@10 | RR(rel=2)@10 | R(rel=2)@5 |" in table
+    record = json.loads(out_json.read_text())
+    rows = {(r["reranker"], r["top_k"]): r for r in record["results"]}
+    assert set(rows) == {("none", 5), ("none", 10), ("cross-encoder", 5), ("cross-encoder", 10)}
+    assert all(r["queries"] == 5 and len(r["per_query"]) == 5 for r in rows.values())
+    # "none" at K=5 and K=10 returns the same BM25 top 5: the same scores.
+    assert rows[("none", 5)]["nDCG@10"] == rows[("none", 10)]["nDCG@10"]
+    # The BM25 order of these 5 queries, scored independently through the metrics module.
+    dataset = load_beir(data_dir / "trec-dl-2019")
+    bm25 = load_trec_run(data_dir / "trec-dl-2019" / "runs" / "bm25_top100.trec")
+    qids = dataset.query_ids(5)
+    top5 = {q: bm25[q][:5] for q in qids}
+    expected = evaluate(dataset.qrels, top5, ["nDCG@10"], qids)["nDCG@10"]
+    assert rows[("none", 5)]["nDCG@10"] == pytest.approx(expected)
+    assert rows[("cross-encoder", 10)]["latency_median_s"] > 0
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_command_rejects_bad_input(data_dir: Path) -> None:
+    from llamaindex_rerankers.cli import main
+
+    assert main(["eval", "--dataset", str(data_dir / "nope")]) == 2
+    assert main(["eval", "--dataset", str(data_dir / "scifact"), "--top-k", "x"]) == 2
+    assert (
+        main(["eval", "--dataset", str(data_dir / "scifact"), "--top-k", "5", "--top-n", "10"]) == 2
+    )
