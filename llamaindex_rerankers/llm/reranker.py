@@ -185,6 +185,12 @@ class LLMReranker(BaseReranker, PromptMixin):
         description="Retries per judgement on 429, 5xx, timeouts, connection "
         "errors (exponential backoff with full jitter, honouring Retry-After).",
     )
+    backoff_base: float = Field(
+        default=0.5, ge=0, description="First retry waits up to this many seconds (doubling)."
+    )
+    backoff_max: float = Field(
+        default=20.0, ge=0, description="Longest wait between retries, Retry-After included."
+    )
     deadline: float | None = Field(
         default=None,
         gt=0,
@@ -259,6 +265,8 @@ class LLMReranker(BaseReranker, PromptMixin):
                 default_headers=self.default_headers,
                 timeout=self.timeout,
                 max_retries=self.max_retries,
+                backoff_base=self.backoff_base,
+                backoff_max=self.backoff_max,
             )
         return self._client
 

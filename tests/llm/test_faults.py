@@ -108,6 +108,7 @@ def reranker(fake: FakeOpenAI, **settings: Any) -> LLMReranker:
         "cache": None,
         "timeout": 2.0,
         "max_retries": 2,
+        "backoff_base": 0.01,  # retries in milliseconds; Retry-After is still honoured exactly
     }
     options.update(settings)
     return LLMReranker(**options)
