@@ -392,6 +392,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from llamaindex_rerankers.evaluation.command import run_eval_command
 
     _quiet_third_parties()
+    # Per-call truncation warnings would repeat for every query; the table's total_truncated
+    # column reports them instead.
+    logging.getLogger("llamaindex_rerankers.cross_encoder").setLevel(logging.ERROR)
     return run_eval_command(args)
 
 
