@@ -42,13 +42,16 @@ class Judgement:
         score: relevance in [0, 1], or ``None`` when the passage could not be judged (the base
             then keeps the node, after every judged one, in retrieval order).
         metadata: extra per-node metadata (``rerank_*`` keys) to attach to the output node.
-        pruned: the reranker deliberately leaves this passage out, as ``top_n`` would (a
-            cascade's first stage cut it). Never used for failures: those are ``score=None``.
+        pruned: an earlier stage of a multi-stage reranker kept this passage from the final
+            stage (a cascade's cut). It is not dropped: it comes after every passage the final
+            stage saw, ordered by ``pruned_rank``, with ``score=None``.
+        pruned_rank: the order among pruned passages (the earlier stage's rank).
     """
 
     score: float | None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     pruned: bool = False
+    pruned_rank: int = 0
 
 
 @dataclass
@@ -61,7 +64,7 @@ class RerankReport:
         n_candidates: nodes received.
         n_returned: nodes returned after ``min_score`` and ``top_n``.
         n_unjudged: nodes the reranker could not judge (kept, never dropped).
-        n_pruned: nodes a multi-stage reranker cut on purpose before its last stage.
+        n_pruned: nodes a multi-stage reranker kept from its last stage (placed last).
         best_score: highest rerank score among judged nodes, ``None`` if none was judged.
         counters: reranker-specific figures (LLM calls, tokens, cache hits, truncations ...).
     """
@@ -230,7 +233,11 @@ class BaseReranker(BaseNodePostprocessor):
             None if s is None else fuse(s, rank_prior(i, total), self.retrieval_weight)
             for i, s in enumerate(model_scores)
         ]
-        order = [i for i in rank_order(final) if not judgements[i].pruned]
+        pruned = sorted(
+            (i for i, j in enumerate(judgements) if j.pruned),
+            key=lambda i: (judgements[i].pruned_rank, i),
+        )
+        order = [i for i in rank_order(final) if not judgements[i].pruned] + pruned
         chosen = select(order, final, self.top_n, self.min_score)
 
         judged = [

@@ -17,10 +17,11 @@ class CascadeReranker(BaseReranker):
 
     The returned score is the second stage's; each node also carries the first stage's score and
     rank as ``rerank_stage1_score`` / ``rerank_stage1_rank`` and the first stage's own metadata
-    under ``rerank_stage1_*``. Candidates the first stage cut are left out on purpose (as
-    ``top_n`` would, counted as ``n_pruned`` in the report); a candidate the second stage fails to
-    judge is kept, after the judged ones. The stages' own ``top_n``, ``min_score`` and
-    ``retrieval_weight`` are not used: set them on the cascade.
+    under ``rerank_stage1_*``. The order is: the survivors by the second stage's score; then any
+    survivor the second stage failed to judge; then the candidates the first stage cut, in its
+    order, with ``rerank_score=None`` (counted as ``n_pruned``). Nothing is dropped, so with
+    ``top_n`` larger than ``keep`` the tail is filled in first-stage order. The stages' own
+    ``top_n``, ``min_score`` and ``retrieval_weight`` are not used: set them on the cascade.
 
     Example:
         >>> cascade = CascadeReranker(  # doctest: +SKIP
@@ -76,9 +77,12 @@ def _combine(
         raise RuntimeError(
             f"second stage returned {len(stage2)} judgements for {len(survivors)} passages"
         )
-    out = [Judgement(None, _stage1_meta(j, None), pruned=True) for j in stage1]
-    for rank, (i, j) in enumerate(zip(survivors, stage2, strict=True), start=1):
-        out[i] = Judgement(j.score, {**_stage1_meta(stage1[i], rank), **j.metadata})
+    order1 = rank_order([j.score for j in stage1])
+    out = [Judgement(None, {}, pruned=True)] * len(stage1)
+    for rank, i in enumerate(order1, start=1):
+        out[i] = Judgement(None, _stage1_meta(stage1[i], rank), pruned=True, pruned_rank=rank)
+    for i, j in zip(survivors, stage2, strict=True):
+        out[i] = Judgement(j.score, {**out[i].metadata, **j.metadata})
     return out
 
 
