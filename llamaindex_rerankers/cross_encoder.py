@@ -30,6 +30,26 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names the option that selects another one."""
 
 
+def model_location(name: str, what: str, how_to_fix: str, error: type[ModelLoadError]) -> str:
+    """What to hand a model loader for ``name``: the expanded path of a local model, or the hub
+    id unchanged. A path-like name that does not exist raises ``error`` at once (instead of a
+    slow, confusing hub lookup).
+
+    Hub ids are "org/name"; anything else path-like (starting with ``.``, ``/`` or ``~``, or with
+    more than one slash) must exist on disk.
+
+    Example:
+        >>> model_location("cross-encoder/ms-marco-MiniLM-L-6-v2", "model", "", ModelLoadError)
+        'cross-encoder/ms-marco-MiniLM-L-6-v2'
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise error(f"{what} path {name!r} does not exist. {how_to_fix}")
+    return name
+
+
 def default_cross_encoder() -> str:
     """The model used when none is passed: ``$LLAMAINDEX_RERANKERS_CROSS_ENCODER`` or the hub
     default."""
@@ -205,15 +225,11 @@ def _load_uncached(
         f"Pass model='<hub id or local path>' to CrossEncoderReranker, or set "
         f"{CROSS_ENCODER_ENV}=<local path> to replace the default ({DEFAULT_CROSS_ENCODER})."
     )
-    path = Path(name).expanduser()
-    # Hub ids are "org/name"; anything else path-like must exist on disk.
-    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-    if looks_local and not path.exists():
-        raise ModelLoadError(f"Cross-encoder path {name!r} does not exist. {how_to_fix}")
+    location = model_location(name, "Cross-encoder", how_to_fix, ModelLoadError)
     st = require("sentence_transformers")
     try:
         model = st.CrossEncoder(
-            str(path) if looks_local else name,
+            location,
             device=device,
             max_length=max_length,
             trust_remote_code=trust_remote_code,

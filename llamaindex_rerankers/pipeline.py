@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from llamaindex_rerankers._imports import require
-from llamaindex_rerankers.cross_encoder import ModelLoadError
+from llamaindex_rerankers.cross_encoder import ModelLoadError, model_location
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
@@ -226,11 +226,7 @@ def _load_embed_model(name: str, device: str | None) -> BaseEmbedding:
         f"index functions), or set {EMBED_MODEL_ENV}=<local path> to replace the default "
         f"({DEFAULT_EMBED_MODEL})."
     )
-    path = Path(name).expanduser()
-    # Hub ids are "org/name"; anything else path-like must exist on disk.
-    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-    if looks_local and not path.exists():
-        raise EmbedModelLoadError(f"Embedding model path {name!r} does not exist. {how_to_fix}")
+    location = model_location(name, "Embedding model", how_to_fix, EmbedModelLoadError)
     try:
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
     except ImportError as exc:
@@ -239,9 +235,7 @@ def _load_embed_model(name: str, device: str | None) -> BaseEmbedding:
             "pip install llama-index-embeddings-huggingface"
         ) from exc
     try:
-        embed: BaseEmbedding = HuggingFaceEmbedding(
-            model_name=str(path) if looks_local else name, device=device
-        )
+        embed: BaseEmbedding = HuggingFaceEmbedding(model_name=location, device=device)
     except Exception as exc:  # hub/network/format errors come in many types
         raise EmbedModelLoadError(
             f"Could not load embedding model {name!r} ({type(exc).__name__}: {exc}). {how_to_fix}"

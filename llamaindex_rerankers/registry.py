@@ -84,22 +84,17 @@ def _sbert(*, top_n: int | None = None, model: str | None = None, **options: Any
 
 
 def _openai_like(base_url: str | None, model: str | None, api_key: str | None) -> Any:
-    from llamaindex_rerankers._imports import require
+    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
 
     if not base_url or not model:
         raise ValueError(
             "LlamaIndex's LLM rerankers need llm_base_url and llm_model (an OpenAI-compatible "
             "endpoint, e.g. the local server of `llamaindex-rerankers llm-server`)."
         )
-    openai_like = require("llama_index.llms.openai_like")
-    return openai_like.OpenAILike(
-        api_base=base_url,
-        model=model,
-        api_key=api_key or "not-needed",
-        is_chat_model=True,
-        temperature=0.0,
-        timeout=120.0,
-        max_retries=2,
+    # The anchors' answers (rankings, choice lists) must not be cut, and a slow local server
+    # needs time: no token cap, a long timeout.
+    return LLMEndpoint(base_url, model, api_key).as_llama_index_llm(
+        max_tokens=None, timeout=120.0, max_retries=2
     )
 
 

@@ -36,24 +36,27 @@ class LLMEndpoint:
         """Options for the registry's LLM-backed rerankers (``llm_base_url`` ...)."""
         return {"llm_base_url": self.base_url, "llm_model": self.model, "llm_api_key": self.api_key}
 
-    def as_llama_index_llm(self) -> Any:
-        """This endpoint as a LlamaIndex LLM (``OpenAILike``), e.g. for the response synthesizer.
+    def as_llama_index_llm(self, **overrides: Any) -> Any:
+        """This endpoint as a LlamaIndex LLM (``OpenAILike``): the response synthesizer's, and
+        the LLM of LlamaIndex's own LLM rerankers. ``overrides`` replace ``OpenAILike`` options
+        (defaults: temperature 0, at most 256 generated tokens).
 
         Example:
             >>> endpoint = LLMEndpoint("http://127.0.0.1:8000/v1", "m", None)
-            >>> llm = endpoint.as_llama_index_llm()  # doctest: +SKIP
+            >>> llm = endpoint.as_llama_index_llm(max_tokens=None)  # doctest: +SKIP
         """
         from llamaindex_rerankers._imports import require
 
         openai_like = require("llama_index.llms.openai_like")
-        return openai_like.OpenAILike(
-            api_base=self.base_url or "https://api.openai.com/v1",
-            model=self.model or "gpt-4o-mini",
-            api_key=self.api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
-            is_chat_model=True,
-            temperature=0.0,
-            max_tokens=256,
-        )
+        options: dict[str, Any] = {
+            "api_base": self.base_url or "https://api.openai.com/v1",
+            "model": self.model or "gpt-4o-mini",
+            "api_key": self.api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
+            "is_chat_model": True,
+            "temperature": 0.0,
+            "max_tokens": 256,
+        }
+        return openai_like.OpenAILike(**{**options, **overrides})
 
 
 def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
