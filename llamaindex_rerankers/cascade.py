@@ -15,9 +15,12 @@ class CascadeReranker(BaseReranker):
     """Prune with ``first`` (e.g. a cross-encoder) to the best ``keep``, then judge those with
     ``second`` (e.g. the LLM reranker).
 
-    The returned score is the second stage's; each node also carries the first stage's score and
-    rank as ``rerank_stage1_score`` / ``rerank_stage1_rank`` and the first stage's own metadata
-    under ``rerank_stage1_*``. The order is: the survivors by the second stage's score; then any
+    A survivor's score blends both stages, ``(1 - stage1_weight) · second + stage1_weight ·
+    first``, so the first stage's judgement is not thrown away when the second stage is noisy
+    (both of ours score in [0, 1]; ``stage1_weight=0`` orders by the second stage alone). Each
+    node carries the second stage's own score as ``rerank_stage2_score``, the first stage's score
+    and rank as ``rerank_stage1_score`` / ``rerank_stage1_rank``, and the first stage's own
+    metadata under ``rerank_stage1_*``. The order is: the survivors by that score; then any
     survivor the second stage failed to judge; then the candidates the first stage cut, in its
     order, with ``rerank_score=None`` (counted as ``n_pruned``). Nothing is dropped, so with
     ``top_n`` larger than ``keep`` the tail is filled in first-stage order. The stages' own
@@ -32,6 +35,13 @@ class CascadeReranker(BaseReranker):
     first: BaseReranker = Field(description="Cheap first stage that prunes K candidates to keep.")
     second: BaseReranker = Field(description="Stronger second stage that orders the survivors.")
     keep: int = Field(default=10, ge=1, description="How many candidates the second stage sees.")
+    stage1_weight: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the first stage's score in a survivor's score: (1 - w) * second "
+        "+ w * first. 0: the second stage alone orders the survivors.",
+    )
 
     @property
     def model_name(self) -> str:
@@ -43,7 +53,7 @@ class CascadeReranker(BaseReranker):
         survivors = self._survivors(stage1)
         stage2 = self.second._judge(query, [texts[i] for i in survivors], r2)
         _add_counters(report, r1, r2)
-        return _combine(stage1, survivors, stage2)
+        return _combine(stage1, survivors, stage2, self.stage1_weight)
 
     async def _ajudge(
         self, query: str, texts: Sequence[str], report: RerankReport
@@ -53,7 +63,7 @@ class CascadeReranker(BaseReranker):
         survivors = self._survivors(stage1)
         stage2 = await self.second._ajudge(query, [texts[i] for i in survivors], r2)
         _add_counters(report, r1, r2)
-        return _combine(stage1, survivors, stage2)
+        return _combine(stage1, survivors, stage2, self.stage1_weight)
 
     def _survivors(self, stage1: Sequence[Judgement]) -> list[int]:
         return rank_order([j.score for j in stage1])[: self.keep]
@@ -71,7 +81,10 @@ def _add_counters(parent: RerankReport, *stages: RerankReport) -> None:
 
 
 def _combine(
-    stage1: Sequence[Judgement], survivors: Sequence[int], stage2: Sequence[Judgement]
+    stage1: Sequence[Judgement],
+    survivors: Sequence[int],
+    stage2: Sequence[Judgement],
+    stage1_weight: float,
 ) -> list[Judgement]:
     if len(stage2) != len(survivors):
         raise RuntimeError(
@@ -82,7 +95,12 @@ def _combine(
     for rank, i in enumerate(order1, start=1):
         out[i] = Judgement(None, _stage1_meta(stage1[i], rank), pruned=True, pruned_rank=rank)
     for i, j in zip(survivors, stage2, strict=True):
-        out[i] = Judgement(j.score, {**out[i].metadata, **j.metadata})
+        s1, s2 = stage1[i].score, j.score
+        score = s2
+        if s1 is not None and s2 is not None:
+            score = (1.0 - stage1_weight) * s2 + stage1_weight * s1
+        meta = {**out[i].metadata, **j.metadata, "rerank_stage2_score": s2}
+        out[i] = Judgement(score, meta)
     return out
 
 

@@ -58,6 +58,7 @@ def _cascade(
     *,
     top_n: int | None = None,
     keep: int = 6,
+    stage1_weight: float = 0.5,
     cross_encoder_model: str | None = None,
     **llm_options: Any,
 ) -> BaseNodePostprocessor:
@@ -65,7 +66,13 @@ def _cascade(
     from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
 
     first = CrossEncoderReranker(**({"model": cross_encoder_model} if cross_encoder_model else {}))
-    return CascadeReranker(first=first, second=_llm(**llm_options), keep=keep, top_n=top_n)
+    return CascadeReranker(
+        first=first,
+        second=_llm(**llm_options),
+        keep=keep,
+        stage1_weight=stage1_weight,
+        top_n=top_n,
+    )
 
 
 # -- LlamaIndex's own rerankers, the anchors we compare against (extra: anchors) -------------

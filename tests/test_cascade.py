@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 from table_reranker import TableReranker
 
@@ -28,7 +29,7 @@ def cascade(**kwargs: object) -> CascadeReranker:
 
 
 def test_second_stage_sees_only_the_survivors_and_decides_the_order() -> None:
-    reranker = cascade(keep=3)
+    reranker = cascade(keep=3, stage1_weight=0.0)
     out = reranker.postprocess_nodes(nodes(), query_str="q")
     # survivors by the second stage, then the pruned e and a in first-stage order
     assert [n.node.node_id for n in out] == ["c", "d", "b", "e", "a"]
@@ -46,18 +47,38 @@ def test_second_stage_sees_only_the_survivors_and_decides_the_order() -> None:
     assert report.n_unjudged == 0 and report.best_score == 0.7
 
 
+def test_stage1_weight_blends_both_scores_for_the_survivors() -> None:
+    # d: .5·.5 + .5·.9 = .70, c: .5·.7 + .5·.6 = .65, b: .5·.2 + .5·.8 = .50
+    out = cascade(keep=3).postprocess_nodes(nodes(), query_str="q")
+    assert [n.node.node_id for n in out] == ["d", "c", "b", "e", "a"]
+    assert [n.score for n in out[:3]] == pytest.approx([0.70, 0.65, 0.50])
+    meta = out[1].node.metadata
+    assert (meta["rerank_stage1_score"], meta["rerank_stage2_score"]) == (0.6, 0.7)
+    # weight 1 is the first stage alone: the survivors in its order
+    ids = [
+        n.node.node_id
+        for n in cascade(keep=3, stage1_weight=1.0).postprocess_nodes(nodes(), query_str="q")
+    ]
+    assert ids == ["d", "b", "c", "e", "a"]
+
+
+def test_stage1_weight_outside_0_1_is_refused() -> None:
+    with pytest.raises(ValueError, match="stage1_weight"):
+        cascade(stage1_weight=1.5)
+
+
 def test_top_n_and_failures_in_the_second_stage() -> None:
     # "b" has no second-stage score: it is kept, after the judged survivors.
     reranker = cascade(keep=3, top_n=3)
     partial = {"c": 0.7, "d": 0.5}
     reranker.second.table = partial  # type: ignore[attr-defined]
     out = reranker.postprocess_nodes(nodes(), query_str="q")
-    assert [n.node.node_id for n in out] == ["c", "d", "b"]
+    assert [n.node.node_id for n in out] == ["d", "c", "b"]  # blended: .70, .65, then unjudged
     assert out[2].node.metadata["rerank_score"] is None
 
 
 def test_keep_larger_than_k_prunes_nothing_and_async_matches_sync() -> None:
-    reranker = cascade(keep=50)
+    reranker = cascade(keep=50, stage1_weight=0.0)
     sync_ids = [n.node.node_id for n in reranker.postprocess_nodes(nodes(), query_str="q")]
     async_out = asyncio.run(reranker.apostprocess_nodes(nodes(), query_str="q"))
     assert [n.node.node_id for n in async_out] == sync_ids == ["c", "d", "b", "a", "e"]

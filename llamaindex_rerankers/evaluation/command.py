@@ -78,6 +78,20 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         default=6,
         help="candidates the cascade's LLM stage sees (default 6: under a third of K=20)",
     )
+    parser.add_argument(
+        "--cascade-weight",
+        type=float,
+        default=0.5,
+        help="weight of the cross-encoder's score in the cascade's final score (default 0.5; "
+        "0: the LLM alone orders the survivors)",
+    )
+    parser.add_argument(
+        "--llm-cache",
+        metavar="PATH",
+        help="SQLite file caching the LLM reranker's judgements (llm and cascade), shared "
+        "between them and kept across runs: a rerun, or the cascade after llm, asks the LLM "
+        "only what it has not judged yet. Rows with cache hits have meaningless latencies.",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_llm_arguments(parser)
 
@@ -90,8 +104,11 @@ def _build(name: str, args: argparse.Namespace, endpoint: LLMEndpoint | None) ->
         options["cross_encoder_model" if name == "cascade" else "model"] = args.cross_encoder_model
     if name in LLM_RERANKERS and endpoint is not None:
         options.update(endpoint.reranker_options())
+    if name in ("llm", "cascade") and args.llm_cache:
+        options["cache"] = args.llm_cache
     if name == "cascade":
         options["keep"] = args.cascade_keep
+        options["stage1_weight"] = args.cascade_weight
     return make_reranker(name, top_n=args.top_n, **options)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
@@ -139,3 +142,27 @@ def test_server_process_is_stopped_on_exit(gguf_path: str) -> None:
         assert server.process.poll() is None
     assert server.process.poll() is not None
     assert time.monotonic() - start < 180
+
+
+def test_eval_llm_cache_is_shared_by_llm_and_cascade_and_kept_across_runs(
+    llm_server: LocalLLMServer, data_dir: Path, ce_model_path: str, tmp_path: Path
+) -> None:
+    from llamaindex_rerankers.cli import main
+
+    def run(name: str) -> dict[str, dict[str, Any]]:
+        out = tmp_path / f"{name}.json"
+        argv = ["eval", "--dataset", str(data_dir / "trec-dl-2019"), "--queries", "1"]
+        argv += ["--top-k", "4", "--top-n", "4", "--reranker", "llm,cascade"]
+        argv += ["--cascade-keep", "2", "--cross-encoder-model", ce_model_path]
+        argv += ["--llm-base-url", llm_server.base_url, "--llm-model", llm_server.model]
+        argv += ["--llm-cache", str(tmp_path / "judgements.sqlite")]
+        assert main([*argv, "--output", str(out), "--no-progress"]) == 0
+        return {r["reranker"]: r for r in json.loads(out.read_text())["results"]}
+
+    first = run("first")
+    assert (first["llm"]["total_calls"], first["llm"]["total_cache_hits"]) == (4, 0)
+    # the cascade's LLM stage judges 2 of the same 4 passages: all answered by the cache
+    assert (first["cascade"]["total_calls"], first["cascade"]["total_cache_hits"]) == (0, 2)
+    second = run("second")
+    assert (second["llm"]["total_calls"], second["llm"]["total_cache_hits"]) == (0, 4)
+    assert second["llm"]["nDCG@10"] == first["llm"]["nDCG@10"]
