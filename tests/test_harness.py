@@ -164,6 +164,7 @@ def test_eval_command_end_to_end_on_a_five_query_slice(
     rows = {(r["reranker"], r["top_k"]): r for r in record["results"]}
     assert set(rows) == {("none", 5), ("none", 10), ("cross-encoder", 5), ("cross-encoder", 10)}
     assert all(r["queries"] == 5 and len(r["per_query"]) == 5 for r in rows.values())
+    assert record["settings"]["cross_encoder_model"] == ce_model_path
     # "none" at K=5 and K=10 returns the same BM25 top 5: the same scores.
     assert rows[("none", 5)]["nDCG@10"] == rows[("none", 10)]["nDCG@10"]
     # The BM25 order of these 5 queries, scored independently through the metrics module.

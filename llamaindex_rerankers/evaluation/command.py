@@ -172,6 +172,8 @@ def _write_json(
     stage: str,
     scored: Sequence[ScoredRun],
 ) -> None:
+    from llamaindex_rerankers.cross_encoder import default_cross_encoder
+
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "command": "llamaindex-rerankers " + " ".join(sys.argv[1:]),
@@ -185,6 +187,13 @@ def _write_json(
         "split": args.split,
         "queries": n_queries,
         "first_stage": stage,
+        "settings": {
+            "cross_encoder_model": args.cross_encoder_model or default_cross_encoder(),
+            "cascade_keep": args.cascade_keep,
+            "cascade_weight": args.cascade_weight,
+            "llm_model": args.llm_model,
+            "llm_cache": args.llm_cache,
+        },
         "results": [{**s.row(), "per_query": s.per_query} for s in scored],
     }
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
