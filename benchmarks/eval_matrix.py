@@ -1,0 +1,228 @@
+"""The published evaluation matrix: the `llamaindex-rerankers eval` runs behind
+benchmarks/README.md, and the one summary table built from their JSON.
+
+    .venv/bin/python benchmarks/eval_matrix.py                # every run (about 2 h on 2 cores)
+    .venv/bin/python benchmarks/eval_matrix.py --only dl19_chroma_k20,dl19_bm25_k10-100
+    .venv/bin/python benchmarks/eval_matrix.py --summary-only # rebuild the summary table
+
+Each run is one `llamaindex-rerankers eval` process writing `results/eval_<name>.json`, so its
+JSON records the exact command. Runs that need an LLM share one llama.cpp server (SmolLM2-135M
+from `$LLAMAINDEX_RERANKERS_LLM_GGUF`, started here on a fixed port unless `--llm-base-url` is
+given) and one SQLite judgement cache, so the cascade and any rerun reuse judgements already
+paid for (rows served from the cache say so in their `cache_hits` and their latency is not
+an LLM's).
+
+The summary (`results/eval_summary.md` / `.json`) takes every `results/eval_*.json`; when two
+files hold the same row (dataset, first stage, queries, reranker with its settings, K), the
+newer one wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CLI = str(Path(sys.executable).with_name("llamaindex-rerankers"))
+CACHE = ".cache/llm-judgements.sqlite"
+LLM_NAMES = {"llm", "cascade", "llmrerank", "rankgpt"}
+
+# name -> (dataset folder, eval options). LLM rows use fewer queries: one SmolLM2 judgement
+# costs ~1 s on 2 CPU cores (~20 s per query at K=20), the anchors ~60 s per query.
+JOBS: dict[str, tuple[str, str]] = {
+    # TREC DL 2019, BM25 top-20, all 43 queries: every reranker of ours and the cross-encoder anchor
+    "dl19_bm25_k20": ("trec-dl-2019", "--top-k 20 --reranker none,cross-encoder,sbert,cascade,llm"),
+    # the cascade at two blend weights, side by side (its LLM judgements come from the cache)
+    "dl19_bm25_k20_cascade": ("trec-dl-2019", "--top-k 20 --reranker none,cross-encoder,cascade"),
+    "dl19_bm25_k20_cascade-w0": (
+        "trec-dl-2019",
+        "--top-k 20 --reranker cascade --cascade-weight 0",
+    ),
+    # LlamaIndex's LLM rerankers next to ours, on the first 10 queries (they take ~1 min each)
+    "dl19_bm25_k20_anchors": (
+        "trec-dl-2019",
+        "--queries 10 --top-k 20 --reranker none,cross-encoder,llm,cascade,llmrerank,rankgpt",
+    ),
+    "dl19_bm25_k10-100": (
+        "trec-dl-2019",
+        "--top-k 10,20,50,100 --reranker none,cross-encoder,sbert "
+        "--plot {results}/eval_dl19_bm25_k10-100.png",
+    ),
+    "dl19_chroma_k20": (
+        "trec-dl-2019",
+        "--first-stage chroma --top-k 20 --reranker none,cross-encoder,sbert,llm,cascade",
+    ),
+    "dl19_chroma_k100": (
+        "trec-dl-2019",
+        "--first-stage chroma --top-k 100 --reranker none,cross-encoder,sbert",
+    ),
+    "scifact_bm25_k20": ("scifact", "--queries 100 --top-k 20 --reranker none,cross-encoder,sbert"),
+    "scifact_bm25_k20_llm": (
+        "scifact",
+        "--queries 20 --top-k 20 --reranker none,cross-encoder,sbert,llm,cascade",
+    ),
+    "scifact_chroma_k20": (
+        "scifact",
+        "--first-stage chroma --queries 100 --top-k 20 --reranker none,cross-encoder,sbert",
+    ),
+    "nfcorpus_bm25_k20": (
+        "nfcorpus",
+        "--queries 100 --top-k 20 --reranker none,cross-encoder,sbert",
+    ),
+    "nfcorpus_bm25_k20_llm": (
+        "nfcorpus",
+        "--queries 20 --top-k 20 --reranker none,cross-encoder,sbert,llm,cascade",
+    ),
+    "nfcorpus_chroma_k20": (
+        "nfcorpus",
+        "--first-stage chroma --queries 100 --top-k 20 --reranker none,cross-encoder,sbert",
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma list of run names (default: all): " + ", ".join(JOBS))
+    parser.add_argument("--summary-only", action="store_true", help="only rebuild the summary")
+    parser.add_argument("--data-dir", default=os.environ.get("LLAMAINDEX_RERANKERS_DATA"))
+    parser.add_argument("--llm-base-url", help="an OpenAI-compatible server already running")
+    parser.add_argument("--llm-model", help="model name at --llm-base-url")
+    parser.add_argument("--llm-port", type=int, default=8765, help="port of the local server")
+    args = parser.parse_args(argv)
+    if not args.summary_only:
+        names = [n for n in (args.only or ",".join(JOBS)).split(",") if n]
+        unknown = sorted(set(names) - set(JOBS))
+        if unknown:
+            parser.error(f"unknown run(s) {unknown}; choose from {', '.join(JOBS)}")
+        data = Path(args.data_dir or HERE.parent.parent / "shared" / "data")
+        if not data.is_dir():
+            parser.error(f"no data at {data}; pass --data-dir or set LLAMAINDEX_RERANKERS_DATA")
+        needs_llm = any(LLM_NAMES & set(_rerankers(_options(n))) for n in names)
+        with _llm(args, needs_llm) as llm_args:
+            for name in names:
+                _run(name, data, llm_args)
+    rows = summary_rows(sorted(p for p in RESULTS.glob("eval_*.json") if p.stem != "eval_summary"))
+    (RESULTS / "eval_summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / "eval_summary.md").write_text(summary_markdown(rows) + "\n")
+    print(summary_markdown(rows))
+    return 0
+
+
+def _options(name: str) -> list[str]:
+    return shlex.split(JOBS[name][1].format(results=os.path.relpath(RESULTS)))
+
+
+def _rerankers(options: list[str]) -> list[str]:
+    return options[options.index("--reranker") + 1].split(",")
+
+
+@contextlib.contextmanager
+def _llm(args: argparse.Namespace, needed: bool) -> Iterator[list[str]]:
+    if not needed:
+        yield []
+        return
+    if args.llm_base_url:
+        model = ["--llm-model", args.llm_model] if args.llm_model else []
+        yield ["--llm-base-url", args.llm_base_url, *model, "--llm-cache", CACHE]
+        return
+    from llamaindex_rerankers.llm.server import local_llm_server
+
+    # A fixed port keeps the base URL, part of the cache key, the same from one run to the next.
+    with local_llm_server(port=args.llm_port) as server:
+        yield ["--llm-base-url", server.base_url, "--llm-model", server.model, "--llm-cache", CACHE]
+
+
+def _run(name: str, data: Path, llm_args: list[str]) -> None:
+    dataset, options = JOBS[name][0], _options(name)
+    cmd = [CLI, "eval", "--dataset", str(data / dataset), "--top-n", "10", *options]
+    if LLM_NAMES & set(_rerankers(options)):
+        cmd += llm_args
+    cmd += ["--output", os.path.relpath(RESULTS / f"eval_{name}.json")]
+    print(f"== {name}: {' '.join(cmd)}", flush=True)
+    start = time.monotonic()
+    subprocess.run(cmd, check=True)
+    print(f"== {name}: {time.monotonic() - start:.0f} s", flush=True)
+
+
+def _label(row: dict[str, Any], settings: dict[str, Any]) -> str:
+    name = str(row["reranker"])
+    if name == "cascade":
+        # Files from before the settings were recorded: keep 6, and no blending (weight 0).
+        keep = settings.get("cascade_keep", 6)
+        return f"cascade (keep {keep}, w {settings.get('cascade_weight', 0.0):g})"
+    return name
+
+
+def summary_rows(paths: list[Path]) -> list[dict[str, Any]]:
+    """One row per (dataset, first stage, queries, reranker, K), newest file first."""
+    records = [json.loads(p.read_text()) | {"file": p.name} for p in paths]
+    records = [r for r in records if "results" in r and "first_stage" in r]
+    records.sort(key=lambda r: r["date"], reverse=True)
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for rec in records:
+        for row in rec["results"]:
+            label = _label(row, rec.get("settings", {}))
+            key = (rec["dataset"], rec["first_stage"], rec["queries"], label, row["top_k"])
+            if key in seen:
+                continue
+            q = max(1, int(row["queries"]))
+            judged = row.get("total_calls", 0) + row.get("total_cache_hits", 0)
+            seen[key] = {
+                "dataset": rec["dataset"],
+                "first_stage": rec["first_stage"],
+                "queries": rec["queries"],
+                "reranker": label,
+                "K": row["top_k"],
+                "nDCG@10": row["nDCG@10"],
+                "RR@10": next(v for k, v in row.items() if k.startswith("RR")),
+                "R@10": next(v for k, v in row.items() if k.startswith("R(") or k == "R@10"),
+                "median_s": row["latency_median_s"],
+                "p95_s": row["latency_p95_s"],
+                "llm_judgements_per_query": judged / q if row["reranker"] in LLM_NAMES else None,
+                "dropped": row.get("total_dropped", 0),
+                "file": rec["file"],
+            }
+    datasets = ["trec-dl-2019", "scifact", "nfcorpus"]
+    names = ["none", "cross-encoder", "sbert", "llm", "cascade", "llmrerank", "rankgpt"]
+
+    def position(r: dict[str, Any]) -> tuple[Any, ...]:
+        ds, name = r["dataset"], r["reranker"].split(" ")[0]
+        return (
+            datasets.index(ds) if ds in datasets else len(datasets),
+            r["first_stage"],
+            -r["queries"],
+            r["K"],
+            names.index(name) if name in names else len(names),
+            r["reranker"],
+        )
+
+    return sorted(seen.values(), key=position)
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| dataset | first stage | queries | K | reranker | nDCG@10 | RR@10 | R@10 "
+    head += "| median s/query | LLM judgements/query | dropped | file |"
+    lines = [head, "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        calls = r["llm_judgements_per_query"]
+        lines.append(
+            f"| {r['dataset']} | {r['first_stage']} | {r['queries']} | {r['K']} | {r['reranker']} "
+            f"| {r['nDCG@10']:.4f} | {r['RR@10']:.4f} | {r['R@10']:.4f} | {r['median_s']:.2f} "
+            f"| {'–' if calls is None else f'{calls:g}'} | {r['dropped']:g} "
+            f"| [json](results/{r['file']}) |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
