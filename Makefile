@@ -17,7 +17,7 @@ export LLAMAINDEX_RERANKERS_DATA ?= $(SHARED)/data
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-.PHONY: setup demo test lint typecheck bench-cross-encoder bench-llm clean
+.PHONY: setup demo test lint typecheck bench-cross-encoder bench-llm bench-eval clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ bench-cross-encoder: setup
 
 bench-llm: setup
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm.py --rerankers bm25,llm --tag ours
+
+# Every published `llamaindex-rerankers eval` run (about 2 h on 2 cores) and their summary table.
+bench-eval: setup
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/eval_matrix.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
