@@ -178,7 +178,7 @@ def test_eval_command_end_to_end_on_a_five_query_slice(
     assert out_png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_eval_command_rejects_bad_input(data_dir: Path) -> None:
+def test_eval_command_rejects_bad_input(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from llamaindex_rerankers.cli import main
 
     assert main(["eval", "--dataset", str(data_dir / "nope")]) == 2
@@ -186,3 +186,9 @@ def test_eval_command_rejects_bad_input(data_dir: Path) -> None:
     assert (
         main(["eval", "--dataset", str(data_dir / "scifact"), "--top-k", "5", "--top-n", "10"]) == 2
     )
+    scifact = ["eval", "--dataset", str(data_dir / "scifact")]
+    capsys.readouterr()
+    assert main([*scifact, "--cascade-weight", "1.5"]) == 2
+    assert "--cascade-weight" in capsys.readouterr().err
+    assert main([*scifact, "--cascade-keep", "0"]) == 2
+    assert "--cascade-keep must be at least 1" in capsys.readouterr().err

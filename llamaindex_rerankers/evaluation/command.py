@@ -133,6 +133,13 @@ def run_eval_command(args: argparse.Namespace) -> int:
         raise ValueError("--top-k must be at least 1")
     if args.top_n < 1 or args.top_n > max(ks):
         raise ValueError(f"--top-n must be between 1 and the largest --top-k ({max(ks)})")
+    if not 0.0 <= args.cascade_weight <= 1.0:
+        raise ValueError(
+            "--cascade-weight is the cross-encoder's share of the cascade's score: between 0 "
+            f"and 1, got {args.cascade_weight}"
+        )
+    if args.cascade_keep < 1:
+        raise ValueError(f"--cascade-keep must be at least 1, got {args.cascade_keep}")
     dataset = load_beir(args.dataset, args.split)
     qids = dataset.query_ids(args.queries)
     stage = _first_stage(args, dataset)
