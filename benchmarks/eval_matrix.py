@@ -178,7 +178,9 @@ def summary_rows(paths: list[Path]) -> list[dict[str, Any]]:
             if key in seen:
                 continue
             q = max(1, int(row["queries"]))
-            judged = row.get("total_calls", 0) + row.get("total_cache_hits", 0)
+            # judgements asked for: LLM calls other than retries, plus those the cache answered
+            calls = row.get("total_calls", 0) - row.get("total_retries", 0)
+            judged = calls + row.get("total_cache_hits", 0)
             seen[key] = {
                 "dataset": rec["dataset"],
                 "first_stage": rec["first_stage"],

@@ -13,6 +13,8 @@ from table_reranker import TableReranker
 
 from llamaindex_rerankers.evaluation.data import Dataset, Run, load_beir, load_trec_run
 from llamaindex_rerankers.evaluation.harness import (
+    QueryOutcome,
+    RerankerRun,
     RunFileStage,
     default_measures,
     markdown_table,
@@ -102,6 +104,16 @@ def test_runs_share_candidates_and_are_scored_in_their_returned_order(
     assert scored["drops"].totals["dropped"] == 4
     assert scored["table"].totals["looked_up"] == 6
     assert scored["table"].queries == 2
+
+
+def test_counters_are_summed_over_queries_but_peaks_are_maxed(tiny: tuple[Dataset, Run]) -> None:
+    dataset, _ = tiny
+    run = RerankerRun("llm", top_k=3, top_n=None)
+    for qid, calls, peak in (("q1", 2, 3), ("q2", 5, 2)):
+        counters = {"calls": calls, "max_in_flight": peak}
+        run.outcomes[qid] = QueryOutcome(qid, ("d1",), 3, 0.1, counters, dropped=0)
+    (scored,) = score_runs(dataset, {"llm": run})
+    assert scored.totals == {"dropped": 0.0, "calls": 7.0, "max_in_flight": 3.0}
 
 
 def test_default_measures_use_rel_2_on_graded_data(tiny: tuple[Dataset, Run]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -292,7 +293,7 @@ def score_runs(
     """Score each run over the queries it ran (a query with no result scores 0).
 
     Latency is reported as the median and 95th percentile over queries; counters (LLM calls,
-    tokens, failures, dropped nodes ...) are summed.
+    tokens, failures, dropped nodes ...) are summed, except peaks (``max_*``), which are maxed.
     """
     scored = []
     for run in runs.values():
@@ -303,7 +304,9 @@ def score_runs(
         for o in run.outcomes.values():
             totals["dropped"] += o.dropped
             for k, v in o.counters.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+                # "max_*" figures (e.g. max_in_flight) are peaks: their total is the peak
+                merge = max if k.startswith("max_") else operator.add
+                totals[k] = merge(totals.get(k, 0.0), float(v))
         latencies = sorted(o.latency_s for o in run.outcomes.values())
         scored.append(
             ScoredRun(
