@@ -43,12 +43,17 @@ LLM_NAMES = {"llm", "cascade", "llmrerank", "rankgpt"}
 JOBS: dict[str, tuple[str, str]] = {
     # TREC DL 2019, BM25 top-20, all 43 queries: every reranker of ours and the cross-encoder anchor
     "dl19_bm25_k20": ("trec-dl-2019", "--top-k 20 --reranker none,cross-encoder,sbert,cascade,llm"),
-    # the cascade at two blend weights, side by side (its LLM judgements come from the cache)
+    # the cascade at its default blend weight (0.5), then other weights: 0 is the LLM alone
+    # ordering the survivors; the rest is a sensitivity check on test data, not a tuning
+    # (their LLM judgements all come from the cache)
     "dl19_bm25_k20_cascade": ("trec-dl-2019", "--top-k 20 --reranker none,cross-encoder,cascade"),
-    "dl19_bm25_k20_cascade-w0": (
-        "trec-dl-2019",
-        "--top-k 20 --reranker cascade --cascade-weight 0",
-    ),
+    **{
+        f"dl19_bm25_k20_cascade-w{w}": (
+            "trec-dl-2019",
+            f"--top-k 20 --reranker cascade --cascade-weight {w}",
+        )
+        for w in ("0", "0.25", "0.75", "0.9")
+    },
     # LlamaIndex's LLM rerankers next to ours, on the first 5 queries (they take ~1 min each)
     "dl19_bm25_k20_anchors": (
         "trec-dl-2019",
