@@ -54,10 +54,10 @@ JOBS: dict[str, tuple[str, str]] = {
         )
         for w in ("0", "0.25", "0.75", "0.9")
     },
-    # LlamaIndex's LLM rerankers next to ours, on the first 5 queries (they take ~1 min each)
+    # LlamaIndex's LLM rerankers next to ours, on the first 10 queries (they take ~1 min each)
     "dl19_bm25_k20_anchors": (
         "trec-dl-2019",
-        "--queries 5 --top-k 20 --reranker none,cross-encoder,llm,cascade,llmrerank,rankgpt",
+        "--queries 10 --top-k 20 --reranker none,cross-encoder,llm,cascade,llmrerank,rankgpt",
     ),
     "dl19_bm25_k10-100": (
         "trec-dl-2019",
@@ -75,7 +75,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "scifact_bm25_k20": ("scifact", "--queries 100 --top-k 20 --reranker none,cross-encoder,sbert"),
     "scifact_bm25_k20_llm": (
         "scifact",
-        "--queries 10 --top-k 20 --reranker none,cross-encoder,sbert,llm,cascade",
+        "--queries 20 --top-k 20 --reranker none,cross-encoder,sbert,llm,cascade",
     ),
     "scifact_chroma_k20": (
         "scifact",
@@ -87,7 +87,7 @@ JOBS: dict[str, tuple[str, str]] = {
     ),
     "nfcorpus_bm25_k20_llm": (
         "nfcorpus",
-        "--queries 10 --top-k 20 --reranker none,cross-encoder,sbert,llm,cascade",
+        "--queries 20 --top-k 20 --reranker none,cross-encoder,sbert,llm,cascade",
     ),
     "nfcorpus_chroma_k20": (
         "nfcorpus",
