@@ -226,7 +226,10 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         calls = r["llm_judgements_per_query"]
         # A judgement served from the cache takes microseconds: that latency is not an LLM's.
-        latency = f"{r['median_s']:.2f}" + (" (cached)" if r.get("cache_hits") else "")
+        latency = f"{r['median_s']:.2f}"
+        if r.get("cache_hits") and calls:
+            share = r["cache_hits"] / (calls * r["queries"])
+            latency += f" ({share:.0%} cached)"
         lines.append(
             f"| {r['dataset']} | {r['first_stage']} | {r['queries']} | {r['K']} | {r['reranker']} "
             f"| {r['nDCG@10']:.4f} | {r['RR@10']:.4f} | {r['R@10']:.4f} | {latency} "
