@@ -73,6 +73,10 @@ JOBS: dict[str, tuple[str, str]] = {
         "--first-stage chroma --top-k 100 --reranker none,cross-encoder,sbert",
     ),
     "scifact_bm25_k20": ("scifact", "--queries 100 --top-k 20 --reranker none,cross-encoder,sbert"),
+    "scifact_bm25_k100": (
+        "scifact",
+        "--queries 20 --top-k 100 --reranker none,cross-encoder,sbert",
+    ),
     "scifact_bm25_k20_llm": (
         "scifact",
         "--queries 20 --top-k 20 --reranker none,cross-encoder,sbert,llm,cascade",
@@ -84,6 +88,10 @@ JOBS: dict[str, tuple[str, str]] = {
     "nfcorpus_bm25_k20": (
         "nfcorpus",
         "--queries 100 --top-k 20 --reranker none,cross-encoder,sbert",
+    ),
+    "nfcorpus_bm25_k100": (
+        "nfcorpus",
+        "--queries 20 --top-k 100 --reranker none,cross-encoder,sbert",
     ),
     "nfcorpus_bm25_k20_llm": (
         "nfcorpus",
