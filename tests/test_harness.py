@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from table_reranker import TableReranker
 
+from llamaindex_rerankers.base import Judgement, RerankReport
 from llamaindex_rerankers.evaluation.data import Dataset, Run, load_beir, load_trec_run
 from llamaindex_rerankers.evaluation.harness import (
     QueryOutcome,
@@ -56,6 +58,18 @@ class DropsAll(BaseNodePostprocessor):
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         return []
+
+
+class Raises(BaseNodePostprocessor):
+    """An anchor-like postprocessor that raises on the query "second" (as RankGPT does when its
+    prompt overflows the LLM's context)."""
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if query_bundle is not None and query_bundle.query_str == "second":
+            raise RuntimeError("context length exceeded")
+        return list(reversed(nodes))
 
 
 @pytest.fixture
@@ -114,6 +128,39 @@ def test_counters_are_summed_over_queries_but_peaks_are_maxed(tiny: tuple[Datase
         run.outcomes[qid] = QueryOutcome(qid, ("d1",), 3, 0.1, counters, dropped=0)
     (scored,) = score_runs(dataset, {"llm": run})
     assert scored.totals == {"dropped": 0.0, "calls": 7.0, "max_in_flight": 3.0}
+
+
+def test_an_anchor_that_raises_returns_nothing_for_that_query_and_the_run_goes_on(
+    tiny: tuple[Dataset, Run], caplog: pytest.LogCaptureFixture
+) -> None:
+    dataset, run = tiny
+    runs = run_rerankers(
+        dataset, RunFileStage(dataset, run), {"raises": Raises(), "none": None},
+        top_k=3, top_n=None, show_progress=False,
+    )  # fmt: skip
+    outcomes = runs["raises"].outcomes
+    assert outcomes["q1"].ranking == ("d3", "d2", "d1") and outcomes["q1"].counters["errors"] == 0
+    assert outcomes["q2"].ranking == () and outcomes["q2"].counters["errors"] == 1
+    assert outcomes["q2"].dropped == 3
+    assert "Raises raised on query q2: context length exceeded" in caplog.text
+    (scored, _) = score_runs(dataset, runs)
+    assert scored.totals["errors"] == 1 and scored.per_query["q2"]["nDCG@10"] == 0.0
+
+
+class Broken(TableReranker):
+    """One of ours whose model cannot load."""
+
+    def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
+        raise RuntimeError("model not found; pass model=")
+
+
+def test_an_error_in_one_of_our_rerankers_stops_the_run(tiny: tuple[Dataset, Run]) -> None:
+    dataset, run = tiny
+    with pytest.raises(RuntimeError, match="model not found"):
+        run_rerankers(
+            dataset, RunFileStage(dataset, run), {"ours": Broken(table={})},
+            top_k=3, top_n=None, show_progress=False,
+        )  # fmt: skip
 
 
 def test_default_measures_use_rel_2_on_graded_data(tiny: tuple[Dataset, Run]) -> None:

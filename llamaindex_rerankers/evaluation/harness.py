@@ -256,11 +256,21 @@ def _run_one(
     expected = len(nodes) if top_n is None else min(top_n, len(nodes))
     before = counter.snapshot()
     start = time.perf_counter()
+    errors = 0
     if reranker is None or not nodes:
         out = nodes[:expected]
-    else:
-        # Rerankers are built with top_n already; the cut keeps any that are not comparable.
+    elif isinstance(reranker, BaseReranker):
+        # Ours never fail a query (an LLM failure is an unjudged node): if one raises, the
+        # setup is broken (a missing model ...) and the run stops with that error.
         out = reranker.postprocess_nodes(nodes, QueryBundle(query))[:expected]
+    else:
+        # An anchor that raises (e.g. a prompt over the LLM's context window) is a measured
+        # outcome: it returned nothing for this query. The other queries and rerankers go on.
+        try:
+            out = reranker.postprocess_nodes(nodes, QueryBundle(query))[:expected]
+        except Exception as exc:
+            logger.warning("%s raised on query %s: %s", type(reranker).__name__, qid, exc)
+            out, errors = [], 1
     latency = time.perf_counter() - start
     after = counter.snapshot()
     counters: dict[str, float] = {}
@@ -271,6 +281,7 @@ def _run_one(
             calls=after[0] - before[0],
             prompt_tokens=after[1] - before[1],
             completion_tokens=after[2] - before[2],
+            errors=errors,
         )
     ranking = tuple(dict.fromkeys(n.node.node_id for n in out))  # an anchor may repeat a node
     return QueryOutcome(
