@@ -188,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", metavar="GGUF", help="default: $LLAMAINDEX_RERANKERS_LLM_GGUF")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     p.add_argument("--port", type=_port, default=8000, help="listen port (default: %(default)s)")
+    p.add_argument(
+        "--n-ctx",
+        type=_positive_int,
+        default=2048,
+        help="context window in tokens (default: %(default)s, enough for pointwise judgements; "
+        "LlamaIndex's listwise RankGPTRerank needs ~8192 for 20 passages)",
+    )
     p.set_defaults(run=_cmd_llm_server)
 
     from llamaindex_rerankers.evaluation.command import add_eval_arguments
@@ -385,7 +392,7 @@ def _cmd_llm_server(args: argparse.Namespace) -> int:
     from llamaindex_rerankers.llm.server import serve_forever
 
     print(f"serving at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
-    return serve_forever(args.model_path, args.host, args.port)
+    return serve_forever(args.model_path, args.host, args.port, n_ctx=args.n_ctx)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -144,7 +144,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     qids = dataset.query_ids(args.queries)
     stage = _first_stage(args, dataset)
     scored: list[ScoredRun] = []
-    with llm_endpoint(args, needed=bool(LLM_RERANKERS.intersection(names))) as endpoint:
+    # RankGPT puts all K passages in one prompt: a local server then gets SmolLM2's full window.
+    n_ctx = 8192 if {"rankgpt", "llmrerank"}.intersection(names) else 2048
+    needed = bool(LLM_RERANKERS.intersection(names))
+    with llm_endpoint(args, needed=needed, n_ctx=n_ctx) as endpoint:
         rerankers: dict[str, BaseNodePostprocessor | None] = {
             n: _build(n, args, endpoint) for n in names
         }

@@ -79,11 +79,14 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def llm_endpoint(args: argparse.Namespace, *, needed: bool) -> Iterator[LLMEndpoint | None]:
+def llm_endpoint(
+    args: argparse.Namespace, *, needed: bool, n_ctx: int = 2048
+) -> Iterator[LLMEndpoint | None]:
     """The endpoint the options describe, for the duration of a ``with`` block.
 
-    Yields ``None`` when no LLM is ``needed``. A local server is started only when neither
-    ``--llm-base-url`` nor ``OPENAI_API_KEY`` is given, and stopped on exit.
+    Yields ``None`` when no LLM is ``needed``. A local server (context window ``n_ctx``) is
+    started only when neither ``--llm-base-url`` nor ``OPENAI_API_KEY`` is given, and stopped on
+    exit.
     """
     if not needed:
         yield None
@@ -95,5 +98,5 @@ def llm_endpoint(args: argparse.Namespace, *, needed: bool) -> Iterator[LLMEndpo
         return
     from llamaindex_rerankers.llm.server import local_llm_server
 
-    with local_llm_server(getattr(args, "llm_gguf", None)) as server:
+    with local_llm_server(getattr(args, "llm_gguf", None), n_ctx=n_ctx) as server:
         yield LLMEndpoint(server.base_url, server.model, "not-needed", local=True)

@@ -21,15 +21,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +223,7 @@ def serve_forever(
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
+    n_ctx: int = 2048,
     cpu_extra_buffers: bool = False,
 ) -> int:
     """Run the local server in the foreground until interrupted; returns an exit code.
@@ -231,11 +235,30 @@ def serve_forever(
         >>> serve_forever(port=8000)  # doctest: +SKIP
     """
     path = resolve_model_path(model_path)
-    cmd = server_command(path, host, port, cpu_extra_buffers=cpu_extra_buffers)
+    cmd = server_command(path, host, port, n_ctx, cpu_extra_buffers=cpu_extra_buffers)
     logger.info("serving %s at http://%s:%d/v1", path, host, port)
     process = subprocess.Popen(cmd)
+    with _sigterm_as_interrupt():
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            _stop(process)
+            return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (``kill``, a service manager) like Ctrl-C, so that the server child is
+    stopped with us instead of being left running on its port (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        return process.wait()
-    except KeyboardInterrupt:
-        _stop(process)
-        return 0
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

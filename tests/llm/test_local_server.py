@@ -166,3 +166,32 @@ def test_eval_llm_cache_is_shared_by_llm_and_cascade_and_kept_across_runs(
     second = run("second")
     assert (second["llm"]["total_calls"], second["llm"]["total_cache_hits"]) == (0, 4)
     assert second["llm"]["nDCG@10"] == first["llm"]["nDCG@10"]
+
+
+def test_llm_server_command_stops_its_server_on_sigterm(gguf_path: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from llamaindex_rerankers.llm.server import _free_port
+
+    port = _free_port("127.0.0.1")
+    url = f"http://127.0.0.1:{port}/v1/models"
+    cli = [sys.executable, "-m", "llamaindex_rerankers.cli", "llm-server", "--port", str(port)]
+    proc = subprocess.Popen([*cli, "--model-path", gguf_path])
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "server never came up"
+                time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(OSError):  # nobody left listening: the llama.cpp child stopped too
+            urllib.request.urlopen(url, timeout=2)
+    finally:
+        proc.kill()
