@@ -192,7 +192,7 @@ def summary_rows(paths: list[Path]) -> list[dict[str, Any]]:
             if key in seen:
                 continue
             q = max(1, int(row["queries"]))
-            # judgements asked for: LLM calls other than retries, plus those the cache answered
+            # LLM calls other than retries, plus the calls the cache answered instead
             calls = row.get("total_calls", 0) - row.get("total_retries", 0)
             judged = calls + row.get("total_cache_hits", 0)
             seen[key] = {
@@ -230,7 +230,7 @@ def summary_rows(paths: list[Path]) -> list[dict[str, Any]]:
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
     head = "| dataset | first stage | queries | K | reranker | nDCG@10 | RR@10 | R@10 "
-    head += "| median s/query | LLM judgements/query | dropped | file |"
+    head += "| median s/query | LLM calls/query | dropped | file |"
     lines = [head, "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         calls = r["llm_judgements_per_query"]
