@@ -376,7 +376,8 @@ def plot_against_k(scored: Sequence[ScoredRun], path: str | Path, measure: str =
         points.sort(key=lambda s: s.top_k)
         ks = [p.top_k for p in points]
         left.plot(ks, [p.measures.get(measure, 0.0) for p in points], marker="o", label=name)
-        right.plot(ks, [p.latency_median_s * 1000 for p in points], marker="o", label=name)
+        if name != "none":  # the first stage's order costs nothing: no latency to plot
+            right.plot(ks, [p.latency_median_s * 1000 for p in points], marker="o", label=name)
     left.set(xlabel="K (first-stage candidates)", ylabel=measure, title=f"{measure} vs K")
     right.set(
         xlabel="K (first-stage candidates)",
@@ -386,7 +387,8 @@ def plot_against_k(scored: Sequence[ScoredRun], path: str | Path, measure: str =
     )
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
