@@ -48,7 +48,7 @@ bench-cross-encoder: setup
 bench-llm: setup
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm.py --rerankers bm25,llm --tag ours
 
-# Every published `llamaindex-rerankers eval` run (about 2 h on 2 cores) and their summary table.
+# Every published `llamaindex-rerankers eval` run (about 2.5 h on 2 cores) and their summary table.
 bench-eval: setup
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/eval_matrix.py
 
