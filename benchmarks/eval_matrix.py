@@ -54,10 +54,10 @@ JOBS: dict[str, tuple[str, str]] = {
         )
         for w in ("0", "0.25", "0.75", "0.9")
     },
-    # LlamaIndex's LLM rerankers next to ours, on the first 5 queries (they take ~1 min each)
+    # LlamaIndex's LLM rerankers next to ours, on the first 10 queries (they take ~1 min each)
     "dl19_bm25_k20_anchors": (
         "trec-dl-2019",
-        "--queries 5 --top-k 20 --reranker none,cross-encoder,llm,cascade,llmrerank,rankgpt",
+        "--queries 10 --top-k 20 --reranker none,cross-encoder,llm,cascade,llmrerank,rankgpt",
     ),
     "dl19_bm25_k10-100": (
         "trec-dl-2019",
