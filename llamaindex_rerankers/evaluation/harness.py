@@ -259,16 +259,16 @@ def _run_one(
     errors = 0
     if reranker is None or not nodes:
         out = nodes[:expected]
-    elif isinstance(reranker, BaseReranker):
-        # Ours never fail a query (an LLM failure is an unjudged node): if one raises, the
-        # setup is broken (a missing model ...) and the run stops with that error.
-        out = reranker.postprocess_nodes(nodes, QueryBundle(query))[:expected]
     else:
-        # An anchor that raises (e.g. a prompt over the LLM's context window) is a measured
-        # outcome: it returned nothing for this query. The other queries and rerankers go on.
         try:
             out = reranker.postprocess_nodes(nodes, QueryBundle(query))[:expected]
         except Exception as exc:
+            # Ours never fail a query (an LLM failure is an unjudged node): if one raises, the
+            # setup is broken (a missing model ...) and the run stops with that error. An
+            # anchor that raises (e.g. a prompt over the LLM's context window) is a measured
+            # outcome: it returned nothing for this query; the run goes on.
+            if isinstance(reranker, BaseReranker):
+                raise
             logger.warning("%s raised on query %s: %s", type(reranker).__name__, qid, exc)
             out, errors = [], 1
     latency = time.perf_counter() - start

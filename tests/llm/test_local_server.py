@@ -174,24 +174,17 @@ def test_llm_server_command_stops_its_server_on_sigterm(gguf_path: str) -> None:
     import sys
     import urllib.request
 
-    from llamaindex_rerankers.llm.server import _free_port
+    from llamaindex_rerankers.llm.server import _free_port, _wait_ready
 
     port = _free_port("127.0.0.1")
-    url = f"http://127.0.0.1:{port}/v1/models"
+    base_url = f"http://127.0.0.1:{port}/v1"
     cli = [sys.executable, "-m", "llamaindex_rerankers.cli", "llm-server", "--port", str(port)]
     proc = subprocess.Popen([*cli, "--model-path", gguf_path])
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).read()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "server never came up"
-                time.sleep(0.5)
+        _wait_ready(base_url, proc, timeout=180)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         with pytest.raises(OSError):  # nobody left listening: the llama.cpp child stopped too
-            urllib.request.urlopen(url, timeout=2)
+            urllib.request.urlopen(base_url + "/models", timeout=2)
     finally:
         proc.kill()
