@@ -150,11 +150,11 @@ def _llm(args: argparse.Namespace, needed: bool) -> Iterator[list[str]]:
         model = ["--llm-model", args.llm_model] if args.llm_model else []
         yield ["--llm-base-url", args.llm_base_url, *model, "--llm-cache", CACHE]
         return
+    from llamaindex_rerankers.evaluation.command import ANCHOR_N_CTX
     from llamaindex_rerankers.llm.server import local_llm_server
 
     # A fixed port keeps the base URL, part of the cache key, the same from one run to the next.
-    # n_ctx 8192 (SmolLM2's window): RankGPT sends all 20 passages in one prompt.
-    with local_llm_server(port=args.llm_port, n_ctx=8192) as server:
+    with local_llm_server(port=args.llm_port, n_ctx=ANCHOR_N_CTX) as server:
         yield ["--llm-base-url", server.base_url, "--llm-model", server.model, "--llm-cache", CACHE]
 
 

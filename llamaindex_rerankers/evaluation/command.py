@@ -35,6 +35,10 @@ from llamaindex_rerankers.llm.endpoint import LLMEndpoint, add_llm_arguments, ll
 #: Rerankers that need an OpenAI-compatible LLM endpoint.
 LLM_RERANKERS = frozenset({"llm", "cascade", "llmrerank", "rankgpt"})
 
+#: Context window of a local server when LlamaIndex's LLM rerankers run (SmolLM2's full window):
+#: RankGPT puts all K passages in one prompt.
+ANCHOR_N_CTX = 8192
+
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` options to a (sub)parser."""
@@ -144,8 +148,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     qids = dataset.query_ids(args.queries)
     stage = _first_stage(args, dataset)
     scored: list[ScoredRun] = []
-    # RankGPT puts all K passages in one prompt: a local server then gets SmolLM2's full window.
-    n_ctx = 8192 if {"rankgpt", "llmrerank"}.intersection(names) else 2048
+    n_ctx = ANCHOR_N_CTX if {"rankgpt", "llmrerank"}.intersection(names) else 2048
     needed = bool(LLM_RERANKERS.intersection(names))
     with llm_endpoint(args, needed=needed, n_ctx=n_ctx) as endpoint:
         rerankers: dict[str, BaseNodePostprocessor | None] = {
