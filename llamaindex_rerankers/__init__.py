@@ -10,19 +10,30 @@ Example:
 
 from __future__ import annotations
 
-from llamaindex_rerankers.base import BaseReranker, Judgement, RerankerEndEvent, RerankReport
+from llamaindex_rerankers._models import ModelLoadError
+from llamaindex_rerankers.base import BaseReranker, RerankerEndEvent
 from llamaindex_rerankers.cascade import CascadeReranker
-from llamaindex_rerankers.cross_encoder import CrossEncoderReranker, ModelLoadError
+from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
 from llamaindex_rerankers.llm import LLMReranker, local_llm_server
+from llamaindex_rerankers.types import (
+    CrossEncoderUsage,
+    Judgement,
+    LLMUsage,
+    RerankReport,
+    RerankResult,
+)
 
 __all__ = [
     "BaseReranker",
     "CascadeReranker",
     "CrossEncoderReranker",
+    "CrossEncoderUsage",
     "Judgement",
     "LLMReranker",
+    "LLMUsage",
     "ModelLoadError",
     "RerankReport",
+    "RerankResult",
     "RerankerEndEvent",
     "local_llm_server",
 ]

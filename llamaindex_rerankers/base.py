@@ -9,14 +9,17 @@ implements :meth:`BaseReranker._judge`: "score these texts for this query".
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import difflib
+import itertools
 import logging
 import math
+import time
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -24,6 +27,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from llamaindex_rerankers.scoring import clamp_unit, fuse, rank_order, rank_prior, select
+from llamaindex_rerankers.types import Judgement, RerankReport, RerankResult
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
@@ -34,52 +38,16 @@ RETRIEVAL_SCORE = "retrieval_score"
 RETRIEVAL_RANK = "retrieval_rank"
 
 
-@dataclass(frozen=True)
-class Judgement:
-    """One reranker's verdict on one passage.
+#: The last report of each reranker instance, per thread / asyncio task (``last_report``).
+_LAST_REPORTS: contextvars.ContextVar[dict[int, RerankReport]] = contextvars.ContextVar(
+    "llamaindex_rerankers_last_reports"
+)
+#: Reports kept per context: enough for the rerankers a task uses, bounded for long-lived ones.
+_MAX_LAST_REPORTS = 64
+_INSTANCE_IDS = itertools.count(1)
 
-    Attributes:
-        score: relevance in [0, 1], or ``None`` when the passage could not be judged (the base
-            then keeps the node, after every judged one, in retrieval order).
-        metadata: extra per-node metadata (``rerank_*`` keys) to attach to the output node.
-        pruned: an earlier stage of a multi-stage reranker kept this passage from the final
-            stage (a cascade's cut). It is not dropped: it comes after every passage the final
-            stage saw, ordered by ``pruned_rank``, with ``score=None``.
-        pruned_rank: the order among pruned passages (the earlier stage's rank).
-    """
-
-    score: float | None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    pruned: bool = False
-    pruned_rank: int = 0
-
-
-@dataclass
-class RerankReport:
-    """What one rerank call did; readable as ``reranker.last_report`` after a call and sent
-    with the end event.
-
-    Attributes:
-        query: the query string.
-        n_candidates: nodes received.
-        n_returned: nodes returned after ``min_score`` and ``top_n``.
-        n_unjudged: nodes the reranker could not judge (kept, never dropped).
-        n_pruned: nodes a multi-stage reranker kept from its last stage (placed last).
-        best_score: highest rerank score among judged nodes, ``None`` if none was judged.
-        counters: reranker-specific figures (LLM calls, tokens, cache hits, truncations ...).
-    """
-
-    query: str
-    n_candidates: int = 0
-    n_returned: int = 0
-    n_unjudged: int = 0
-    n_pruned: int = 0
-    best_score: float | None = None
-    counters: dict[str, float] = field(default_factory=dict)
-
-    def any_relevant(self, min_score: float) -> bool:
-        """Whether any judged passage scored at least ``min_score`` (for abstaining)."""
-        return self.best_score is not None and self.best_score >= min_score
+#: Reranker classes by their ``class_name()``, so that a stored configuration is rebuilt by name.
+_CLASSES: dict[str, type[BaseReranker]] = {}
 
 
 class RerankerEndEvent(ReRankEndEvent):
@@ -119,11 +87,100 @@ class BaseReranker(BaseNodePostprocessor):
         description="Which node metadata is included in the text sent to the reranker.",
     )
 
-    _last_report: RerankReport | None = PrivateAttr(default=None)
+    model_config = ConfigDict(extra="forbid")
+
+    _instance_id: int = PrivateAttr(default_factory=lambda: next(_INSTANCE_IDS))
 
     @classmethod
     def class_name(cls) -> str:
-        return cls.__name__
+        """A fixed name per class, stored by ``to_dict`` and used by :meth:`from_dict` to rebuild
+        the right class (subclasses override it with a literal, never ``cls.__name__``, so that
+        renaming a class does not break stored configurations)."""
+        return "BaseReranker"
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "class_name" in cls.__dict__:  # only classes that name themselves are registered
+            _CLASSES[cls.class_name()] = cls
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_arguments(cls, data: Any) -> Any:
+        """Typos raise (``concurency=4``) with the valid names, instead of being ignored."""
+        if isinstance(data, Mapping):
+            known = set(cls.model_fields)
+            known |= {f.alias for f in cls.model_fields.values() if f.alias}
+            unknown = sorted(str(k) for k in data if k not in known)
+            if unknown:
+                valid = sorted(k for k in cls.model_fields if k != "callback_manager")
+                hints = [
+                    f"{name!r} -> {close[0]!r}?"
+                    for name in unknown
+                    if (close := difflib.get_close_matches(name, valid, n=1))
+                ]
+                raise ValueError(
+                    f"{cls.__name__} got unknown argument(s) {unknown}"
+                    + (f" (did you mean {', '.join(hints)})" if hints else "")
+                    + f"; valid arguments: {', '.join(valid)}."
+                )
+        return data
+
+    # -- serialisation --------------------------------------------------------------------
+
+    #: Fields never written by :meth:`to_dict` (live objects, secrets).
+    _NOT_SERIALISED: ClassVar[frozenset[str]] = frozenset({"callback_manager"})
+
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """Every setting as JSON-safe data, plus ``class_name``; secrets (``api_key``, headers)
+        and live objects (clients, callback managers) are left out.
+
+        Example:
+            >>> from llamaindex_rerankers import CrossEncoderReranker
+            >>> CrossEncoderReranker(model="m", top_n=3).to_dict()["top_n"]
+            3
+        """
+        exclude = set(kwargs.pop("exclude", None) or ()) | set(self._NOT_SERIALISED)
+        data = self.model_dump(mode="json", exclude=exclude, **kwargs)
+        data["class_name"] = self.class_name()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> Any:
+        """Rebuild a reranker from :meth:`to_dict`'s output. Called on :class:`BaseReranker`
+        (or any class), the stored ``class_name`` picks the class.
+
+        Raises:
+            ValueError: the stored class name is unknown, or names a class that is not ``cls``
+                or a subclass of it.
+
+        Example:
+            >>> from llamaindex_rerankers import BaseReranker, CrossEncoderReranker
+            >>> config = CrossEncoderReranker(model="m", top_n=3).to_dict()
+            >>> type(BaseReranker.from_dict(config)).__name__
+            'CrossEncoderReranker'
+        """
+        data = {**data, **kwargs}
+        name = data.pop("class_name", None)
+        target: type[BaseReranker] = cls
+        if name is not None:
+            found = _CLASSES.get(str(name))
+            if found is None:
+                raise ValueError(
+                    f"unknown reranker class_name {name!r}; known: {', '.join(sorted(_CLASSES))}. "
+                    "Import the module that defines it before loading the configuration."
+                )
+            if not issubclass(found, cls):
+                raise ValueError(f"the configuration is a {name}, not a {cls.class_name()}.")
+            target = found
+        if target.__abstractmethods__:
+            raise ValueError(
+                f"{target.__name__} is abstract: the configuration needs a 'class_name' "
+                f"(one of {', '.join(sorted(_CLASSES))})."
+            )
+        return target(**data)
+
+    # -- what a reranker implements -------------------------------------------------------
 
     @property
     @abstractmethod
@@ -134,7 +191,8 @@ class BaseReranker(BaseNodePostprocessor):
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
         """Score ``texts`` for ``query``: exactly one :class:`Judgement` per text, in order.
 
-        Add figures worth reporting to ``report.counters``.
+        ``report`` belongs to this call alone: set the backend's usage on it
+        (``report.cross_encoder`` / ``report.llm``). Keep no per-call state on ``self``.
         """
 
     async def _ajudge(
@@ -143,53 +201,88 @@ class BaseReranker(BaseNodePostprocessor):
         """Async :meth:`_judge`; by default runs it in a worker thread off the event loop."""
         return await asyncio.to_thread(self._judge, query, texts, report)
 
+    # -- public calls ---------------------------------------------------------------------
+
+    def rerank(self, nodes: Sequence[NodeWithScore], query: str | QueryBundle) -> RerankResult:
+        """Rerank ``nodes`` for ``query``: the new nodes and this call's own report.
+
+        Safe to call from many threads at once on one instance: nothing about the call is kept
+        on the instance.
+
+        Example:
+            >>> from llama_index.core.schema import NodeWithScore, TextNode
+            >>> from llamaindex_rerankers import CrossEncoderReranker
+            >>> reranker = CrossEncoderReranker(top_n=1)  # doctest: +SKIP
+            >>> nodes = [NodeWithScore(node=TextNode(text="Prune in winter."), score=0.3)]
+            >>> result = reranker.rerank(nodes, "when to prune apple trees")  # doctest: +SKIP
+            >>> result.nodes[0].score, result.report.n_candidates  # doctest: +SKIP
+            (0.93, 1)
+        """
+        bundle, nodes = _bundle(query), list(nodes)
+        query_str, texts, report = self._begin(nodes, bundle)
+        if not nodes:
+            return RerankResult([], report)
+        with self._events(nodes, bundle, query_str) as finish:
+            started = time.perf_counter()
+            judgements = self._judge(query_str, texts, report)
+            return finish(self._assemble(nodes, judgements, report), report, started)
+
+    async def arerank(
+        self, nodes: Sequence[NodeWithScore], query: str | QueryBundle
+    ) -> RerankResult:
+        """Async :meth:`rerank`: model inference runs off the event loop; safe for many
+        concurrent tasks on one instance."""
+        bundle, nodes = _bundle(query), list(nodes)
+        query_str, texts, report = self._begin(nodes, bundle)
+        if not nodes:
+            return RerankResult([], report)
+        with self._events(nodes, bundle, query_str) as finish:
+            started = time.perf_counter()
+            judgements = await self._ajudge(query_str, texts, report)
+            return finish(self._assemble(nodes, judgements, report), report, started)
+
     @property
     def last_report(self) -> RerankReport | None:
-        """The report of the most recent call on this instance (``None`` before the first)."""
-        return self._last_report
+        """The report of this instance's most recent call *in the current thread or asyncio
+        task* (``None`` before one). A convenience for interactive use: in services, take the
+        report from :meth:`rerank` / :meth:`arerank`, which return it with the nodes."""
+        return _LAST_REPORTS.get({}).get(self._instance_id)
 
-    # -- template methods ---------------------------------------------------------------
+    def _remember(self, report: RerankReport) -> None:
+        reports = dict(_LAST_REPORTS.get({}))
+        reports.pop(self._instance_id, None)
+        reports[self._instance_id] = report
+        while len(reports) > _MAX_LAST_REPORTS:
+            del reports[next(iter(reports))]
+        _LAST_REPORTS.set(reports)
+
+    # -- LlamaIndex's template methods ----------------------------------------------------
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query, texts, report = self._begin(nodes, query_bundle)
-        if not nodes:
-            return []
-        with self._events(nodes, query_bundle, query) as finish:
-            judgements = self._judge(query, texts, report)
-            return finish(self._assemble(nodes, judgements, report), report)
+        return self.rerank(nodes, _require_query(self, query_bundle)).nodes
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query, texts, report = self._begin(nodes, query_bundle)
-        if not nodes:
-            return []
-        with self._events(nodes, query_bundle, query) as finish:
-            judgements = await self._ajudge(query, texts, report)
-            return finish(self._assemble(nodes, judgements, report), report)
+        return (await self.arerank(nodes, _require_query(self, query_bundle))).nodes
 
     # -- shared machinery ---------------------------------------------------------------
 
     def _begin(
-        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle
     ) -> tuple[str, list[str], RerankReport]:
         """Validate, then the query, the texts to judge and a fresh report (already the last
         report when there is nothing to judge)."""
         query = self._validate(nodes, query_bundle)
         report = RerankReport(query=query, n_candidates=len(nodes))
         if not nodes:
-            self._last_report = report
+            self._remember(report)
         texts = [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
         return query, texts, report
 
-    def _validate(self, nodes: Sequence[NodeWithScore], query_bundle: QueryBundle | None) -> str:
-        if query_bundle is None:
-            raise ValueError(
-                f"{self.class_name()} needs a query: call postprocess_nodes(nodes, "
-                "query_str='...') or pass query_bundle=QueryBundle('...')."
-            )
+    def _validate(self, nodes: Sequence[NodeWithScore], query_bundle: QueryBundle) -> str:
         query = query_bundle.query_str
         if not isinstance(query, str) or not query.strip():
             raise ValueError(
@@ -246,6 +339,7 @@ class BaseReranker(BaseNodePostprocessor):
             if s is not None and not j.pruned
         ]
         report.n_pruned = sum(j.pruned for j in judgements)
+        report.n_judged = len(judged)
         report.n_unjudged = total - report.n_pruned - len(judged)
         report.best_score = max(judged) if judged else None
         report.n_returned = len(chosen)
@@ -302,26 +396,30 @@ class _RerankEvents:
         self._event = self._cb.__enter__()
         return self._finish
 
-    def _finish(self, out: list[NodeWithScore], report: RerankReport) -> list[NodeWithScore]:
+    def _finish(
+        self, out: list[NodeWithScore], report: RerankReport, started: float
+    ) -> RerankResult:
+        report.seconds = time.perf_counter() - started
         self._event.on_end(payload={EventPayload.NODES: out})
-        self._reranker._last_report = report
-        dispatcher.event(RerankerEndEvent(nodes=out, report=_report_dict(report)))
-        return out
+        self._reranker._remember(report)
+        dispatcher.event(RerankerEndEvent(nodes=out, report=report.to_dict()))
+        return RerankResult(out, report)
 
     def __exit__(self, *exc: object) -> None:
         self._cb.__exit__(*exc)
 
 
-def _report_dict(report: RerankReport) -> dict[str, Any]:
-    return {
-        "query": report.query,
-        "n_candidates": report.n_candidates,
-        "n_returned": report.n_returned,
-        "n_unjudged": report.n_unjudged,
-        "n_pruned": report.n_pruned,
-        "best_score": report.best_score,
-        **report.counters,
-    }
+def _bundle(query: str | QueryBundle) -> QueryBundle:
+    return query if isinstance(query, QueryBundle) else QueryBundle(query_str=query)
+
+
+def _require_query(reranker: BaseReranker, query_bundle: QueryBundle | None) -> QueryBundle:
+    if query_bundle is None:
+        raise ValueError(
+            f"{reranker.class_name()} needs a query: call postprocess_nodes(nodes, "
+            "query_str='...') or pass query_bundle=QueryBundle('...')."
+        )
+    return query_bundle
 
 
 def _new_node(
@@ -348,7 +446,8 @@ def _new_node(
             "excluded_embed_metadata_keys": _union(node.excluded_embed_metadata_keys, keys),
         }
     )
-    return NodeWithScore(node=copy, score=0.0 if score is None else float(score))
+    # An unjudged node keeps score None: 0.0 would claim "judged irrelevant".
+    return NodeWithScore(node=copy, score=None if score is None else float(score))
 
 
 def _union(existing: Sequence[str], new: Sequence[str]) -> list[str]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llama_index.core.bridge.pydantic import Field
+from llama_index.core.bridge.pydantic import Field, field_serializer, field_validator
 
-from llamaindex_rerankers.base import BaseReranker, Judgement, RerankReport
+from llamaindex_rerankers.base import BaseReranker
 from llamaindex_rerankers.scoring import rank_order
+from llamaindex_rerankers.types import Judgement, RerankReport
 
 
 class CascadeReranker(BaseReranker):
@@ -43,6 +44,22 @@ class CascadeReranker(BaseReranker):
         "+ w * first. 0: the second stage alone orders the survivors.",
     )
 
+    @classmethod
+    def class_name(cls) -> str:
+        return "CascadeReranker"
+
+    @field_validator("first", "second", mode="before")
+    @classmethod
+    def _stage_from_config(cls, value: Any) -> Any:
+        """A stage stored by ``to_dict`` (a dict with ``class_name``) is rebuilt as its class."""
+        if isinstance(value, dict):
+            return BaseReranker.from_dict(value)
+        return value
+
+    @field_serializer("first", "second")
+    def _stage_to_config(self, stage: BaseReranker) -> dict[str, Any]:
+        return stage.to_dict()
+
     @property
     def model_name(self) -> str:
         return f"{self.first.model_name} -> {self.second.model_name}"
@@ -52,7 +69,8 @@ class CascadeReranker(BaseReranker):
         stage1 = self.first._judge(query, texts, r1)
         survivors = self._survivors(stage1)
         stage2 = self.second._judge(query, [texts[i] for i in survivors], r2)
-        _add_counters(report, r1, r2)
+        report.add_usage(r1)
+        report.add_usage(r2)
         return _combine(stage1, survivors, stage2, self.stage1_weight)
 
     async def _ajudge(
@@ -62,7 +80,8 @@ class CascadeReranker(BaseReranker):
         stage1 = await self.first._ajudge(query, texts, r1)
         survivors = self._survivors(stage1)
         stage2 = await self.second._ajudge(query, [texts[i] for i in survivors], r2)
-        _add_counters(report, r1, r2)
+        report.add_usage(r1)
+        report.add_usage(r2)
         return _combine(stage1, survivors, stage2, self.stage1_weight)
 
     def _survivors(self, stage1: Sequence[Judgement]) -> list[int]:
@@ -71,13 +90,6 @@ class CascadeReranker(BaseReranker):
 
 def _run_stage(report: RerankReport, n: int) -> RerankReport:
     return RerankReport(query=report.query, n_candidates=n)
-
-
-def _add_counters(parent: RerankReport, *stages: RerankReport) -> None:
-    """Sum the stages' figures (LLM calls, tokens, truncations ...) into the cascade's report."""
-    for stage in stages:
-        for key, value in stage.counters.items():
-            parent.counters[key] = parent.counters.get(key, 0) + value
 
 
 def _combine(

@@ -9,45 +9,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from llamaindex_rerankers._imports import require
-from llamaindex_rerankers.base import BaseReranker, Judgement, RerankReport
+from llamaindex_rerankers._models import ModelLoadError, model_location
+from llamaindex_rerankers.base import BaseReranker
 from llamaindex_rerankers.scoring import sigmoid
+from llamaindex_rerankers.types import CrossEncoderUsage, Judgement, RerankReport
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 #: Environment variable naming a model id or local path that replaces the default model.
 CROSS_ENCODER_ENV = "LLAMAINDEX_RERANKERS_CROSS_ENCODER"
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message names the option that selects another one."""
-
-
-def model_location(name: str, what: str, how_to_fix: str, error: type[ModelLoadError]) -> str:
-    """What to hand a model loader for ``name``: the expanded path of a local model, or the hub
-    id unchanged. A path-like name that does not exist raises ``error`` at once (instead of a
-    slow, confusing hub lookup).
-
-    Hub ids are "org/name"; anything else path-like (starting with ``.``, ``/`` or ``~``, or with
-    more than one slash) must exist on disk.
-
-    Example:
-        >>> model_location("cross-encoder/ms-marco-MiniLM-L-6-v2", "model", "", ModelLoadError)
-        'cross-encoder/ms-marco-MiniLM-L-6-v2'
-    """
-    path = Path(name).expanduser()
-    if path.exists():
-        return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise error(f"{what} path {name!r} does not exist. {how_to_fix}")
-    return name
 
 
 def default_cross_encoder() -> str:
@@ -101,6 +79,10 @@ class CrossEncoderReranker(BaseReranker):
 
     _model: Any = PrivateAttr(default=None)
 
+    @classmethod
+    def class_name(cls) -> str:
+        return "CrossEncoderReranker"
+
     @property
     def model_name(self) -> str:
         return self.model
@@ -114,6 +96,7 @@ class CrossEncoderReranker(BaseReranker):
         return self._model
 
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
+        started = time.perf_counter()
         model = self.load()
         # Identical passages (duplicated chunks, repeated hits) are scored once.
         unique = list(dict.fromkeys(texts))
@@ -130,9 +113,13 @@ class CrossEncoderReranker(BaseReranker):
                 len(texts),
                 limit,
             )
-        report.counters["truncated"] = n_cut
-        report.counters["deduplicated"] = len(texts) - len(unique)
         logits = _score_pairs(model, query, unique, lengths, self.batch_size, self.precision)
+        report.cross_encoder = CrossEncoderUsage(
+            pairs=len(unique),
+            deduplicated=len(texts) - len(unique),
+            truncated=n_cut,
+            seconds=time.perf_counter() - started,
+        )
         by_text = dict(zip(unique, logits, strict=True))
         return [
             Judgement(

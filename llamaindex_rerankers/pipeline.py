@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from llamaindex_rerankers._imports import require
-from llamaindex_rerankers.cross_encoder import ModelLoadError, model_location
+from llamaindex_rerankers._models import ModelLoadError, model_location
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llamaindex_rerankers.base import BaseReranker, Judgement, RerankReport
+from llamaindex_rerankers.base import BaseReranker
+from llamaindex_rerankers.types import Judgement, LLMUsage, RerankReport
 
 
 class TableReranker(BaseReranker):
@@ -17,6 +18,10 @@ class TableReranker(BaseReranker):
     calls: int = 0
     seen: list[str] = []
 
+    @classmethod
+    def class_name(cls) -> str:
+        return "TableReranker"
+
     @property
     def model_name(self) -> str:
         return "table"
@@ -24,6 +29,6 @@ class TableReranker(BaseReranker):
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
         self.calls += 1
         self.seen = list(texts)
-        report.counters["looked_up"] = len(texts)
+        report.llm = LLMUsage(judgements=len(texts), calls=len(texts))
         keys = [t.rsplit("\n", 1)[-1] for t in texts]  # the node text after its metadata header
         return [Judgement(self.table.get(k), {"rerank_seen": k}) for k in keys]

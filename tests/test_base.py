@@ -72,7 +72,8 @@ def test_unjudged_nodes_are_kept_after_judged_ones_in_retrieval_order() -> None:
     out = reranker.postprocess_nodes(nodes_for("x", "a", "b", "y"), query_str="q")
     # "a" falls below the threshold; "x" and "y" could not be judged and are never dropped.
     assert ids(out) == ["n2", "n0", "n3"]
-    assert [n.score for n in out] == [0.9, 0.0, 0.0]
+    # Unjudged nodes keep score None: 0.0 would claim they were judged irrelevant.
+    assert [n.score for n in out] == [0.9, None, None]
     assert out[1].node.metadata["rerank_score"] is None
     assert reranker.last_report is not None
     assert reranker.last_report.n_unjudged == 2
@@ -202,7 +203,7 @@ def test_events_fire_once_after_validation(recorder: Recorder) -> None:
     start, end = recorder.events
     assert start.top_n == 1 and start.model_name == "table" and len(start.nodes) == 2
     assert ids(end.nodes) == ids(out)
-    assert end.report["looked_up"] == 2 and end.report["n_returned"] == 1
+    assert end.report["llm"]["calls"] == 2 and end.report["n_returned"] == 1
 
 
 def test_callback_manager_gets_one_reranking_event() -> None:

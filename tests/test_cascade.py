@@ -33,7 +33,7 @@ def test_second_stage_sees_only_the_survivors_and_decides_the_order() -> None:
     out = reranker.postprocess_nodes(nodes(), query_str="q")
     # survivors by the second stage, then the pruned e and a in first-stage order
     assert [n.node.node_id for n in out] == ["c", "d", "b", "e", "a"]
-    assert [n.score for n in out] == [0.7, 0.5, 0.2, 0.0, 0.0]
+    assert [n.score for n in out] == [0.7, 0.5, 0.2, None, None]
     assert [n.node.metadata["rerank_score"] for n in out[3:]] == [None, None]
     assert [n.node.metadata["rerank_stage1_rank"] for n in out] == [3, 1, 2, 4, 5]
     # the second stage sees only the survivors, best first-stage score first
@@ -43,7 +43,7 @@ def test_second_stage_sees_only_the_survivors_and_decides_the_order() -> None:
     assert meta["retrieval_rank"] == 3  # the first-stage retrieval rank, not the cascade's
     report = reranker.last_report
     assert report is not None
-    assert (report.n_pruned, report.n_returned, report.counters["looked_up"]) == (2, 5, 8)
+    assert (report.n_pruned, report.n_returned, report.llm.calls) == (2, 5, 8)
     assert report.n_unjudged == 0 and report.best_score == 0.7
 
 

@@ -99,7 +99,7 @@ def test_identical_passages_are_scored_once_and_equally(reranker: CrossEncoderRe
     ]
     out = reranker.postprocess_nodes(nodes, query_str="when to prune apple trees")
     assert reranker.last_report is not None
-    assert reranker.last_report.counters["deduplicated"] == 3
+    assert reranker.last_report.cross_encoder.deduplicated == 3
     by_id = {n.node.node_id: n.score for n in out}
     assert by_id["n0"] == by_id["n2"] == by_id["n4"]
     assert by_id["n1"] == by_id["n3"]
@@ -124,7 +124,7 @@ def test_truncation_is_flagged_per_node_and_warned_once(
     assert len(warnings) == 1
     assert "2 of 3" in warnings[0].getMessage()
     assert short.last_report is not None
-    assert short.last_report.counters["truncated"] == 2
+    assert short.last_report.cross_encoder.truncated == 2
 
 
 def test_no_warning_when_nothing_is_truncated(

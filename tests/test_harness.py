@@ -116,7 +116,7 @@ def test_runs_share_candidates_and_are_scored_in_their_returned_order(
     # A reranker that returns nothing scores 0 on every query instead of vanishing.
     assert scored["drops"].measures == {"nDCG@10": 0.0, "RR@10": 0.0}
     assert scored["drops"].totals["dropped"] == 4
-    assert scored["table"].totals["looked_up"] == 6
+    assert scored["table"].totals["calls"] == 6
     assert scored["table"].queries == 2
 
 

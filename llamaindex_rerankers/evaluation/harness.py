@@ -27,6 +27,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llamaindex_rerankers.base import BaseReranker
 from llamaindex_rerankers.evaluation.data import Dataset, Run, candidates
 from llamaindex_rerankers.evaluation.metrics import evaluate, per_query
+from llamaindex_rerankers.types import RerankReport
 
 logger = logging.getLogger(__name__)
 
@@ -257,11 +258,16 @@ def _run_one(
     before = counter.snapshot()
     start = time.perf_counter()
     errors = 0
+    report: RerankReport | None = None
     if reranker is None or not nodes:
         out = nodes[:expected]
     else:
         try:
-            out = reranker.postprocess_nodes(nodes, QueryBundle(query))[:expected]
+            if isinstance(reranker, BaseReranker):
+                out, report = reranker.rerank(nodes, query)
+                out = out[:expected]
+            else:
+                out = reranker.postprocess_nodes(nodes, QueryBundle(query))[:expected]
         except Exception as exc:
             # Ours never fail a query (an LLM failure is an unjudged node): if one raises, the
             # setup is broken (a missing model ...) and the run stops with that error. An
@@ -274,8 +280,8 @@ def _run_one(
     latency = time.perf_counter() - start
     after = counter.snapshot()
     counters: dict[str, float] = {}
-    if isinstance(reranker, BaseReranker) and reranker.last_report is not None and nodes:
-        counters.update(reranker.last_report.counters)
+    if report is not None:
+        counters.update(_report_counters(report))
     elif reranker is not None:
         counters.update(
             calls=after[0] - before[0],
@@ -287,6 +293,18 @@ def _run_one(
     return QueryOutcome(
         qid, ranking, len(nodes), latency, counters, max(0, expected - len(ranking))
     )
+
+
+def _report_counters(report: RerankReport) -> dict[str, float]:
+    """One query's figures from our report: the LLM's under the names the anchors' figures
+    use (calls, prompt_tokens ...), the cross-encoder's prefixed ``ce_``."""
+    counters: dict[str, float] = {}
+    if report.cross_encoder is not None:
+        usage = report.cross_encoder.to_dict()
+        counters.update({f"ce_{k}": v for k, v in usage.items() if k != "seconds"})
+    if report.llm is not None:
+        counters.update({k: v for k, v in report.llm.to_dict().items() if k != "seconds"})
+    return counters
 
 
 def default_measures(dataset: Dataset, top_n: int | None, top_k: int) -> list[str]:

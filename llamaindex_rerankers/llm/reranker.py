@@ -40,7 +40,7 @@ from llama_index.core.bridge.pydantic import (
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.prompts.mixin import PromptMixin, PromptMixinType
 
-from llamaindex_rerankers.base import BaseReranker, Judgement, RerankReport
+from llamaindex_rerankers.base import BaseReranker
 from llamaindex_rerankers.llm.cache import (
     CachedJudgement,
     JudgementCache,
@@ -74,6 +74,7 @@ from llamaindex_rerankers.llm.prompts import (
     render_messages,
 )
 from llamaindex_rerankers.llm.tokens import TokenCounter
+from llamaindex_rerankers.types import Judgement, LLMUsage, RerankReport
 
 logger = logging.getLogger(__name__)
 
@@ -316,6 +317,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         self, query: str, texts: Sequence[str], report: RerankReport
     ) -> list[Judgement]:
         """Judge ``texts`` concurrently, at most ``concurrency`` requests in flight."""
+        started = time.monotonic()
         counter = self._token_counter()
         query_cut, query_truncated = counter.truncate(query, self.query_max_tokens)
         counters: dict[str, float] = dict.fromkeys(COUNTERS, 0)
@@ -336,8 +338,12 @@ class LLMReranker(BaseReranker, PromptMixin):
         finally:
             if bar is not None:
                 bar.close()
-        counters["max_in_flight"] = state.max_in_flight
-        report.counters.update(counters)
+        report.llm = LLMUsage(
+            judgements=len(texts),
+            max_in_flight=state.max_in_flight,
+            seconds=time.monotonic() - started,
+            **{k: int(v) for k, v in counters.items()},
+        )
         if state.errors:
             logger.warning(
                 "%s: %d of %d judgements failed and were labelled %r (kept after the judged "

@@ -132,16 +132,16 @@ def test_repeated_query_is_served_from_cache_with_zero_calls() -> None:
     first = reranker.postprocess_nodes(nodes, query_str="q")
     assert [n.node.id_ for n in first] == ["n1", "n2", "n0"]
     assert reranker.last_report is not None
-    assert reranker.last_report.counters["calls"] == 3
+    assert reranker.last_report.llm.to_dict()["calls"] == 3
     second = reranker.postprocess_nodes(nodes, query_str="q")
-    counters = reranker.last_report.counters
+    counters = reranker.last_report.llm.to_dict()
     assert counters["calls"] == 0 and counters["cache_hits"] == 3
     assert len(client.requests) == 3
     assert [n.score for n in second] == [n.score for n in first]
     assert all(n.node.metadata["rerank_cached"] for n in second)
     # Another query is another key.
     reranker.postprocess_nodes(nodes, query_str="another q")
-    assert reranker.last_report.counters["calls"] == 3
+    assert reranker.last_report.llm.to_dict()["calls"] == 3
 
 
 def test_failures_and_unparseable_answers_become_unknown_and_are_kept(
@@ -158,14 +158,14 @@ def test_failures_and_unparseable_answers_become_unknown_and_are_kept(
     for unknown in ("n0", "n1", "n3"):
         assert meta[unknown]["rerank_label"] == "unknown"
         assert meta[unknown]["rerank_score"] is None
-    counters = reranker.last_report.counters  # type: ignore[union-attr]
+    counters = reranker.last_report.llm.to_dict()  # type: ignore[union-attr]
     assert counters["failures"] == 2 and counters["unknown"] == 3
     assert counters["parse_failures"] == 2  # junk: the answer and the stricter retry
     assert counters["retries"] == 8  # 2 failed judgements x (5 attempts - 1)
     assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 1
     # Failures are not cached: the next call asks again.
     reranker.postprocess_nodes(nodes, query_str="q")
-    assert reranker.last_report.counters["cache_hits"] == 2  # type: ignore[union-attr]
+    assert reranker.last_report.llm.to_dict()["cache_hits"] == 2  # type: ignore[union-attr]
 
 
 def test_concurrency_limit_is_respected() -> None:
@@ -173,7 +173,7 @@ def test_concurrency_limit_is_respected() -> None:
     reranker = LLMReranker(model="scripted", client=client, concurrency=3, cache=None)
     reranker.postprocess_nodes(nodes_of(*[f"good {i}" for i in range(10)]), query_str="q")
     assert client.max_in_flight == 3
-    assert reranker.last_report.counters["max_in_flight"] == 3  # type: ignore[union-attr]
+    assert reranker.last_report.llm.to_dict()["max_in_flight"] == 3  # type: ignore[union-attr]
 
 
 def test_fused_scores_are_recomputed_from_the_cache_without_calls() -> None:
@@ -186,7 +186,7 @@ def test_fused_scores_are_recomputed_from_the_cache_without_calls() -> None:
     fused = LLMReranker(model="scripted", client=client, cache=cache, retrieval_weight=0.5)
     out = fused.postprocess_nodes(nodes, query_str="q")
     assert len(client.requests) == 3
-    assert fused.last_report.counters["calls"] == 0  # type: ignore[union-attr]
+    assert fused.last_report.llm.to_dict()["calls"] == 0  # type: ignore[union-attr]
     assert all(0.0 <= n.score <= 1.0 for n in out)  # type: ignore[operator]
     assert all("rerank_model_score" in n.node.metadata for n in out)
 
@@ -197,5 +197,5 @@ def test_truncation_is_recorded_per_node() -> None:
     out = reranker.postprocess_nodes(nodes_of("good " + "word " * 50, "good short"), query_str="q")
     flags = {n.node.id_: n.node.metadata["rerank_truncated"] for n in out}
     assert flags == {"n0": True, "n1": False}
-    assert reranker.last_report.counters["truncated"] == 1  # type: ignore[union-attr]
+    assert reranker.last_report.llm.to_dict()["truncated"] == 1  # type: ignore[union-attr]
     assert max(len(p) for p in client.requests) <= 16

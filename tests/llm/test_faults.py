@@ -4,7 +4,7 @@ the logprobs parameter.
 
 In every case the output holds exactly the input node ids (up to ``top_n``), without
 duplicates, with finite scores in [0, 1], and the failures are counted in
-``reranker.last_report.counters``.
+``reranker.last_report.llm.to_dict()``.
 
 The fake judges like a sensible model would, by keywords in the passage: "prun" -> very likely,
 "orchard" -> likely, anything else -> unlikely, so the order of the judged nodes is known.
@@ -37,6 +37,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.llm import DEFAULT_LABELS, UNKNOWN, LLMReranker
 from llamaindex_rerankers.llm.client import logprobs_supported, record_logprobs_support
+from llamaindex_rerankers.types import RerankReport
 
 QUERY = "how do I prune apple trees"
 PASSAGES = [
@@ -114,13 +115,19 @@ def reranker(fake: FakeOpenAI, **settings: Any) -> LLMReranker:
     return LLMReranker(**options)
 
 
+#: The report of each reranker's latest call through :func:`rerank` (by id of the reranker).
+_REPORTS: dict[int, RerankReport] = {}
+
+
 def rerank(r: LLMReranker, *, use_async: bool = False) -> list[NodeWithScore]:
     given = nodes()
     if use_async:
-        out = asyncio.run(r.apostprocess_nodes(given, query_str=QUERY))
+        out, report = asyncio.run(r.arerank(given, QUERY))
     else:
         out = r.postprocess_nodes(given, query_str=QUERY)
+        report = r.last_report  # type: ignore[assignment]  # same thread: the convenience
     assert [n.node.node_id for n in given] == IDS  # the caller's nodes are untouched
+    _REPORTS[id(r)] = report
     return out
 
 
@@ -131,6 +138,9 @@ def check_output(out: Sequence[NodeWithScore], top_n: int | None) -> list[str]:
     assert set(ids) <= set(IDS)
     assert len(ids) == (len(IDS) if top_n is None else min(top_n, len(IDS)))
     for n in out:
+        if n.node.metadata["rerank_label"] == "unknown":
+            assert n.score is None  # unjudged: not "judged irrelevant"
+            continue
         assert isinstance(n.score, float) and math.isfinite(n.score), n.score
         assert 0.0 <= n.score <= 1.0
     return ids
@@ -141,15 +151,16 @@ def labels_of(out: Sequence[NodeWithScore]) -> dict[str, str]:
 
 
 def counters(r: LLMReranker) -> dict[str, float]:
-    assert r.last_report is not None
-    return r.last_report.counters
+    report = _REPORTS[id(r)]
+    assert report is not None and report.llm is not None
+    return report.llm.to_dict()
 
 
 def all_unknown_in_retrieval_order(out: Sequence[NodeWithScore], top_n: int | None) -> None:
     ids = check_output(out, top_n)
     assert ids == IDS[: len(ids)]
     assert set(labels_of(out).values()) == {UNKNOWN}
-    assert all(n.score == 0.0 for n in out)
+    assert all(n.score is None for n in out)
 
 
 # -- the baseline: no fault ------------------------------------------------------------
@@ -376,12 +387,12 @@ async def test_sync_call_inside_a_running_loop_survives_faults(fake: FakeOpenAI)
     r = reranker(fake)
     out = r.postprocess_nodes(nodes(), query_str=QUERY)
     assert check_output(out, None) == EXPECTED_ORDER
-    c = counters(r)
+    c = r.last_report.llm.to_dict()  # type: ignore[union-attr]
     assert (c["calls"], c["retries"], c["failures"]) == (8, 2, 0)
     # The same reranker then works on this loop too (its own client per loop).
     out = await r.apostprocess_nodes(nodes(), query_str=QUERY)
     assert check_output(out, None) == EXPECTED_ORDER
-    assert counters(r)["calls"] == 6
+    assert r.last_report.llm.calls == 6  # type: ignore[union-attr]
 
 
 def test_a_missing_api_key_is_an_error_not_a_fault(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,199 @@
+"""Records shared by every reranker: one passage's judgement, one call's report and result.
+
+All of them are plain dataclasses (no I/O, no model imports), so that callers, the server and the
+evaluation harness read typed fields instead of looking keys up in dicts.
+
+Example:
+    >>> report = RerankReport(query="apple pruning", n_candidates=3)
+    >>> report.llm = LLMUsage(calls=3, prompt_tokens=900)
+    >>> report.to_dict()["llm"]["calls"]
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+if TYPE_CHECKING:
+    from llama_index.core.schema import NodeWithScore
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One reranker's verdict on one passage.
+
+    Attributes:
+        score: relevance in [0, 1], or ``None`` when the passage could not be judged (the base
+            then keeps the node, after every judged one, in retrieval order).
+        metadata: extra per-node metadata (``rerank_*`` keys) to attach to the output node.
+        pruned: an earlier stage of a multi-stage reranker kept this passage from the final
+            stage (a cascade's cut). It is not dropped: it comes after every passage the final
+            stage saw, ordered by ``pruned_rank``, with ``score=None``.
+        pruned_rank: the order among pruned passages (the earlier stage's rank).
+    """
+
+    score: float | None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    pruned: bool = False
+    pruned_rank: int = 0
+
+
+@dataclass
+class _Usage:
+    """Counters of one backend; ``merged`` adds two of them (peaks are maxed, not added)."""
+
+    #: Fields combined with ``max`` instead of ``+`` when two usages are merged.
+    _PEAKS: ClassVar[tuple[str, ...]] = ()
+
+    def merged(self, other: _Usage | None) -> _Usage:
+        """A new usage with ``other``'s figures added (``self`` when ``other`` is None)."""
+        if other is None:
+            return dataclasses.replace(self)
+        values = {}
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            values[f.name] = max(a, b) if f.name in self._PEAKS else a + b
+        return type(self)(**values)
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass
+class CrossEncoderUsage(_Usage):
+    """What a cross-encoder did in one call.
+
+    Attributes:
+        pairs: (query, passage) pairs the model scored (after deduplication).
+        deduplicated: passages that repeated an earlier one and were not scored again.
+        truncated: passages whose pair was longer than ``max_length`` tokens (cut by the model).
+        seconds: wall-clock time spent in the model, tokenization included.
+    """
+
+    pairs: int = 0
+    deduplicated: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class LLMUsage(_Usage):
+    """What an LLM judge did in one call.
+
+    Attributes:
+        judgements: passages judged (asked, or served from the cache).
+        calls: HTTP requests sent, retries included.
+        prompt_tokens: prompt tokens the server reported.
+        completion_tokens: generated tokens the server reported.
+        cache_hits: judgements served from the judgement cache (no request).
+        deduplicated: passages that repeated an earlier one in the call and were judged once.
+        failures: judgements whose request failed for good (labelled ``unknown``).
+        retries: HTTP requests that repeated a failed one.
+        parse_failures: answers from which no label could be read.
+        truncated: passages (or the query) cut to their token budget.
+        unknown: judgements that ended as ``unknown``.
+        max_in_flight: the most requests this call had in flight at once.
+        seconds: wall-clock time of the call's judging.
+    """
+
+    _PEAKS: ClassVar[tuple[str, ...]] = ("max_in_flight",)
+
+    judgements: int = 0
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_hits: int = 0
+    deduplicated: int = 0
+    failures: int = 0
+    retries: int = 0
+    parse_failures: int = 0
+    truncated: int = 0
+    unknown: int = 0
+    max_in_flight: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class RerankReport:
+    """What one rerank call did. Returned with the nodes by ``rerank`` / ``arerank``, sent with
+    the end event, and readable as ``reranker.last_report`` in the calling thread or task.
+
+    Attributes:
+        query: the query string.
+        n_candidates: nodes received.
+        n_returned: nodes returned after ``min_score`` and ``top_n``.
+        n_judged: nodes the reranker judged (scored).
+        n_unjudged: nodes the reranker could not judge (kept, never dropped).
+        n_pruned: nodes a multi-stage reranker kept from its last stage (placed last).
+        best_score: highest rerank score among judged nodes, ``None`` if none was judged.
+        seconds: wall-clock time of the whole call.
+        cross_encoder: the cross-encoder's figures, ``None`` when no cross-encoder ran.
+        llm: the LLM judge's figures, ``None`` when no LLM judge ran.
+    """
+
+    query: str
+    n_candidates: int = 0
+    n_returned: int = 0
+    n_judged: int = 0
+    n_unjudged: int = 0
+    n_pruned: int = 0
+    best_score: float | None = None
+    seconds: float = 0.0
+    cross_encoder: CrossEncoderUsage | None = None
+    llm: LLMUsage | None = None
+
+    def any_relevant(self, min_score: float) -> bool:
+        """Whether any judged passage scored at least ``min_score`` (for abstaining)."""
+        return self.best_score is not None and self.best_score >= min_score
+
+    @property
+    def failed(self) -> bool:
+        """True when there were candidates but none could be judged (an outage, not an
+        abstention: the passages were never looked at)."""
+        return self.n_candidates > 0 and self.n_judged == 0 and self.n_unjudged > 0
+
+    def add_usage(self, other: RerankReport) -> None:
+        """Add another report's backend figures (a cascade's stages) to this one."""
+        if other.cross_encoder is not None:
+            self.cross_encoder = other.cross_encoder.merged(self.cross_encoder)  # type: ignore[assignment]
+        if other.llm is not None:
+            self.llm = other.llm.merged(self.llm)  # type: ignore[assignment]
+
+    def counters(self) -> dict[str, float]:
+        """The backends' figures as one flat dict (``llm_calls``, ``cross_encoder_pairs`` ...),
+        for tables; the typed fields stay the source of truth."""
+        flat: dict[str, float] = {}
+        for prefix, usage in (("cross_encoder", self.cross_encoder), ("llm", self.llm)):
+            if usage is not None:
+                flat.update({f"{prefix}_{k}": v for k, v in usage.to_dict().items()})
+        return flat
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe nested dict: the call's fields, then one dict per backend that ran."""
+        return {
+            "query": self.query,
+            "n_candidates": self.n_candidates,
+            "n_returned": self.n_returned,
+            "n_judged": self.n_judged,
+            "n_unjudged": self.n_unjudged,
+            "n_pruned": self.n_pruned,
+            "best_score": self.best_score,
+            "seconds": self.seconds,
+            "cross_encoder": None if self.cross_encoder is None else self.cross_encoder.to_dict(),
+            "llm": None if self.llm is None else self.llm.to_dict(),
+        }
+
+
+class RerankResult(NamedTuple):
+    """What one rerank call returns: the reranked nodes and that call's own report.
+
+    Example:
+        >>> result = RerankResult(nodes=[], report=RerankReport(query="q"))
+        >>> nodes, report = result
+    """
+
+    nodes: list[NodeWithScore]
+    report: RerankReport
