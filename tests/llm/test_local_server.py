@@ -74,16 +74,16 @@ def test_apple_pruning_logprob_path_and_cache(llm_server: LocalLLMServer) -> Non
         assert meta["rerank_score"] == n.score
     report = reranker.last_report
     assert report is not None
-    assert report.counters["calls"] == 3 and report.counters["failures"] == 0
-    assert report.counters["prompt_tokens"] > 3 * 50
-    assert report.counters["completion_tokens"] == 3  # one generated token per passage
+    assert report.llm.calls == 3 and report.llm.failures == 0
+    assert report.llm.prompt_tokens > 3 * 50
+    assert report.llm.completion_tokens == 3  # one generated token per passage
     # The input nodes are untouched.
     assert all(n.score == 1.0 and "rerank_score" not in n.node.metadata for n in nodes)
 
     again = reranker.postprocess_nodes(nodes, query_str=QUERY)
     assert reranker.last_report is not None
-    assert reranker.last_report.counters["calls"] == 0
-    assert reranker.last_report.counters["cache_hits"] == 3
+    assert reranker.last_report.llm.calls == 0
+    assert reranker.last_report.llm.cache_hits == 3
     assert [(n.node.id_, n.score) for n in again] == [(n.node.id_, n.score) for n in out]
 
 
@@ -106,8 +106,8 @@ def test_text_fallback_without_logprobs(llm_server: LocalLLMServer) -> None:
     unknown = [n for n in out if n.node.metadata["rerank_source"] == "unknown"]
     assert out == judged + unknown  # unjudged nodes come after every judged one
     # Each unparseable answer was retried once with the stricter instruction.
-    assert report.counters["calls"] == 3 + report.counters["parse_failures"]
-    assert report.counters["unknown"] == len(unknown)
+    assert report.llm.calls == 3 + report.llm.parse_failures
+    assert report.llm.unknown == len(unknown)
     assert report.n_unjudged == len(unknown)
 
 
@@ -118,8 +118,8 @@ async def test_async_judgements_overlap(llm_server: LocalLLMServer) -> None:
     assert sorted(n.node.id_ for n in out) == ["0", "1", "2", "3"]
     report = reranker.last_report
     assert report is not None
-    assert report.counters["calls"] == 4
-    assert report.counters["max_in_flight"] > 1
+    assert report.llm.calls == 4
+    assert report.llm.max_in_flight > 1
 
 
 async def test_sync_call_inside_a_running_event_loop(llm_server: LocalLLMServer) -> None:
@@ -129,10 +129,10 @@ async def test_sync_call_inside_a_running_event_loop(llm_server: LocalLLMServer)
     out = reranker.postprocess_nodes(nodes, query_str="apple tree pruning")
     assert sorted(n.node.id_ for n in out) == ["pruning", "stock"]
     assert reranker.last_report is not None
-    assert reranker.last_report.counters["calls"] == 2
+    assert reranker.last_report.llm.calls == 2
     # A second sync call (a new loop in a new worker thread) works as well.
     reranker.postprocess_nodes(nodes[:1], query_str="apple tree pruning")
-    assert reranker.last_report.counters["calls"] == 1
+    assert reranker.last_report.llm.calls == 1
 
 
 def test_server_process_is_stopped_on_exit(gguf_path: str) -> None:
