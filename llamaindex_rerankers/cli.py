@@ -337,8 +337,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _query(
     args: argparse.Namespace, config: ChromaConfig, endpoint: LLMEndpoint | None, answer: bool
 ) -> int:
-    from llamaindex_rerankers.demo import format_sources, ranked_sources
     from llamaindex_rerankers.pipeline import load_index, make_embed_model, retrieve_and_rerank
+    from llamaindex_rerankers.presentation import format_sources, ranked_sources
 
     reranker = _reranker(args, top_n=args.top_n, endpoint=endpoint)
     _quiet_third_parties()
@@ -367,8 +367,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, endpoint: LLMEndpoint | None) -> int:
-    from llamaindex_rerankers.demo import DEMO_COLLECTION, DEMO_QUESTIONS, format_demo, run_demo
+    from llamaindex_rerankers.demo import DEMO_COLLECTION, DEMO_QUESTIONS, run_demo
     from llamaindex_rerankers.pipeline import make_embed_model
+    from llamaindex_rerankers.presentation import format_demo
 
     reranker = _reranker(args, top_n=None, endpoint=endpoint)
     _quiet_third_parties()

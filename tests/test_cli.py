@@ -19,17 +19,16 @@ import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.cli import main
-from llamaindex_rerankers.demo import (
-    DEMO_QUESTIONS,
+from llamaindex_rerankers.demo import DEMO_QUESTIONS, sample_corpus_dir
+from llamaindex_rerankers.pipeline import RetrievalResult
+from llamaindex_rerankers.presentation import (
     Comparison,
     RankedSource,
     format_comparison,
     format_sources,
     ranked_sources,
     retrieval_sources,
-    sample_corpus_dir,
 )
-from llamaindex_rerankers.pipeline import RetrievalResult
 from llamaindex_rerankers.registry import RERANKER_NAMES, make_reranker
 
 GUIDE = "pruning-apple-trees.md"
