@@ -204,7 +204,7 @@ def test_formatters_fit_100_columns() -> None:
 def test_answer_hook_puts_the_reranked_sources_in_the_prompt() -> None:
     from llama_index.core.llms import MockLLM
 
-    from llamaindex_rerankers.cli import _answer
+    from llamaindex_rerankers.cli.commands import _answer
 
     # MockLLM echoes its prompt: the answer shows what the synthesizer sent to the LLM.
     answer = _answer(MockLLM(), "how to prune?", _nodes(["Pruning Guide"], [0.9]))

@@ -19,6 +19,7 @@ from typing import Any
 
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 
+from llamaindex_rerankers.cli.llm_options import add_llm_arguments, llm_endpoint
 from llamaindex_rerankers.evaluation.data import DatasetError, load_beir, load_trec_run
 from llamaindex_rerankers.evaluation.harness import (
     ChromaStage,
@@ -30,7 +31,7 @@ from llamaindex_rerankers.evaluation.harness import (
     run_rerankers,
     score_runs,
 )
-from llamaindex_rerankers.llm.endpoint import LLMEndpoint, add_llm_arguments, llm_endpoint
+from llamaindex_rerankers.llm.endpoint import LLMEndpoint
 
 #: Rerankers that need an OpenAI-compatible LLM endpoint.
 LLM_RERANKERS = frozenset({"llm", "cascade", "llmrerank", "rankgpt"})
