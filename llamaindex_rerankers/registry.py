@@ -86,6 +86,8 @@ _FACTORIES: dict[str, Factory] = {
 
 #: Names accepted by :func:`make_reranker`, in display order.
 RERANKER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+#: The rerankers that need an OpenAI-compatible LLM endpoint (``llm_base_url`` ...).
+LLM_RERANKERS = frozenset({"llm", "cascade"})
 
 
 def make_reranker(

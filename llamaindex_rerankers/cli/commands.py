@@ -18,10 +18,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llamaindex_rerankers.cli.llm_options import llm_endpoint
 from llamaindex_rerankers.cli.parser import PROG, UsageError
+from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
 from llamaindex_rerankers.registry import make_reranker
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
                 f"`{PROG} index PATH --persist-dir {where}`"
             )
     wants_answer = (args.answer or bool(args.llm_base_url)) and not args.json
-    with llm_endpoint(args, needed=_needs_llm(args.reranker) or wants_answer) as endpoint:
+    with llm_endpoint(args, needed=needs_llm(args.reranker) or wants_answer) as endpoint:
         return _query(args, config, endpoint, wants_answer)
 
 
@@ -106,7 +107,7 @@ def _query(
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    with llm_endpoint(args, needed=_needs_llm(args.reranker)) as endpoint:
+    with llm_endpoint(args, needed=needs_llm(args.reranker)) as endpoint:
         return _demo(args, endpoint)
 
 
@@ -164,22 +165,12 @@ def _config(args: argparse.Namespace) -> ChromaConfig:
     )
 
 
-def _needs_llm(reranker: str) -> bool:
-    from llamaindex_rerankers.evaluation.command import LLM_RERANKERS
-
-    return reranker in LLM_RERANKERS
-
-
 def _reranker(
     args: argparse.Namespace, *, top_n: int | None, endpoint: LLMEndpoint | None = None
 ) -> BaseNodePostprocessor | None:
-    options: dict[str, Any] = {}
-    if args.cross_encoder_model and args.reranker in ("cross-encoder", "sbert"):
-        options["model"] = args.cross_encoder_model
-    if args.cross_encoder_model and args.reranker == "cascade":
-        options["cross_encoder_model"] = args.cross_encoder_model
-    if endpoint is not None and _needs_llm(args.reranker):
-        options.update(endpoint.reranker_options())
+    options = reranker_options(
+        args.reranker, cross_encoder_model=args.cross_encoder_model, endpoint=endpoint
+    )
     return make_reranker(args.reranker, top_n=top_n, **options)
 
 

@@ -21,7 +21,12 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from llamaindex_rerankers.llm.client import PLACEHOLDER_API_KEY
 from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+from llamaindex_rerankers.llm.server import LLM_GGUF_ENV
+
+#: Context window of a local llama.cpp server: enough for pointwise judgements.
+DEFAULT_N_CTX = 2048
 
 
 def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,13 +44,13 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--llm-gguf",
         metavar="PATH",
-        help="GGUF for the local server (default: $LLAMAINDEX_RERANKERS_LLM_GGUF)",
+        help=f"GGUF for the local server (default: ${LLM_GGUF_ENV})",
     )
 
 
 @contextlib.contextmanager
 def llm_endpoint(
-    args: argparse.Namespace, *, needed: bool, n_ctx: int = 2048
+    args: argparse.Namespace, *, needed: bool, n_ctx: int = DEFAULT_N_CTX
 ) -> Iterator[LLMEndpoint | None]:
     """The endpoint the options describe, for the duration of a ``with`` block.
 
@@ -64,4 +69,4 @@ def llm_endpoint(
     from llamaindex_rerankers.llm.server import local_llm_server
 
     with local_llm_server(getattr(args, "llm_gguf", None), n_ctx=n_ctx) as server:
-        yield LLMEndpoint(server.base_url, server.model, "not-needed", local=True)
+        yield LLMEndpoint(server.base_url, server.model, PLACEHOLDER_API_KEY, local=True)

@@ -12,7 +12,11 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from llamaindex_rerankers.cli.llm_options import add_llm_arguments
+from llamaindex_rerankers.cli.llm_options import DEFAULT_N_CTX, add_llm_arguments
+from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV, DEFAULT_CROSS_ENCODER
+from llamaindex_rerankers.llm.server import LLM_GGUF_ENV
+from llamaindex_rerankers.pipeline.chroma import DEFAULT_COLLECTION
+from llamaindex_rerankers.pipeline.embeddings import DEFAULT_EMBED_MODEL, EMBED_MODEL_ENV
 from llamaindex_rerankers.registry import RERANKER_NAMES
 
 PROG = "llamaindex-rerankers"
@@ -120,13 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     text = "serve a local GGUF model OpenAI-compatibly (llama.cpp) until interrupted"
     p = sub.add_parser("llm-server", help=text, description=text)
-    p.add_argument("--model-path", metavar="GGUF", help="default: $LLAMAINDEX_RERANKERS_LLM_GGUF")
+    p.add_argument("--model-path", metavar="GGUF", help=f"default: ${LLM_GGUF_ENV}")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     p.add_argument("--port", type=_port, default=8000, help="listen port (default: %(default)s)")
     p.add_argument(
         "--n-ctx",
         type=_positive_int,
-        default=2048,
+        default=DEFAULT_N_CTX,
         help="context window in tokens (default: %(default)s, enough for pointwise judgements; "
         "LlamaIndex's listwise RankGPTRerank needs ~8192 for 20 passages)",
     )
@@ -146,7 +150,9 @@ def _add_store_args(p: argparse.ArgumentParser, *, persist_required: bool) -> No
         help="folder of the embedded Chroma index (not needed with --chroma-host)",
     )
     p.add_argument(
-        "--collection", default=None, help="Chroma collection name (default: llamaindex_rerankers)"
+        "--collection",
+        default=None,
+        help=f"Chroma collection name (default: {DEFAULT_COLLECTION})",
     )
     p.add_argument("--chroma-host", metavar="H", help="use the Chroma server at this host")
     p.add_argument("--chroma-port", metavar="P", type=_port, default=8000, help="its port")
@@ -158,8 +164,8 @@ def _add_embed_arg(p: argparse.ArgumentParser) -> None:
         "--embed-model",
         metavar="M",
         default=None,
-        help="embedding model id or local path (default: $LLAMAINDEX_RERANKERS_EMBED_MODEL, "
-        "else sentence-transformers/all-MiniLM-L6-v2); query with the model you indexed with",
+        help=f"embedding model id or local path (default: ${EMBED_MODEL_ENV}, "
+        f"else {DEFAULT_EMBED_MODEL}); query with the model you indexed with",
     )
 
 
@@ -168,8 +174,8 @@ def _add_cross_encoder_arg(p: argparse.ArgumentParser) -> None:
         "--cross-encoder-model",
         metavar="M",
         default=None,
-        help="cross-encoder id or local path (default: $LLAMAINDEX_RERANKERS_CROSS_ENCODER, "
-        "else cross-encoder/ms-marco-MiniLM-L-6-v2)",
+        help=f"cross-encoder id or local path (default: ${CROSS_ENCODER_ENV}, "
+        f"else {DEFAULT_CROSS_ENCODER})",
     )
 
 

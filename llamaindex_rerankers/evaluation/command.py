@@ -19,7 +19,9 @@ from typing import Any
 
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 
-from llamaindex_rerankers.cli.llm_options import add_llm_arguments, llm_endpoint
+from llamaindex_rerankers.cli.llm_options import DEFAULT_N_CTX, add_llm_arguments, llm_endpoint
+from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
+from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV
 from llamaindex_rerankers.evaluation.anchors import (
     ANCHOR_N_CTX,
     ANCHOR_NAMES,
@@ -38,10 +40,8 @@ from llamaindex_rerankers.evaluation.harness import (
     score_runs,
 )
 from llamaindex_rerankers.llm.endpoint import LLMEndpoint
-from llamaindex_rerankers.registry import RERANKER_NAMES, make_reranker
+from llamaindex_rerankers.registry import LLM_RERANKERS, RERANKER_NAMES, make_reranker
 
-#: Rerankers that need an OpenAI-compatible LLM endpoint.
-LLM_RERANKERS = frozenset({"llm", "cascade", "llmrerank", "structuredllmrerank", "rankgpt"})
 #: Names ``--reranker`` accepts: ours, then LlamaIndex's (the anchors).
 EVAL_RERANKER_NAMES: tuple[str, ...] = RERANKER_NAMES + ANCHOR_NAMES
 
@@ -80,7 +80,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--cross-encoder-model",
         help="cross-encoder for cross-encoder, "
         "cascade and sbert (default: the library default / "
-        "$LLAMAINDEX_RERANKERS_CROSS_ENCODER)",
+        f"${CROSS_ENCODER_ENV})",
     )
     parser.add_argument(
         "--cascade-keep",
@@ -107,12 +107,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(name: str, args: argparse.Namespace, endpoint: LLMEndpoint | None) -> Any:
-    options: dict[str, Any] = {}
-    if name in ("cross-encoder", "sbert", "cascade") and args.cross_encoder_model:
-        options["cross_encoder_model" if name == "cascade" else "model"] = args.cross_encoder_model
-    if name in LLM_RERANKERS and endpoint is not None:
-        options.update(endpoint.reranker_options())
-    if name in ("llm", "cascade") and args.llm_cache:
+    options = reranker_options(
+        name, cross_encoder_model=args.cross_encoder_model, endpoint=endpoint
+    )
+    if name in LLM_RERANKERS and args.llm_cache:  # our LLM judge's cache; the anchors have none
         options["cache"] = args.llm_cache
     if name == "cascade":
         options["keep"] = args.cascade_keep
@@ -157,8 +155,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     qids = dataset.query_ids(args.queries)
     stage = _first_stage(args, dataset)
     scored: list[ScoredRun] = []
-    n_ctx = ANCHOR_N_CTX if LLM_ANCHORS.intersection(names) else 2048
-    needed = bool(LLM_RERANKERS.intersection(names))
+    n_ctx = ANCHOR_N_CTX if LLM_ANCHORS.intersection(names) else DEFAULT_N_CTX
+    needed = any(needs_llm(n) for n in names)
     with llm_endpoint(args, needed=needed, n_ctx=n_ctx) as endpoint:
         rerankers: dict[str, BaseNodePostprocessor | None] = {
             n: _build(n, args, endpoint) for n in names

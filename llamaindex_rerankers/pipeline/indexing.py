@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from llamaindex_rerankers.base import _union
 from llamaindex_rerankers.pipeline.chroma import (
     ChromaConfig,
     _check_collection_model,
@@ -396,14 +397,15 @@ def _chunk(source: _Source, chunk_size: int, chunk_overlap: int) -> list[BaseNod
     docs = []
     for doc in source.load():
         extra = {SOURCE_ID: source.key, SOURCE_HASH: source.fingerprint}
+        keys = list(extra)
         docs.append(
             doc.model_copy(
                 update={
                     # One ref_doc_id per source, so index.delete_ref_doc(source_id) works too.
                     "id_": source.key,
                     "metadata": {**doc.metadata, **extra},
-                    "excluded_embed_metadata_keys": _union(doc.excluded_embed_metadata_keys, extra),
-                    "excluded_llm_metadata_keys": _union(doc.excluded_llm_metadata_keys, extra),
+                    "excluded_embed_metadata_keys": _union(doc.excluded_embed_metadata_keys, keys),
+                    "excluded_llm_metadata_keys": _union(doc.excluded_llm_metadata_keys, keys),
                 }
             )
         )
@@ -491,7 +493,3 @@ def _settings_tag(chunk_size: int, chunk_overlap: int, embed_model: BaseEmbeddin
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _union(existing: Sequence[str], new: Sequence[str] | dict[str, Any]) -> list[str]:
-    return list(existing) + [k for k in new if k not in existing]
