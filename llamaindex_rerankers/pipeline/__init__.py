@@ -47,11 +47,13 @@ from llamaindex_rerankers.pipeline.indexing import (
 )
 from llamaindex_rerankers.pipeline.query import (
     NO_RELEVANT_CONTEXT,
+    RERANK_FAILED_MESSAGE,
     AbstainingQueryEngine,
     RetrievalResult,
     build_query_engine,
     load_index,
     relevant_enough,
+    rerank_failed,
     retrieve_and_rerank,
 )
 
@@ -61,6 +63,7 @@ __all__ = [
     "DEFAULT_EMBED_MODEL",
     "EMBED_MODEL_ENV",
     "NO_RELEVANT_CONTEXT",
+    "RERANK_FAILED_MESSAGE",
     "SOURCE_HASH",
     "SOURCE_ID",
     "AbstainingQueryEngine",
@@ -75,5 +78,6 @@ __all__ = [
     "load_index",
     "make_embed_model",
     "relevant_enough",
+    "rerank_failed",
     "retrieve_and_rerank",
 ]

@@ -19,6 +19,7 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from llamaindex_rerankers.base import RERANK_SCORE
 from llamaindex_rerankers.pipeline.chroma import (
     ChromaConfig,
     _check_collection_model,
@@ -35,6 +36,12 @@ if TYPE_CHECKING:
 
 #: What :func:`build_query_engine` answers when it abstains.
 NO_RELEVANT_CONTEXT = "No relevant context found."
+#: What an abstaining engine answers when the reranker could judge no source (an outage, e.g.
+#: the LLM endpoint is down): not "no relevant context", which would blame the documents.
+RERANK_FAILED_MESSAGE = (
+    "The reranker could not judge any source (is the LLM endpoint reachable?); no answer was "
+    "generated."
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,7 @@ def build_query_engine(
     llm: LLM | None = None,
     abstain_below: float | None = None,
     abstain_message: str = NO_RELEVANT_CONTEXT,
+    rerank_failed_message: str = RERANK_FAILED_MESSAGE,
     **kwargs: Any,
 ) -> RetrieverQueryEngine:
     """Query engine: retriever top ``top_k`` -> reranker (its own ``top_n``) -> synthesizer.
@@ -142,6 +150,10 @@ def build_query_engine(
     with ``abstain_message`` instead of sending junk to the synthesizer: the LLM is not called,
     ``response.metadata["abstained"]`` is True and the sources are still returned. For the LLM
     reranker, pass the value of the weakest label that counts (``likely`` = 0.5 by default).
+    When the reranker could judge no source at all (every ``rerank_score`` is ``None``, e.g. the
+    LLM endpoint is down), that is not an abstention: the answer is ``rerank_failed_message``,
+    ``response.metadata == {"abstained": False, "rerank_failed": True}``, the LLM is not called
+    and the sources are still returned.
 
     With ``llm=None`` the engine never calls an LLM (and never falls back to LlamaIndex's default
     OpenAI one): it uses ``response_mode="no_text"``, so ``response.source_nodes`` holds the
@@ -155,6 +167,8 @@ def build_query_engine(
         abstain_below: minimum rerank score one source must reach; ``None`` (default) never
             abstains.
         abstain_message: the answer given when abstaining.
+        rerank_failed_message: the answer given when the reranker judged no source (only with
+            ``abstain_below`` set).
         **kwargs: passed to ``llama_index.core.get_response_synthesizer`` (``response_mode``,
             ``text_qa_template``, ``streaming``, ...).
 
@@ -200,7 +214,10 @@ def build_query_engine(
     if abstain_below is None:
         return RetrieverQueryEngine(**parts)
     return AbstainingQueryEngine(
-        abstain_below=abstain_below, abstain_message=abstain_message, **parts
+        abstain_below=abstain_below,
+        abstain_message=abstain_message,
+        rerank_failed_message=rerank_failed_message,
+        **parts,
     )
 
 
@@ -214,15 +231,39 @@ def relevant_enough(nodes: Sequence[NodeWithScore], threshold: float) -> bool:
     """
     for n in nodes:
         meta = n.node.metadata
-        score = meta.get("rerank_model_score", meta.get("rerank_score"))
+        score = meta.get("rerank_model_score", meta.get(RERANK_SCORE))
         if isinstance(score, (int, float)) and score >= threshold:
             return True
     return False
 
 
+def rerank_failed(nodes: Sequence[NodeWithScore]) -> bool:
+    """Whether our reranker ran on ``nodes`` but could judge none of them (an outage, such as an
+    unreachable LLM endpoint): every node carries ``rerank_score`` and every one is ``None``.
+
+    No nodes (an empty index) and nodes without ``rerank_score`` (no reranker, or one that is
+    not ours) are not a failure.
+
+    Example:
+        >>> from llama_index.core.schema import TextNode
+        >>> rerank_failed([NodeWithScore(node=TextNode(metadata={"rerank_score": None}))])
+        True
+        >>> rerank_failed([]), rerank_failed([NodeWithScore(node=TextNode())])
+        (False, False)
+    """
+    return bool(nodes) and all(
+        RERANK_SCORE in n.node.metadata and n.node.metadata[RERANK_SCORE] is None for n in nodes
+    )
+
+
 class AbstainingQueryEngine(RetrieverQueryEngine):
     """A ``RetrieverQueryEngine`` that answers "no relevant context" instead of calling the
     synthesizer when no reranked source reaches the threshold.
+
+    When the reranker could judge no source at all (:func:`rerank_failed`), it answers
+    ``rerank_failed_message`` instead, with ``metadata == {"abstained": False,
+    "rerank_failed": True}``: an outage must not read as "the documents hold nothing relevant".
+    The synthesizer is not called either way, and the sources are returned.
 
     Built by :func:`build_query_engine` when ``abstain_below`` is set; takes the keyword
     arguments of ``RetrieverQueryEngine`` besides its own.
@@ -234,13 +275,25 @@ class AbstainingQueryEngine(RetrieverQueryEngine):
     """
 
     def __init__(
-        self, *, abstain_below: float, abstain_message: str = NO_RELEVANT_CONTEXT, **kw: Any
+        self,
+        *,
+        abstain_below: float,
+        abstain_message: str = NO_RELEVANT_CONTEXT,
+        rerank_failed_message: str = RERANK_FAILED_MESSAGE,
+        **kw: Any,
     ) -> None:
         super().__init__(**kw)
         self._abstain_below = abstain_below
         self._abstain_message = abstain_message
+        self._rerank_failed_message = rerank_failed_message
 
     def _abstain(self, nodes: list[NodeWithScore]) -> Response | None:
+        if rerank_failed(nodes):
+            return Response(
+                response=self._rerank_failed_message,
+                source_nodes=nodes,
+                metadata={"abstained": False, "rerank_failed": True},
+            )
         if relevant_enough(nodes, self._abstain_below):
             return None
         return Response(
