@@ -31,11 +31,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llamaindex_rerankers.cli.reranker_options import LLM_BACKED as LLM_NAMES
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CLI = str(Path(sys.executable).with_name("llamaindex-rerankers"))
 CACHE = ".cache/llm-judgements.sqlite"
-LLM_NAMES = {"llm", "cascade", "llmrerank", "rankgpt"}
 
 # name -> (dataset folder, eval options). LLM rows use fewer queries: one SmolLM2 judgement
 # costs ~1 s on 2 CPU cores for a DL19 passage (~20 s per query at K=20) and ~3-4 s for a
@@ -150,7 +151,7 @@ def _llm(args: argparse.Namespace, needed: bool) -> Iterator[list[str]]:
         model = ["--llm-model", args.llm_model] if args.llm_model else []
         yield ["--llm-base-url", args.llm_base_url, *model, "--llm-cache", CACHE]
         return
-    from llamaindex_rerankers.evaluation.command import ANCHOR_N_CTX
+    from llamaindex_rerankers.evaluation.anchors import ANCHOR_N_CTX
     from llamaindex_rerankers.llm.server import local_llm_server
 
     # A fixed port keeps the base URL, part of the cache key, the same from one run to the next.

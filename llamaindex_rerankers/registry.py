@@ -1,11 +1,13 @@
-"""Rerankers by name, for the CLI and for configuration files.
+"""Our rerankers by name, for the CLI and for configuration files.
 
 Each name maps to a small factory; adding a reranker is one line in :data:`_FACTORIES`.
+LlamaIndex's own rerankers, which the benchmarks compare ours against, are not here: they are
+built by :mod:`llamaindex_rerankers.evaluation.anchors`.
 
 Example:
     >>> from llamaindex_rerankers.registry import RERANKER_NAMES, make_reranker
     >>> RERANKER_NAMES
-    ('none', 'cross-encoder', 'llm', 'cascade', 'sbert', 'llmrerank', 'rankgpt')
+    ('none', 'cross-encoder', 'llm', 'cascade')
     >>> make_reranker("none") is None
     True
     >>> reranker = make_reranker("cross-encoder", top_n=5, batch_size=16)
@@ -75,77 +77,17 @@ def _cascade(
     )
 
 
-# -- LlamaIndex's own rerankers, the anchors we compare against (extra: anchors) -------------
-
-_ALL = 10**9  # the anchors need an int top_n; "all" for ours is None
-
-
-def _sbert(*, top_n: int | None = None, model: str | None = None, **options: Any) -> Any:
-    from llamaindex_rerankers._imports import require
-    from llamaindex_rerankers.cross_encoder import default_cross_encoder
-
-    sbert = require("llama_index.postprocessor.sbert_rerank")
-    return sbert.SentenceTransformerRerank(
-        model=model or default_cross_encoder(), top_n=top_n or _ALL, **options
-    )
-
-
-def _openai_like(base_url: str | None, model: str | None, api_key: str | None) -> Any:
-    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
-
-    if not base_url or not model:
-        raise ValueError(
-            "LlamaIndex's LLM rerankers need llm_base_url and llm_model (an OpenAI-compatible "
-            "endpoint, e.g. the local server of `llamaindex-rerankers llm-server`)."
-        )
-    # The anchors' answers (rankings, choice lists) must not be cut, and a slow local server
-    # needs time: no token cap, a long timeout.
-    return LLMEndpoint(base_url, model, api_key).as_llama_index_llm(
-        max_tokens=None, timeout=120.0, max_retries=2
-    )
-
-
-def _llm_anchor(cls: Any) -> Factory:
-    """A factory for one of LlamaIndex's LLM rerankers on our endpoint options."""
-
-    def make(
-        *,
-        top_n: int | None = None,
-        llm_base_url: str | None = None,
-        llm_model: str | None = None,
-        llm_api_key: str | None = None,
-        **options: Any,
-    ) -> Any:
-        llm = _openai_like(llm_base_url, llm_model, llm_api_key)
-        return cls()(llm=llm, top_n=top_n or _ALL, **options)
-
-    return make
-
-
-def _llmrerank_class() -> Any:
-    from llama_index.core.postprocessor import LLMRerank
-
-    return LLMRerank
-
-
-def _rankgpt_class() -> Any:
-    from llamaindex_rerankers._imports import require
-
-    return require("llama_index.postprocessor.rankgpt_rerank").RankGPTRerank
-
-
 _FACTORIES: dict[str, Factory] = {
     "none": _none,
     "cross-encoder": _cross_encoder,
     "llm": _llm,
     "cascade": _cascade,
-    "sbert": _sbert,
-    "llmrerank": _llm_anchor(_llmrerank_class),
-    "rankgpt": _llm_anchor(_rankgpt_class),
 }
 
 #: Names accepted by :func:`make_reranker`, in display order.
 RERANKER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+#: The rerankers that need an OpenAI-compatible LLM endpoint (``llm_base_url`` ...).
+LLM_RERANKERS = frozenset({"llm", "cascade"})
 
 
 def make_reranker(

@@ -19,17 +19,17 @@ import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.cli import main
-from llamaindex_rerankers.demo import (
-    DEMO_QUESTIONS,
+from llamaindex_rerankers.demo import DEMO_QUESTIONS, sample_corpus_dir
+from llamaindex_rerankers.evaluation.anchors import make_anchor
+from llamaindex_rerankers.pipeline import RetrievalResult
+from llamaindex_rerankers.presentation import (
     Comparison,
     RankedSource,
     format_comparison,
     format_sources,
     ranked_sources,
     retrieval_sources,
-    sample_corpus_dir,
 )
-from llamaindex_rerankers.pipeline import RetrievalResult
 from llamaindex_rerankers.registry import RERANKER_NAMES, make_reranker
 
 GUIDE = "pruning-apple-trees.md"
@@ -142,12 +142,21 @@ def test_registry_builds_the_llm_rerankers_and_anchors_on_one_endpoint() -> None
         "ce/x",
         "http://127.0.0.1:9/v1",
     )
-    for name, cls in (("llmrerank", "LLMRerank"), ("rankgpt", "RankGPTRerank")):
-        anchor = make_reranker(name, top_n=3, **endpoint)
+    anchors = (
+        ("llmrerank", "LLMRerank"),
+        ("structuredllmrerank", "StructuredLLMRerank"),
+        ("rankgpt", "RankGPTRerank"),
+    )
+    for name, cls in anchors:
+        anchor = make_anchor(name, top_n=3, **endpoint)
         assert (type(anchor).__name__, anchor.top_n) == (cls, 3)
         assert anchor.llm.api_base == "http://127.0.0.1:9/v1"
         with pytest.raises(ValueError, match="llm_base_url and llm_model"):
-            make_reranker(name, top_n=3)
+            make_anchor(name, top_n=3)
+        # The public registry lists only ours; the anchors are built by evaluation.anchors.
+        with pytest.raises(ValueError, match=f"unknown reranker {name!r}"):
+            make_reranker(name, top_n=3, **endpoint)
+    assert RERANKER_NAMES == ("none", "cross-encoder", "llm", "cascade")
 
 
 # -- presentation (pure) --------------------------------------------------------------------
@@ -205,7 +214,7 @@ def test_formatters_fit_100_columns() -> None:
 def test_answer_hook_puts_the_reranked_sources_in_the_prompt() -> None:
     from llama_index.core.llms import MockLLM
 
-    from llamaindex_rerankers.cli import _answer
+    from llamaindex_rerankers.cli.commands import _answer
 
     # MockLLM echoes its prompt: the answer shows what the synthesizer sent to the LLM.
     answer = _answer(MockLLM(), "how to prune?", _nodes(["Pruning Guide"], [0.9]))

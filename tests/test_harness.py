@@ -251,3 +251,7 @@ def test_eval_command_rejects_bad_input(data_dir: Path, capsys: pytest.CaptureFi
     assert "--cascade-weight" in capsys.readouterr().err
     assert main([*scifact, "--cascade-keep", "0"]) == 2
     assert "--cascade-keep must be at least 1" in capsys.readouterr().err
+    # Ours and LlamaIndex's anchors, checked before anything is loaded or started.
+    assert main([*scifact, "--reranker", "none,bm25"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown reranker 'bm25'" in err and "cascade, sbert, llmrerank" in err

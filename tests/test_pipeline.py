@@ -18,10 +18,11 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
 
-from llamaindex_rerankers import CrossEncoderReranker
+from llamaindex_rerankers import CrossEncoderReranker, LLMReranker
 from llamaindex_rerankers.pipeline import (
     EMBED_MODEL_ENV,
     NO_RELEVANT_CONTEXT,
+    RERANK_FAILED_MESSAGE,
     SOURCE_ID,
     ChromaConfig,
     EmbedModelLoadError,
@@ -31,6 +32,7 @@ from llamaindex_rerankers.pipeline import (
     index_folder,
     load_index,
     make_embed_model,
+    rerank_failed,
     retrieve_and_rerank,
 )
 
@@ -531,12 +533,16 @@ def test_loading_a_missing_index_says_how_to_build_it(
     assert len(retrieve_and_rerank(load_index(config, embed_model=embed_model), QUERY).retrieved)
 
 
-def test_unreachable_chroma_server_says_how_to_start_one(embed_model: BaseEmbedding) -> None:
+def _closed_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+        return int(s.getsockname()[1])  # nothing listens here once the socket is closed
+
+
+def test_unreachable_chroma_server_says_how_to_start_one(embed_model: BaseEmbedding) -> None:
+    port = _closed_port()
     with pytest.raises(ConnectionError, match="chroma run"):
         load_index(ChromaConfig(host="127.0.0.1", port=port), embed_model=embed_model)
 
@@ -555,6 +561,7 @@ def test_query_engine_abstains_when_no_source_is_relevant(
     off_topic = engine.query("how do I replace the timing belt of a diesel van?")
     on_topic = engine.query(QUERY)
 
+    # Judged and found wanting: a plain abstention, not a reranker failure.
     assert off_topic.response == NO_RELEVANT_CONTEXT
     assert off_topic.metadata == {"abstained": True}
     assert len(off_topic.source_nodes) == 2  # the sources are still shown
@@ -564,3 +571,46 @@ def test_query_engine_abstains_when_no_source_is_relevant(
     assert on_topic.source_nodes[0].node.get_content() in str(on_topic.response)
     with pytest.raises(ValueError, match="abstain_below"):
         build_query_engine(built_index, abstain_below=2.0)
+
+
+def test_query_engine_says_the_reranker_failed_when_the_llm_endpoint_is_down(
+    built_index: Any,
+) -> None:
+    # A real LLM reranker on a port where nothing listens: every judgement fails to connect.
+    reranker = LLMReranker(
+        base_url=f"http://127.0.0.1:{_closed_port()}/v1",
+        model="unreachable",
+        top_n=2,
+        max_retries=0,
+        timeout=1,
+        cache=None,
+    )
+    engine = build_query_engine(
+        built_index,
+        reranker=reranker,
+        top_k=4,
+        llm=MockLLM(),  # echoes its prompt, so an answer that is not the message means it ran
+        abstain_below=0.5,
+    )
+
+    response = engine.query(QUERY)
+    aresponse = asyncio.run(engine.aquery(QUERY))
+
+    # An outage is not "nothing relevant in the index": the answer says which it is.
+    for r in (response, aresponse):
+        assert r.response == RERANK_FAILED_MESSAGE
+        assert r.metadata == {"abstained": False, "rerank_failed": True}
+        assert len(r.source_nodes) == 2  # the (unjudged) sources are still shown
+        assert all(s.node.metadata["rerank_score"] is None for s in r.source_nodes)
+
+
+def test_rerank_failed_only_when_every_source_was_left_unjudged() -> None:
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    def node(**meta: Any) -> NodeWithScore:
+        return NodeWithScore(node=TextNode(text="x", metadata=meta))
+
+    assert rerank_failed([node(rerank_score=None), node(rerank_score=None)])
+    assert not rerank_failed([node(rerank_score=None), node(rerank_score=0.1)])
+    assert not rerank_failed([])  # an empty index: nothing to judge, so nothing failed
+    assert not rerank_failed([node(), node()])  # no reranker of ours ran

@@ -19,6 +19,15 @@ from typing import Any
 
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 
+from llamaindex_rerankers.cli.llm_options import DEFAULT_N_CTX, add_llm_arguments, llm_endpoint
+from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
+from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV
+from llamaindex_rerankers.evaluation.anchors import (
+    ANCHOR_N_CTX,
+    ANCHOR_NAMES,
+    LLM_ANCHORS,
+    make_anchor,
+)
 from llamaindex_rerankers.evaluation.data import DatasetError, load_beir, load_trec_run
 from llamaindex_rerankers.evaluation.harness import (
     ChromaStage,
@@ -30,14 +39,11 @@ from llamaindex_rerankers.evaluation.harness import (
     run_rerankers,
     score_runs,
 )
-from llamaindex_rerankers.llm.endpoint import LLMEndpoint, add_llm_arguments, llm_endpoint
+from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+from llamaindex_rerankers.registry import LLM_RERANKERS, RERANKER_NAMES, make_reranker
 
-#: Rerankers that need an OpenAI-compatible LLM endpoint.
-LLM_RERANKERS = frozenset({"llm", "cascade", "llmrerank", "rankgpt"})
-
-#: Context window of a local server when LlamaIndex's LLM rerankers run (SmolLM2's full window):
-#: RankGPT puts all K passages in one prompt.
-ANCHOR_N_CTX = 8192
+#: Names ``--reranker`` accepts: ours, then LlamaIndex's (the anchors).
+EVAL_RERANKER_NAMES: tuple[str, ...] = RERANKER_NAMES + ANCHOR_NAMES
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +71,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reranker",
         default="none,cross-encoder",
-        help="comma list of: none, cross-encoder, llm, cascade, sbert, llmrerank, rankgpt",
+        help=f"comma list of: {', '.join(EVAL_RERANKER_NAMES)}",
     )
     parser.add_argument("--queries", type=int, help="only the first N queries")
     parser.add_argument("--output", help="write results JSON here")
@@ -74,7 +80,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--cross-encoder-model",
         help="cross-encoder for cross-encoder, "
         "cascade and sbert (default: the library default / "
-        "$LLAMAINDEX_RERANKERS_CROSS_ENCODER)",
+        f"${CROSS_ENCODER_ENV})",
     )
     parser.add_argument(
         "--cascade-keep",
@@ -101,19 +107,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(name: str, args: argparse.Namespace, endpoint: LLMEndpoint | None) -> Any:
-    from llamaindex_rerankers.registry import make_reranker
-
-    options: dict[str, Any] = {}
-    if name in ("cross-encoder", "sbert", "cascade") and args.cross_encoder_model:
-        options["cross_encoder_model" if name == "cascade" else "model"] = args.cross_encoder_model
-    if name in LLM_RERANKERS and endpoint is not None:
-        options.update(endpoint.reranker_options())
-    if name in ("llm", "cascade") and args.llm_cache:
+    options = reranker_options(
+        name, cross_encoder_model=args.cross_encoder_model, endpoint=endpoint
+    )
+    if name in LLM_RERANKERS and args.llm_cache:  # our LLM judge's cache; the anchors have none
         options["cache"] = args.llm_cache
     if name == "cascade":
         options["keep"] = args.cascade_keep
         options["stage1_weight"] = args.cascade_weight
-    return make_reranker(name, top_n=args.top_n, **options)
+    make = make_anchor if name in ANCHOR_NAMES else make_reranker
+    return make(name, top_n=args.top_n, **options)
 
 
 def _first_stage(args: argparse.Namespace, dataset: Any) -> FirstStage:
@@ -127,6 +130,10 @@ def _first_stage(args: argparse.Namespace, dataset: Any) -> FirstStage:
 def run_eval_command(args: argparse.Namespace) -> int:
     """Execute ``eval``; returns the exit code. Bad input raises ``ValueError``/``DatasetError``."""
     names = [n.strip() for n in args.reranker.split(",") if n.strip()]
+    for name in names:  # before any endpoint starts; make_reranker knows only ours
+        if name not in EVAL_RERANKER_NAMES:
+            known = ", ".join(EVAL_RERANKER_NAMES)
+            raise ValueError(f"--reranker: unknown reranker {name!r}; choose one of: {known}")
     try:
         ks = sorted({int(k) for k in str(args.top_k).split(",") if k.strip()})
     except ValueError:
@@ -148,8 +155,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     qids = dataset.query_ids(args.queries)
     stage = _first_stage(args, dataset)
     scored: list[ScoredRun] = []
-    n_ctx = ANCHOR_N_CTX if {"rankgpt", "llmrerank"}.intersection(names) else 2048
-    needed = bool(LLM_RERANKERS.intersection(names))
+    n_ctx = ANCHOR_N_CTX if LLM_ANCHORS.intersection(names) else DEFAULT_N_CTX
+    needed = any(needs_llm(n) for n in names)
     with llm_endpoint(args, needed=needed, n_ctx=n_ctx) as endpoint:
         rerankers: dict[str, BaseNodePostprocessor | None] = {
             n: _build(n, args, endpoint) for n in names
@@ -212,4 +219,4 @@ def _write_json(
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
-__all__ = ["DatasetError", "add_eval_arguments", "run_eval_command"]
+__all__ = ["ANCHOR_N_CTX", "DatasetError", "add_eval_arguments", "run_eval_command"]

@@ -8,10 +8,7 @@ for the duration of the command on the GGUF of ``--llm-gguf`` / ``$LLAMAINDEX_RE
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,46 +54,3 @@ class LLMEndpoint:
             "max_tokens": 256,
         }
         return openai_like.OpenAILike(**{**options, **overrides})
-
-
-def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--llm-base-url``, ``--llm-model``, ``--llm-api-key`` and ``--llm-gguf``."""
-    group = parser.add_argument_group("LLM endpoint (LLM reranker, cascade, anchors, answers)")
-    group.add_argument(
-        "--llm-base-url",
-        metavar="URL",
-        help="OpenAI-compatible endpoint "
-        "ending in /v1; default: OpenAI if OPENAI_API_KEY is set, else a local "
-        "llama.cpp server started for this command",
-    )
-    group.add_argument("--llm-model", metavar="NAME", help="model name at the endpoint")
-    group.add_argument("--llm-api-key", metavar="KEY", help="API key (default: $OPENAI_API_KEY)")
-    group.add_argument(
-        "--llm-gguf",
-        metavar="PATH",
-        help="GGUF for the local server (default: $LLAMAINDEX_RERANKERS_LLM_GGUF)",
-    )
-
-
-@contextlib.contextmanager
-def llm_endpoint(
-    args: argparse.Namespace, *, needed: bool, n_ctx: int = 2048
-) -> Iterator[LLMEndpoint | None]:
-    """The endpoint the options describe, for the duration of a ``with`` block.
-
-    Yields ``None`` when no LLM is ``needed``. A local server (context window ``n_ctx``) is
-    started only when neither ``--llm-base-url`` nor ``OPENAI_API_KEY`` is given, and stopped on
-    exit.
-    """
-    if not needed:
-        yield None
-        return
-    if getattr(args, "llm_base_url", None) or (
-        os.environ.get("OPENAI_API_KEY") and not getattr(args, "llm_gguf", None)
-    ):
-        yield LLMEndpoint(args.llm_base_url, args.llm_model, args.llm_api_key)
-        return
-    from llamaindex_rerankers.llm.server import local_llm_server
-
-    with local_llm_server(getattr(args, "llm_gguf", None), n_ctx=n_ctx) as server:
-        yield LLMEndpoint(server.base_url, server.model, "not-needed", local=True)

@@ -1,0 +1,72 @@
+"""The command line's LLM endpoint options: ``--llm-base-url`` ... and the endpoint they name.
+
+Resolution, first match wins: ``--llm-base-url`` (any OpenAI-compatible server: vLLM, Ollama,
+Azure, a llama.cpp server already running); ``OPENAI_API_KEY`` in the environment (OpenAI's API,
+model ``--llm-model`` or the reranker's default); otherwise a local llama.cpp server is started
+for the duration of the command on the GGUF of ``--llm-gguf`` / ``$LLAMAINDEX_RERANKERS_LLM_GGUF``.
+
+Example:
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_llm_arguments(parser)
+    >>> with llm_endpoint(parser.parse_args([]), needed=False) as endpoint:
+    ...     endpoint is None
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+
+from llamaindex_rerankers.llm.client import PLACEHOLDER_API_KEY
+from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+from llamaindex_rerankers.llm.server import LLM_GGUF_ENV
+
+#: Context window of a local llama.cpp server: enough for pointwise judgements.
+DEFAULT_N_CTX = 2048
+
+
+def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--llm-base-url``, ``--llm-model``, ``--llm-api-key`` and ``--llm-gguf``."""
+    group = parser.add_argument_group("LLM endpoint (LLM reranker, cascade, anchors, answers)")
+    group.add_argument(
+        "--llm-base-url",
+        metavar="URL",
+        help="OpenAI-compatible endpoint "
+        "ending in /v1; default: OpenAI if OPENAI_API_KEY is set, else a local "
+        "llama.cpp server started for this command",
+    )
+    group.add_argument("--llm-model", metavar="NAME", help="model name at the endpoint")
+    group.add_argument("--llm-api-key", metavar="KEY", help="API key (default: $OPENAI_API_KEY)")
+    group.add_argument(
+        "--llm-gguf",
+        metavar="PATH",
+        help=f"GGUF for the local server (default: ${LLM_GGUF_ENV})",
+    )
+
+
+@contextlib.contextmanager
+def llm_endpoint(
+    args: argparse.Namespace, *, needed: bool, n_ctx: int = DEFAULT_N_CTX
+) -> Iterator[LLMEndpoint | None]:
+    """The endpoint the options describe, for the duration of a ``with`` block.
+
+    Yields ``None`` when no LLM is ``needed``. A local server (context window ``n_ctx``) is
+    started only when neither ``--llm-base-url`` nor ``OPENAI_API_KEY`` is given, and stopped on
+    exit.
+    """
+    if not needed:
+        yield None
+        return
+    if getattr(args, "llm_base_url", None) or (
+        os.environ.get("OPENAI_API_KEY") and not getattr(args, "llm_gguf", None)
+    ):
+        yield LLMEndpoint(args.llm_base_url, args.llm_model, args.llm_api_key)
+        return
+    from llamaindex_rerankers.llm.server import local_llm_server
+
+    with local_llm_server(getattr(args, "llm_gguf", None), n_ctx=n_ctx) as server:
+        yield LLMEndpoint(server.base_url, server.model, PLACEHOLDER_API_KEY, local=True)
