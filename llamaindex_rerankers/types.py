@@ -145,10 +145,6 @@ class RerankReport:
     cross_encoder: CrossEncoderUsage | None = None
     llm: LLMUsage | None = None
 
-    def any_relevant(self, min_score: float) -> bool:
-        """Whether any judged passage scored at least ``min_score`` (for abstaining)."""
-        return self.best_score is not None and self.best_score >= min_score
-
     @property
     def failed(self) -> bool:
         """True when there were candidates but none could be judged (an outage, not an

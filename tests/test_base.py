@@ -227,7 +227,7 @@ def test_async_path_matches_sync_and_reports() -> None:
     assert [n.score for n in async_out] == [n.score for n in sync_out]
     assert reranker.last_report is not None
     assert reranker.last_report.n_returned == 3
-    assert reranker.last_report.any_relevant(0.9) and not reranker.last_report.any_relevant(0.95)
+    assert reranker.last_report.best_score == 0.9
 
 
 def test_wrong_number_of_judgements_is_a_loud_bug() -> None:

@@ -137,14 +137,8 @@ def _no_index(config: ChromaConfig) -> str:
 
 
 def _vector_store(collection: Any) -> Any:
-    try:
-        from llama_index.vector_stores.chroma import ChromaVectorStore
-    except ImportError as exc:
-        raise ImportError(
-            f"ChromaVectorStore could not be imported ({exc}). Install it with: "
-            "pip install llama-index-vector-stores-chroma"
-        ) from exc
-    return ChromaVectorStore(chroma_collection=collection)
+    chroma_store = require("llama_index.vector_stores.chroma")
+    return chroma_store.ChromaVectorStore(chroma_collection=collection)
 
 
 def _check_collection_model(collection: Any, embed_model: BaseEmbedding) -> None:

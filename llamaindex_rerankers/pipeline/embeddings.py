@@ -14,6 +14,7 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+from llamaindex_rerankers._imports import require
 from llamaindex_rerankers._models import ModelLoadError, model_location
 
 if TYPE_CHECKING:
@@ -79,15 +80,9 @@ def _load_embed_model(name: str, device: str | None) -> BaseEmbedding:
         f"({DEFAULT_EMBED_MODEL})."
     )
     location = model_location(name, "Embedding model", how_to_fix, EmbedModelLoadError)
+    hf_embedding = require("llama_index.embeddings.huggingface").HuggingFaceEmbedding
     try:
-        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-    except ImportError as exc:
-        raise ImportError(
-            f"HuggingFaceEmbedding could not be imported ({exc}). Install it with: "
-            "pip install llama-index-embeddings-huggingface"
-        ) from exc
-    try:
-        embed: BaseEmbedding = HuggingFaceEmbedding(model_name=location, device=device)
+        embed: BaseEmbedding = hf_embedding(model_name=location, device=device)
     except Exception as exc:  # hub/network/format errors come in many types
         raise EmbedModelLoadError(
             f"Could not load embedding model {name!r} ({type(exc).__name__}: {exc}). {how_to_fix}"
