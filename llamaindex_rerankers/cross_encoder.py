@@ -1,16 +1,20 @@
 """Cross-encoder reranker: a sentence-transformers ``CrossEncoder`` scores (query, passage) pairs.
 
-Speed: identical passages are scored once, pairs are batched by token length, inference runs
-under ``torch.inference_mode``, and ``precision="bfloat16"`` uses torch autocast.
+Inference is ``CrossEncoder.predict`` itself (length-sorted batches, inference mode), asked for raw
+logits; identical passages are scored once, and ``precision="bfloat16"`` runs it under torch
+autocast. One loaded model serves every instance, thread and task of the process (see
+:class:`CrossEncoderReranker` for what that takes).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -43,14 +47,21 @@ class CrossEncoderReranker(BaseReranker):
     model; each such node gets ``rerank_truncated=True`` and one warning is logged per call.
 
     Models are loaded once per process and shared by every instance with the same model, device,
-    max_length and trust_remote_code, thread-safely.
+    max_length and trust_remote_code.
+
+    Concurrency: one instance (and one loaded model) serves many threads and asyncio tasks at
+    once; each call gets exactly the result it would get alone. Inference is
+    ``CrossEncoder.predict``, whose tokenizer only ever runs with predict's own settings; the
+    untruncated lengths behind ``rerank_truncated`` are counted with a private copy of the
+    tokenizer, under its own lock.
 
     Example:
         >>> from llama_index.core.schema import NodeWithScore, TextNode
         >>> reranker = CrossEncoderReranker(top_n=2)  # doctest: +SKIP
         >>> texts = ["Prune in late winter.", "AAPL fell 2%."]
         >>> nodes = [NodeWithScore(node=TextNode(text=t)) for t in texts]
-        >>> reranker.postprocess_nodes(nodes, query_str="how to prune apples")  # doctest: +SKIP
+        >>> reranker.rerank(nodes, "how to prune apples").nodes[0].score  # doctest: +SKIP
+        0.93
     """
 
     model: str = Field(
@@ -76,8 +87,7 @@ class CrossEncoderReranker(BaseReranker):
     trust_remote_code: bool = Field(
         default=False, description="Allow model repositories to run their own code."
     )
-
-    _model: Any = PrivateAttr(default=None)
+    _loaded: _LoadedModel | None = PrivateAttr(default=None)
 
     @classmethod
     def class_name(cls) -> str:
@@ -88,20 +98,32 @@ class CrossEncoderReranker(BaseReranker):
         return self.model
 
     def load(self) -> Any:
-        """Load (or fetch from the process-wide cache) the ``CrossEncoder``; returns it."""
-        if self._model is None:
-            self._model = _load_cross_encoder(
-                self.model, self.device, self.max_length, self.trust_remote_code
+        """Load (or fetch from the process-wide cache) the ``CrossEncoder``; returns it.
+
+        Raises:
+            ModelLoadError: the model cannot be loaded or is not a one-logit model.
+        """
+        return self._load().model
+
+    def _load(self) -> _LoadedModel:
+        if self._loaded is None:
+            self._loaded = _load_cross_encoder(
+                _ModelSettings(
+                    name=self.model,
+                    device=self.device,
+                    max_length=self.max_length,
+                    trust_remote_code=self.trust_remote_code,
+                )
             )
-        return self._model
+        return self._loaded
 
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
         started = time.perf_counter()
-        model = self.load()
+        loaded = self._load()
         # Identical passages (duplicated chunks, repeated hits) are scored once.
         unique = list(dict.fromkeys(texts))
-        lengths = _pair_lengths(model, query, unique)
-        limit = model.max_seq_length
+        lengths = loaded.pair_lengths(query, unique)
+        limit = loaded.model.max_seq_length
         cut = dict(zip(unique, (limit is not None and n > limit for n in lengths), strict=True))
         n_cut = sum(cut[t] for t in texts)
         if n_cut:
@@ -113,7 +135,7 @@ class CrossEncoderReranker(BaseReranker):
                 len(texts),
                 limit,
             )
-        logits = _score_pairs(model, query, unique, lengths, self.batch_size, self.precision)
+        logits = _predict_logits(loaded.model, query, unique, self.batch_size, self.precision)
         report.cross_encoder = CrossEncoderUsage(
             pairs=len(unique),
             deduplicated=len(texts) - len(unique),
@@ -130,97 +152,106 @@ class CrossEncoderReranker(BaseReranker):
         ]
 
 
-def _score_pairs(
-    model: Any,
-    query: str,
-    texts: Sequence[str],
-    lengths: Sequence[int],
-    batch_size: int,
-    precision: str,
+def _predict_logits(
+    model: Any, query: str, texts: Sequence[str], batch_size: int, precision: str
 ) -> list[float]:
-    """The raw logit of each (query, text) pair, as Python floats in input order.
-
-    Pairs are batched by token length (shortest first) so that a batch pads little, and run
-    under ``torch.inference_mode`` with the requested precision. In float32 the logits equal
-    ``CrossEncoder.predict(..., activation_fn=Identity())`` up to padding noise (~1e-6).
-    """
-    torch = require("torch")
+    """The raw logit of each (query, text) pair, as Python floats in input order:
+    ``CrossEncoder.predict`` with an identity activation, under the requested precision."""
     if not texts:
         return []
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    logits = [0.0] * len(texts)
-    can_forward = callable(getattr(model, "preprocess", None))
-    if getattr(model, "training", False):
-        model.eval()  # as predict() does: no dropout at inference
-    with torch.inference_mode(), _precision(torch, precision, model.device.type):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            pairs = [(query, texts[i]) for i in idx]
-            if can_forward:
-                features = model.preprocess(pairs)
-                features = {
-                    k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()
-                }
-                scores = model(features)["scores"]
-            else:  # older sentence-transformers: no preprocess/forward split
-                scores = model.predict(
-                    pairs,
-                    batch_size=len(pairs),
-                    activation_fn=torch.nn.Identity(),
-                    show_progress_bar=False,
-                    convert_to_tensor=True,
-                )
-            for i, value in zip(idx, scores.float().reshape(-1).tolist(), strict=True):
-                logits[i] = float(value)
-    return logits
-
-
-def _precision(torch: Any, precision: str, device_type: str) -> Any:
+    torch = require("torch")
     if precision == "bfloat16":
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    return torch.autocast(device_type=device_type, enabled=False)
+        precision_context = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
+    else:  # also keeps a caller's own autocast out of float32 scores
+        precision_context = torch.autocast(device_type=model.device.type, enabled=False)
+    with precision_context:
+        scores = model.predict(
+            [(query, t) for t in texts],
+            batch_size=batch_size,
+            activation_fn=torch.nn.Identity(),
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+    return [float(x) for x in scores.reshape(-1).tolist()]
 
 
-def _pair_lengths(model: Any, query: str, texts: Sequence[str]) -> list[int]:
-    """Untruncated token length of each (query, text) pair, counted with the model's tokenizer."""
-    tokenizer = model.tokenizer
-    if tokenizer is None or not texts:
-        return [0] * len(texts)
-    ids = tokenizer([query] * len(texts), list(texts), truncation=False, verbose=False)["input_ids"]
-    return [len(x) for x in ids]
+@dataclass
+class _ModelSettings:
+    """Everything that makes a different loaded model (the process-wide cache key)."""
+
+    name: str
+    device: str | None
+    max_length: int | None
+    trust_remote_code: bool
+
+    def key(self) -> tuple[Any, ...]:
+        """The settings as a hashable tuple."""
+        return (self.name, self.device, self.max_length, self.trust_remote_code)
 
 
-_MODELS: dict[tuple[str, str | None, int | None, bool], Any] = {}
+@dataclass
+class _LoadedModel:
+    """A loaded ``CrossEncoder`` with what its concurrent callers need, cached together.
+
+    The model's own tokenizer is called only by ``predict``, always with the same truncation
+    and padding, which were set once at load time (a fast tokenizer keeps them as shared state,
+    and changing them while another thread encodes lets untruncated or unpadded pairs through).
+    Untruncated lengths are counted with ``length_tokenizer``, a private copy, under
+    ``length_lock``.
+    """
+
+    model: Any
+    length_tokenizer: Any
+    length_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
+        """Untruncated token length of each (query, text) pair."""
+        if self.length_tokenizer is None or not texts:
+            return [0] * len(texts)
+        with self.length_lock:
+            ids = self.length_tokenizer(
+                [query] * len(texts), list(texts), truncation=False, padding=False, verbose=False
+            )["input_ids"]
+        return [len(x) for x in ids]
+
+
+_MODELS: dict[tuple[Any, ...], _LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def _load_cross_encoder(
-    name: str, device: str | None, max_length: int | None, trust_remote_code: bool
-) -> Any:
-    key = (name, device, max_length, trust_remote_code)
+def _load_cross_encoder(settings: _ModelSettings) -> _LoadedModel:
+    key = settings.key()
     with _MODELS_LOCK:
         if key in _MODELS:
             return _MODELS[key]
-        _MODELS[key] = model = _load_uncached(name, device, max_length, trust_remote_code)
-        return model
+        model = _load_uncached(settings)
+        tokenizer = getattr(model, "tokenizer", None)
+        loaded = _LoadedModel(
+            model=model, length_tokenizer=None if tokenizer is None else copy.deepcopy(tokenizer)
+        )
+        # One tiny prediction before the model is shared: predict's truncation and padding are
+        # then already set on the tokenizer, so that concurrent first calls do not all set them
+        # while another thread is encoding.
+        model.predict([("warm-up", "warm-up")], batch_size=1, show_progress_bar=False)
+        _MODELS[key] = loaded
+        return loaded
 
 
-def _load_uncached(
-    name: str, device: str | None, max_length: int | None, trust_remote_code: bool
-) -> Any:
+def _load_uncached(settings: _ModelSettings) -> Any:
+    name = settings.name
     how_to_fix = (
         f"Pass model='<hub id or local path>' to CrossEncoderReranker, or set "
         f"{CROSS_ENCODER_ENV}=<local path> to replace the default ({DEFAULT_CROSS_ENCODER})."
     )
     location = model_location(name, "Cross-encoder", how_to_fix, ModelLoadError)
     st = require("sentence_transformers")
+    options: dict[str, Any] = {
+        "device": settings.device,
+        "max_length": settings.max_length,
+        "trust_remote_code": settings.trust_remote_code,
+    }
     try:
-        model = st.CrossEncoder(
-            location,
-            device=device,
-            max_length=max_length,
-            trust_remote_code=trust_remote_code,
-        )
+        model = st.CrossEncoder(location, **options)
     except Exception as exc:  # hub/network/format errors come in many types
         raise ModelLoadError(
             f"Could not load cross-encoder {name!r} ({type(exc).__name__}: {exc}). {how_to_fix}"
