@@ -8,7 +8,11 @@ autocast. One loaded model serves every instance, thread and task of the process
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib.util
+import inspect
+import json
 import logging
 import os
 import threading
@@ -17,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 
 from llamaindex_rerankers._imports import require
 from llamaindex_rerankers._models import ModelLoadError, model_location
@@ -47,7 +51,7 @@ class CrossEncoderReranker(BaseReranker):
     model; each such node gets ``rerank_truncated=True`` and one warning is logged per call.
 
     Models are loaded once per process and shared by every instance with the same model, device,
-    max_length and trust_remote_code.
+    max_length, trust_remote_code, revision, backend, model_kwargs and tokenizer_kwargs.
 
     Concurrency: one instance (and one loaded model) serves many threads and asyncio tasks at
     once; each call gets exactly the result it would get alone. Inference is
@@ -82,16 +86,49 @@ class CrossEncoderReranker(BaseReranker):
     precision: Literal["float32", "bfloat16"] = Field(
         default="float32",
         description="Arithmetic for inference. 'bfloat16' runs under torch autocast: much faster "
-        "on CPUs with AMX/AVX512-BF16 and on GPUs, with scores that differ in the 2nd-3rd digit.",
+        "on CPUs with AMX/AVX512-BF16 and on GPUs, with scores that differ in the 2nd-3rd digit. "
+        "Torch backend only.",
     )
     trust_remote_code: bool = Field(
         default=False, description="Allow model repositories to run their own code."
     )
+    revision: str | None = Field(
+        default=None,
+        description="Branch, tag or commit of a hub model to load; None takes the default branch.",
+    )
+    backend: Literal["torch", "onnx", "openvino"] = Field(
+        default="torch",
+        description="Inference backend, passed to CrossEncoder(backend=...). 'onnx' needs "
+        "pip install 'sentence-transformers[onnx]', 'openvino' needs "
+        "pip install 'sentence-transformers[openvino]'.",
+    )
+    model_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="Passed to the model's from_pretrained through CrossEncoder(model_kwargs=...), "
+        "e.g. {'attn_implementation': 'eager'} or {'dtype': 'bfloat16'}; JSON-safe values, so "
+        "that the configuration round-trips (dtypes as strings).",
+    )
+    tokenizer_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="Passed to the tokenizer's from_pretrained (sentence-transformers' "
+        "processor_kwargs / tokenizer_kwargs); JSON-safe values.",
+    )
+
     _loaded: _LoadedModel | None = PrivateAttr(default=None)
 
     @classmethod
     def class_name(cls) -> str:
         return "CrossEncoderReranker"
+
+    @model_validator(mode="after")
+    def _bfloat16_needs_torch(self) -> CrossEncoderReranker:
+        if self.precision == "bfloat16" and self.backend != "torch":
+            raise ValueError(
+                f"precision='bfloat16' is torch autocast and does nothing on backend="
+                f"{self.backend!r}; use precision='float32', or pick a quantized or half-precision "
+                "export through model_kwargs={'file_name': ...}."
+            )
+        return self
 
     @property
     def model_name(self) -> str:
@@ -101,7 +138,8 @@ class CrossEncoderReranker(BaseReranker):
         """Load (or fetch from the process-wide cache) the ``CrossEncoder``; returns it.
 
         Raises:
-            ModelLoadError: the model cannot be loaded or is not a one-logit model.
+            ModelLoadError: the model cannot be loaded, is not a one-logit model, or its backend's
+                packages are not installed (the message says what to install).
         """
         return self._load().model
 
@@ -113,6 +151,10 @@ class CrossEncoderReranker(BaseReranker):
                     device=self.device,
                     max_length=self.max_length,
                     trust_remote_code=self.trust_remote_code,
+                    revision=self.revision,
+                    backend=self.backend,
+                    model_kwargs=self.model_kwargs,
+                    tokenizer_kwargs=self.tokenizer_kwargs,
                 )
             )
         return self._loaded
@@ -135,7 +177,9 @@ class CrossEncoderReranker(BaseReranker):
                 len(texts),
                 limit,
             )
-        logits = _predict_logits(loaded.model, query, unique, self.batch_size, self.precision)
+        logits = _predict_logits(
+            loaded.model, query, unique, self.batch_size, self.precision, self.backend
+        )
         report.cross_encoder = CrossEncoderUsage(
             pairs=len(unique),
             deduplicated=len(texts) - len(unique),
@@ -153,14 +197,16 @@ class CrossEncoderReranker(BaseReranker):
 
 
 def _predict_logits(
-    model: Any, query: str, texts: Sequence[str], batch_size: int, precision: str
+    model: Any, query: str, texts: Sequence[str], batch_size: int, precision: str, backend: str
 ) -> list[float]:
     """The raw logit of each (query, text) pair, as Python floats in input order:
     ``CrossEncoder.predict`` with an identity activation, under the requested precision."""
     if not texts:
         return []
     torch = require("torch")
-    if precision == "bfloat16":
+    if backend != "torch":
+        precision_context: Any = contextlib.nullcontext()
+    elif precision == "bfloat16":
         precision_context = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
     else:  # also keeps a caller's own autocast out of float32 scores
         precision_context = torch.autocast(device_type=model.device.type, enabled=False)
@@ -183,10 +229,27 @@ class _ModelSettings:
     device: str | None
     max_length: int | None
     trust_remote_code: bool
+    revision: str | None
+    backend: str
+    model_kwargs: dict[str, Any] | None
+    tokenizer_kwargs: dict[str, Any] | None
 
     def key(self) -> tuple[Any, ...]:
-        """The settings as a hashable tuple."""
-        return (self.name, self.device, self.max_length, self.trust_remote_code)
+        """The settings as a hashable tuple (the option dicts as canonical JSON)."""
+
+        def frozen(d: dict[str, Any] | None) -> str:
+            return json.dumps(d or {}, sort_keys=True, default=repr)
+
+        return (
+            self.name,
+            self.device,
+            self.max_length,
+            self.trust_remote_code,
+            self.revision,
+            self.backend,
+            frozen(self.model_kwargs),
+            frozen(self.tokenizer_kwargs),
+        )
 
 
 @dataclass
@@ -237,19 +300,62 @@ def _load_cross_encoder(settings: _ModelSettings) -> _LoadedModel:
         return loaded
 
 
+#: What each non-torch backend imports, and how to install it.
+_BACKEND_PACKAGES = {
+    "onnx": (
+        ("onnxruntime", "optimum.onnxruntime"),
+        "pip install 'sentence-transformers[onnx]' (or 'sentence-transformers[onnx-gpu]')",
+    ),
+    "openvino": (
+        ("openvino", "optimum.intel"),
+        "pip install 'sentence-transformers[openvino]'",
+    ),
+}
+
+
+def _require_backend(backend: str) -> None:
+    if backend not in _BACKEND_PACKAGES:
+        return
+    modules, install = _BACKEND_PACKAGES[backend]
+    missing = [m for m in modules if not _importable(m)]
+    if missing:
+        raise ModelLoadError(
+            f"CrossEncoderReranker(backend={backend!r}) needs {' and '.join(missing)}, which "
+            f"could not be imported. Install them with: {install}; or use backend='torch'."
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package raises instead
+        return False
+
+
 def _load_uncached(settings: _ModelSettings) -> Any:
     name = settings.name
     how_to_fix = (
         f"Pass model='<hub id or local path>' to CrossEncoderReranker, or set "
         f"{CROSS_ENCODER_ENV}=<local path> to replace the default ({DEFAULT_CROSS_ENCODER})."
     )
+    _require_backend(settings.backend)
     location = model_location(name, "Cross-encoder", how_to_fix, ModelLoadError)
     st = require("sentence_transformers")
     options: dict[str, Any] = {
         "device": settings.device,
         "max_length": settings.max_length,
         "trust_remote_code": settings.trust_remote_code,
+        "revision": settings.revision,
+        "backend": settings.backend,
     }
+    # Copies: sentence-transformers writes max_length into the tokenizer options it is given.
+    if settings.model_kwargs:
+        options["model_kwargs"] = dict(settings.model_kwargs)
+    if settings.tokenizer_kwargs:
+        # sentence-transformers 6 calls them processor_kwargs (tokenizer_kwargs is deprecated).
+        accepted = inspect.signature(st.CrossEncoder.__init__).parameters
+        option = "processor_kwargs" if "processor_kwargs" in accepted else "tokenizer_kwargs"
+        options[option] = dict(settings.tokenizer_kwargs)
     try:
         model = st.CrossEncoder(location, **options)
     except Exception as exc:  # hub/network/format errors come in many types
