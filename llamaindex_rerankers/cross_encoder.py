@@ -8,8 +8,11 @@ autocast. One loaded model serves every instance, thread and task of the process
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import copy
+import functools
 import importlib.util
 import inspect
 import json
@@ -18,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,12 +38,43 @@ logger = logging.getLogger(__name__)
 DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 #: Environment variable naming a model id or local path that replaces the default model.
 CROSS_ENCODER_ENV = "LLAMAINDEX_RERANKERS_CROSS_ENCODER"
+#: Environment variable: how many forward passes async calls run at once, process-wide.
+CE_WORKERS_ENV = "LLAMAINDEX_RERANKERS_CE_WORKERS"
+#: Default of ``$LLAMAINDEX_RERANKERS_CE_WORKERS``: one pass can tokenize while another computes;
+#: more only split the same cores (torch already uses all of them inside one pass).
+DEFAULT_CE_WORKERS = 2
 
 
 def default_cross_encoder() -> str:
     """The model used when none is passed: ``$LLAMAINDEX_RERANKERS_CROSS_ENCODER`` or the hub
     default."""
     return os.environ.get(CROSS_ENCODER_ENV) or DEFAULT_CROSS_ENCODER
+
+
+def inference_workers() -> int:
+    """Worker threads of the process-wide pool that runs async cross-encoder calls:
+    ``$LLAMAINDEX_RERANKERS_CE_WORKERS``, default :data:`DEFAULT_CE_WORKERS`.
+
+    Raises:
+        ValueError: the variable is set to something other than a positive integer.
+
+    Example:
+        >>> inference_workers() >= 1
+        True
+    """
+    raw = os.environ.get(CE_WORKERS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CE_WORKERS
+    try:
+        workers = int(raw)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise ValueError(
+            f"{CE_WORKERS_ENV}={raw!r} must be a positive integer: the number of cross-encoder "
+            f"forward passes that async calls run at once (default {DEFAULT_CE_WORKERS})."
+        )
+    return workers
 
 
 class CrossEncoderReranker(BaseReranker):
@@ -57,7 +92,11 @@ class CrossEncoderReranker(BaseReranker):
     once; each call gets exactly the result it would get alone. Inference is
     ``CrossEncoder.predict``, whose tokenizer only ever runs with predict's own settings; the
     untruncated lengths behind ``rerank_truncated`` are counted with a private copy of the
-    tokenizer, under its own lock.
+    tokenizer, under its own lock. Sync calls run in the calling thread. Async calls
+    (``arerank``, ``apostprocess_nodes``) run in a process-wide pool of
+    ``$LLAMAINDEX_RERANKERS_CE_WORKERS`` threads (default 2, read when the first async call
+    starts the pool), so that 64 concurrent tasks queue for the model instead of starting 64
+    forward passes at once; the event loop is never blocked.
 
     Example:
         >>> from llama_index.core.schema import NodeWithScore, TextNode
@@ -195,6 +234,14 @@ class CrossEncoderReranker(BaseReranker):
             for t in texts
         ]
 
+    async def _ajudge(
+        self, query: str, texts: Sequence[str], report: RerankReport
+    ) -> list[Judgement]:
+        """:meth:`_judge` in the process-wide inference pool (bounded), off the event loop; the
+        context is copied, as ``asyncio.to_thread`` does."""
+        call = functools.partial(contextvars.copy_context().run, self._judge, query, texts, report)
+        return await asyncio.get_running_loop().run_in_executor(_pool(), call)
+
 
 def _predict_logits(
     model: Any, query: str, texts: Sequence[str], batch_size: int, precision: str, backend: str
@@ -280,6 +327,20 @@ class _LoadedModel:
 
 _MODELS: dict[tuple[Any, ...], _LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process-wide pool of async cross-encoder calls, started on first use."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(
+                max_workers=inference_workers(), thread_name_prefix="llamaindex-rerankers-ce"
+            )
+        return _POOL
 
 
 def _load_cross_encoder(settings: _ModelSettings) -> _LoadedModel:

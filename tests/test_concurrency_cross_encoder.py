@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
@@ -174,3 +176,44 @@ def test_two_instances_sharing_the_model_from_threads_at_once(
 
     failures = _run_threads(8, 10, work)
     assert not failures, f"{len(failures)} of 80 calls failed:\n" + "\n".join(failures[:8])
+
+
+@pytest.fixture
+def two_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A fresh process-wide inference pool of 2 workers for this test."""
+    monkeypatch.setenv(ce_module.CE_WORKERS_ENV, "2")
+    monkeypatch.setattr(ce_module, "_POOL", None)
+    yield 2
+    pool = ce_module._POOL
+    if pool is not None:
+        pool.shutdown(wait=True)
+
+
+async def test_64_tasks_run_at_most_the_worker_bound_of_forward_passes_at_once(
+    reranker: CrossEncoderReranker,
+    cases: list[Case],
+    two_workers: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = reranker.load()
+    real_forward = model.forward
+    lock = threading.Lock()
+    in_flight = peak = 0
+
+    def counting_forward(*args: Any, **kwargs: Any) -> Any:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            time.sleep(0.005)  # long enough for unbounded calls to pile up
+            return real_forward(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    short = [(q, nodes[:2]) for q, nodes in cases]
+    results = await asyncio.gather(*(reranker.arerank(n, q) for q, n in short * 8))
+    assert len(results) == 64
+    assert peak == two_workers  # bounded, and the workers do run side by side

@@ -17,9 +17,11 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from llamaindex_rerankers import BaseReranker
 from llamaindex_rerankers import cross_encoder as ce_module
 from llamaindex_rerankers.cross_encoder import (
+    CE_WORKERS_ENV,
     CROSS_ENCODER_ENV,
     CrossEncoderReranker,
     ModelLoadError,
+    inference_workers,
 )
 from llamaindex_rerankers.evaluation import candidates, load_beir, load_trec_run
 
@@ -286,3 +288,14 @@ def test_a_misspelt_argument_raises_with_the_right_name() -> None:
     with pytest.raises(ValueError, match="max_length") as info:
         CrossEncoderReranker(max_lenght=64)  # type: ignore[call-arg]
     assert "max_lenght" in str(info.value)
+
+
+def test_inference_workers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CE_WORKERS_ENV, raising=False)
+    assert inference_workers() == ce_module.DEFAULT_CE_WORKERS
+    monkeypatch.setenv(CE_WORKERS_ENV, "3")
+    assert inference_workers() == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv(CE_WORKERS_ENV, bad)
+        with pytest.raises(ValueError, match=CE_WORKERS_ENV):
+            inference_workers()
