@@ -1,19 +1,31 @@
 """Cross-encoder reranker: a sentence-transformers ``CrossEncoder`` scores (query, passage) pairs.
 
-Speed: identical passages are scored once, pairs are batched by token length, inference runs
-under ``torch.inference_mode``, and ``precision="bfloat16"`` uses torch autocast.
+Inference is ``CrossEncoder.predict`` itself (length-sorted batches, inference mode), asked for raw
+logits; identical passages are scored once, and ``precision="bfloat16"`` runs it under torch
+autocast. One loaded model serves every instance, thread and task of the process (see
+:class:`CrossEncoderReranker` for what that takes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import copy
+import functools
+import importlib.util
+import inspect
+import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 
 from llamaindex_rerankers._imports import require
 from llamaindex_rerankers._models import ModelLoadError, model_location
@@ -26,12 +38,43 @@ logger = logging.getLogger(__name__)
 DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 #: Environment variable naming a model id or local path that replaces the default model.
 CROSS_ENCODER_ENV = "LLAMAINDEX_RERANKERS_CROSS_ENCODER"
+#: Environment variable: how many forward passes async calls run at once, process-wide.
+CE_WORKERS_ENV = "LLAMAINDEX_RERANKERS_CE_WORKERS"
+#: Default of ``$LLAMAINDEX_RERANKERS_CE_WORKERS``: one pass can tokenize while another computes;
+#: more only split the same cores (torch already uses all of them inside one pass).
+DEFAULT_CE_WORKERS = 2
 
 
 def default_cross_encoder() -> str:
     """The model used when none is passed: ``$LLAMAINDEX_RERANKERS_CROSS_ENCODER`` or the hub
     default."""
     return os.environ.get(CROSS_ENCODER_ENV) or DEFAULT_CROSS_ENCODER
+
+
+def inference_workers() -> int:
+    """Worker threads of the process-wide pool that runs async cross-encoder calls:
+    ``$LLAMAINDEX_RERANKERS_CE_WORKERS``, default :data:`DEFAULT_CE_WORKERS`.
+
+    Raises:
+        ValueError: the variable is set to something other than a positive integer.
+
+    Example:
+        >>> inference_workers() >= 1
+        True
+    """
+    raw = os.environ.get(CE_WORKERS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CE_WORKERS
+    try:
+        workers = int(raw)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise ValueError(
+            f"{CE_WORKERS_ENV}={raw!r} must be a positive integer: the number of cross-encoder "
+            f"forward passes that async calls run at once (default {DEFAULT_CE_WORKERS})."
+        )
+    return workers
 
 
 class CrossEncoderReranker(BaseReranker):
@@ -43,14 +86,25 @@ class CrossEncoderReranker(BaseReranker):
     model; each such node gets ``rerank_truncated=True`` and one warning is logged per call.
 
     Models are loaded once per process and shared by every instance with the same model, device,
-    max_length and trust_remote_code, thread-safely.
+    max_length, trust_remote_code, revision, backend, model_kwargs and tokenizer_kwargs.
+
+    Concurrency: one instance (and one loaded model) serves many threads and asyncio tasks at
+    once; each call gets exactly the result it would get alone. Inference is
+    ``CrossEncoder.predict``, whose tokenizer only ever runs with predict's own settings; the
+    untruncated lengths behind ``rerank_truncated`` are counted with a private copy of the
+    tokenizer, under its own lock. Sync calls run in the calling thread. Async calls
+    (``arerank``, ``apostprocess_nodes``) run in a process-wide pool of
+    ``$LLAMAINDEX_RERANKERS_CE_WORKERS`` threads (default 2, read when the first async call
+    starts the pool), so that 64 concurrent tasks queue for the model instead of starting 64
+    forward passes at once; the event loop is never blocked.
 
     Example:
         >>> from llama_index.core.schema import NodeWithScore, TextNode
         >>> reranker = CrossEncoderReranker(top_n=2)  # doctest: +SKIP
         >>> texts = ["Prune in late winter.", "AAPL fell 2%."]
         >>> nodes = [NodeWithScore(node=TextNode(text=t)) for t in texts]
-        >>> reranker.postprocess_nodes(nodes, query_str="how to prune apples")  # doctest: +SKIP
+        >>> reranker.rerank(nodes, "how to prune apples").nodes[0].score  # doctest: +SKIP
+        0.93
     """
 
     model: str = Field(
@@ -71,37 +125,86 @@ class CrossEncoderReranker(BaseReranker):
     precision: Literal["float32", "bfloat16"] = Field(
         default="float32",
         description="Arithmetic for inference. 'bfloat16' runs under torch autocast: much faster "
-        "on CPUs with AMX/AVX512-BF16 and on GPUs, with scores that differ in the 2nd-3rd digit.",
+        "on CPUs with AMX/AVX512-BF16 and on GPUs, with scores that differ in the 2nd-3rd digit. "
+        "Torch backend only.",
     )
     trust_remote_code: bool = Field(
         default=False, description="Allow model repositories to run their own code."
     )
+    revision: str | None = Field(
+        default=None,
+        description="Branch, tag or commit of a hub model to load; None takes the default branch.",
+    )
+    backend: Literal["torch", "onnx", "openvino"] = Field(
+        default="torch",
+        description="Inference backend, passed to CrossEncoder(backend=...). 'onnx' needs "
+        "pip install 'sentence-transformers[onnx]', 'openvino' needs "
+        "pip install 'sentence-transformers[openvino]'.",
+    )
+    model_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="Passed to the model's from_pretrained through CrossEncoder(model_kwargs=...), "
+        "e.g. {'attn_implementation': 'eager'} or {'dtype': 'bfloat16'}; JSON-safe values, so "
+        "that the configuration round-trips (dtypes as strings).",
+    )
+    tokenizer_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="Passed to the tokenizer's from_pretrained (sentence-transformers' "
+        "processor_kwargs / tokenizer_kwargs); JSON-safe values.",
+    )
 
-    _model: Any = PrivateAttr(default=None)
+    _loaded: _LoadedModel | None = PrivateAttr(default=None)
 
     @classmethod
     def class_name(cls) -> str:
         return "CrossEncoderReranker"
+
+    @model_validator(mode="after")
+    def _bfloat16_needs_torch(self) -> CrossEncoderReranker:
+        if self.precision == "bfloat16" and self.backend != "torch":
+            raise ValueError(
+                f"precision='bfloat16' is torch autocast and does nothing on backend="
+                f"{self.backend!r}; use precision='float32', or pick a quantized or half-precision "
+                "export through model_kwargs={'file_name': ...}."
+            )
+        return self
 
     @property
     def model_name(self) -> str:
         return self.model
 
     def load(self) -> Any:
-        """Load (or fetch from the process-wide cache) the ``CrossEncoder``; returns it."""
-        if self._model is None:
-            self._model = _load_cross_encoder(
-                self.model, self.device, self.max_length, self.trust_remote_code
+        """Load (or fetch from the process-wide cache) the ``CrossEncoder``; returns it.
+
+        Raises:
+            ModelLoadError: the model cannot be loaded, is not a one-logit model, or its backend's
+                packages are not installed (the message says what to install).
+        """
+        return self._load().model
+
+    def _load(self) -> _LoadedModel:
+        if self._loaded is None:
+            self._loaded = _load_cross_encoder(
+                _ModelSettings(
+                    name=self.model,
+                    device=self.device,
+                    max_length=self.max_length,
+                    trust_remote_code=self.trust_remote_code,
+                    revision=self.revision,
+                    backend=self.backend,
+                    model_kwargs=self.model_kwargs,
+                    tokenizer_kwargs=self.tokenizer_kwargs,
+                )
             )
-        return self._model
+        return self._loaded
 
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
         started = time.perf_counter()
-        model = self.load()
+        loaded = self._load()
         # Identical passages (duplicated chunks, repeated hits) are scored once.
         unique = list(dict.fromkeys(texts))
-        lengths = _pair_lengths(model, query, unique)
-        limit = model.max_seq_length
+        lengths = loaded.pair_lengths(query, unique)
+        limit = loaded.model.max_seq_length
         cut = dict(zip(unique, (limit is not None and n > limit for n in lengths), strict=True))
         n_cut = sum(cut[t] for t in texts)
         if n_cut:
@@ -113,7 +216,9 @@ class CrossEncoderReranker(BaseReranker):
                 len(texts),
                 limit,
             )
-        logits = _score_pairs(model, query, unique, lengths, self.batch_size, self.precision)
+        logits = _predict_logits(
+            loaded.model, query, unique, self.batch_size, self.precision, self.backend
+        )
         report.cross_encoder = CrossEncoderUsage(
             pairs=len(unique),
             deduplicated=len(texts) - len(unique),
@@ -129,98 +234,191 @@ class CrossEncoderReranker(BaseReranker):
             for t in texts
         ]
 
+    async def _ajudge(
+        self, query: str, texts: Sequence[str], report: RerankReport
+    ) -> list[Judgement]:
+        """:meth:`_judge` in the process-wide inference pool (bounded), off the event loop; the
+        context is copied, as ``asyncio.to_thread`` does."""
+        call = functools.partial(contextvars.copy_context().run, self._judge, query, texts, report)
+        return await asyncio.get_running_loop().run_in_executor(_pool(), call)
 
-def _score_pairs(
-    model: Any,
-    query: str,
-    texts: Sequence[str],
-    lengths: Sequence[int],
-    batch_size: int,
-    precision: str,
+
+def _predict_logits(
+    model: Any, query: str, texts: Sequence[str], batch_size: int, precision: str, backend: str
 ) -> list[float]:
-    """The raw logit of each (query, text) pair, as Python floats in input order.
-
-    Pairs are batched by token length (shortest first) so that a batch pads little, and run
-    under ``torch.inference_mode`` with the requested precision. In float32 the logits equal
-    ``CrossEncoder.predict(..., activation_fn=Identity())`` up to padding noise (~1e-6).
-    """
-    torch = require("torch")
+    """The raw logit of each (query, text) pair, as Python floats in input order:
+    ``CrossEncoder.predict`` with an identity activation, under the requested precision."""
     if not texts:
         return []
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    logits = [0.0] * len(texts)
-    can_forward = callable(getattr(model, "preprocess", None))
-    if getattr(model, "training", False):
-        model.eval()  # as predict() does: no dropout at inference
-    with torch.inference_mode(), _precision(torch, precision, model.device.type):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            pairs = [(query, texts[i]) for i in idx]
-            if can_forward:
-                features = model.preprocess(pairs)
-                features = {
-                    k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()
-                }
-                scores = model(features)["scores"]
-            else:  # older sentence-transformers: no preprocess/forward split
-                scores = model.predict(
-                    pairs,
-                    batch_size=len(pairs),
-                    activation_fn=torch.nn.Identity(),
-                    show_progress_bar=False,
-                    convert_to_tensor=True,
-                )
-            for i, value in zip(idx, scores.float().reshape(-1).tolist(), strict=True):
-                logits[i] = float(value)
-    return logits
+    torch = require("torch")
+    if backend != "torch":
+        precision_context: Any = contextlib.nullcontext()
+    elif precision == "bfloat16":
+        precision_context = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
+    else:  # also keeps a caller's own autocast out of float32 scores
+        precision_context = torch.autocast(device_type=model.device.type, enabled=False)
+    with precision_context:
+        scores = model.predict(
+            [(query, t) for t in texts],
+            batch_size=batch_size,
+            activation_fn=torch.nn.Identity(),
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+    return [float(x) for x in scores.reshape(-1).tolist()]
 
 
-def _precision(torch: Any, precision: str, device_type: str) -> Any:
-    if precision == "bfloat16":
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    return torch.autocast(device_type=device_type, enabled=False)
+@dataclass
+class _ModelSettings:
+    """Everything that makes a different loaded model (the process-wide cache key)."""
+
+    name: str
+    device: str | None
+    max_length: int | None
+    trust_remote_code: bool
+    revision: str | None
+    backend: str
+    model_kwargs: dict[str, Any] | None
+    tokenizer_kwargs: dict[str, Any] | None
+
+    def key(self) -> tuple[Any, ...]:
+        """The settings as a hashable tuple (the option dicts as canonical JSON)."""
+
+        def frozen(d: dict[str, Any] | None) -> str:
+            return json.dumps(d or {}, sort_keys=True, default=repr)
+
+        return (
+            self.name,
+            self.device,
+            self.max_length,
+            self.trust_remote_code,
+            self.revision,
+            self.backend,
+            frozen(self.model_kwargs),
+            frozen(self.tokenizer_kwargs),
+        )
 
 
-def _pair_lengths(model: Any, query: str, texts: Sequence[str]) -> list[int]:
-    """Untruncated token length of each (query, text) pair, counted with the model's tokenizer."""
-    tokenizer = model.tokenizer
-    if tokenizer is None or not texts:
-        return [0] * len(texts)
-    ids = tokenizer([query] * len(texts), list(texts), truncation=False, verbose=False)["input_ids"]
-    return [len(x) for x in ids]
+@dataclass
+class _LoadedModel:
+    """A loaded ``CrossEncoder`` with what its concurrent callers need, cached together.
+
+    The model's own tokenizer is called only by ``predict``, always with the same truncation
+    and padding, which were set once at load time (a fast tokenizer keeps them as shared state,
+    and changing them while another thread encodes lets untruncated or unpadded pairs through).
+    Untruncated lengths are counted with ``length_tokenizer``, a private copy, under
+    ``length_lock``.
+    """
+
+    model: Any
+    length_tokenizer: Any
+    length_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
+        """Untruncated token length of each (query, text) pair."""
+        if self.length_tokenizer is None or not texts:
+            return [0] * len(texts)
+        with self.length_lock:
+            ids = self.length_tokenizer(
+                [query] * len(texts), list(texts), truncation=False, padding=False, verbose=False
+            )["input_ids"]
+        return [len(x) for x in ids]
 
 
-_MODELS: dict[tuple[str, str | None, int | None, bool], Any] = {}
+_MODELS: dict[tuple[Any, ...], _LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
-def _load_cross_encoder(
-    name: str, device: str | None, max_length: int | None, trust_remote_code: bool
-) -> Any:
-    key = (name, device, max_length, trust_remote_code)
+
+def _pool() -> ThreadPoolExecutor:
+    """The process-wide pool of async cross-encoder calls, started on first use."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(
+                max_workers=inference_workers(), thread_name_prefix="llamaindex-rerankers-ce"
+            )
+        return _POOL
+
+
+def _load_cross_encoder(settings: _ModelSettings) -> _LoadedModel:
+    key = settings.key()
     with _MODELS_LOCK:
         if key in _MODELS:
             return _MODELS[key]
-        _MODELS[key] = model = _load_uncached(name, device, max_length, trust_remote_code)
-        return model
+        model = _load_uncached(settings)
+        tokenizer = getattr(model, "tokenizer", None)
+        loaded = _LoadedModel(
+            model=model, length_tokenizer=None if tokenizer is None else copy.deepcopy(tokenizer)
+        )
+        # One tiny prediction before the model is shared: predict's truncation and padding are
+        # then already set on the tokenizer, so that concurrent first calls do not all set them
+        # while another thread is encoding.
+        model.predict([("warm-up", "warm-up")], batch_size=1, show_progress_bar=False)
+        _MODELS[key] = loaded
+        return loaded
 
 
-def _load_uncached(
-    name: str, device: str | None, max_length: int | None, trust_remote_code: bool
-) -> Any:
+#: What each non-torch backend imports, and how to install it.
+_BACKEND_PACKAGES = {
+    "onnx": (
+        ("onnxruntime", "optimum.onnxruntime"),
+        "pip install 'sentence-transformers[onnx]' (or 'sentence-transformers[onnx-gpu]')",
+    ),
+    "openvino": (
+        ("openvino", "optimum.intel"),
+        "pip install 'sentence-transformers[openvino]'",
+    ),
+}
+
+
+def _require_backend(backend: str) -> None:
+    if backend not in _BACKEND_PACKAGES:
+        return
+    modules, install = _BACKEND_PACKAGES[backend]
+    missing = [m for m in modules if not _importable(m)]
+    if missing:
+        raise ModelLoadError(
+            f"CrossEncoderReranker(backend={backend!r}) needs {' and '.join(missing)}, which "
+            f"could not be imported. Install them with: {install}; or use backend='torch'."
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package raises instead
+        return False
+
+
+def _load_uncached(settings: _ModelSettings) -> Any:
+    name = settings.name
     how_to_fix = (
         f"Pass model='<hub id or local path>' to CrossEncoderReranker, or set "
         f"{CROSS_ENCODER_ENV}=<local path> to replace the default ({DEFAULT_CROSS_ENCODER})."
     )
+    _require_backend(settings.backend)
     location = model_location(name, "Cross-encoder", how_to_fix, ModelLoadError)
     st = require("sentence_transformers")
+    options: dict[str, Any] = {
+        "device": settings.device,
+        "max_length": settings.max_length,
+        "trust_remote_code": settings.trust_remote_code,
+        "revision": settings.revision,
+        "backend": settings.backend,
+    }
+    # Copies: sentence-transformers writes max_length into the tokenizer options it is given.
+    if settings.model_kwargs:
+        options["model_kwargs"] = dict(settings.model_kwargs)
+    if settings.tokenizer_kwargs:
+        # sentence-transformers 6 calls them processor_kwargs (tokenizer_kwargs is deprecated).
+        accepted = inspect.signature(st.CrossEncoder.__init__).parameters
+        option = "processor_kwargs" if "processor_kwargs" in accepted else "tokenizer_kwargs"
+        options[option] = dict(settings.tokenizer_kwargs)
     try:
-        model = st.CrossEncoder(
-            location,
-            device=device,
-            max_length=max_length,
-            trust_remote_code=trust_remote_code,
-        )
+        model = st.CrossEncoder(location, **options)
     except Exception as exc:  # hub/network/format errors come in many types
         raise ModelLoadError(
             f"Could not load cross-encoder {name!r} ({type(exc).__name__}: {exc}). {how_to_fix}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -13,11 +14,14 @@ from typing import Any
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
+from llamaindex_rerankers import BaseReranker
 from llamaindex_rerankers import cross_encoder as ce_module
 from llamaindex_rerankers.cross_encoder import (
+    CE_WORKERS_ENV,
     CROSS_ENCODER_ENV,
     CrossEncoderReranker,
     ModelLoadError,
+    inference_workers,
 )
 from llamaindex_rerankers.evaluation import candidates, load_beir, load_trec_run
 
@@ -153,9 +157,9 @@ def test_concurrent_loads_load_once(ce_model_path: str, monkeypatch: pytest.Monk
     calls: list[int] = []
     real = ce_module._load_uncached
 
-    def counting(*args: Any) -> Any:
+    def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(ce_module, "_load_uncached", counting)
     start = threading.Barrier(4)
@@ -216,3 +220,82 @@ async def test_async_equals_sync_and_does_not_block_the_loop(
     # 20 long pairs take well over 50 ms; a blocked loop would have ticked about once.
     assert elapsed > 0.05
     assert ticks >= 3
+
+
+def test_model_and_tokenizer_kwargs_reach_the_model_and_make_another_cache_entry(
+    reranker: CrossEncoderReranker, ce_model_path: str
+) -> None:
+    nodes = [NodeWithScore(node=TextNode(id_="a", text="Prune in late winter."), score=1.0)]
+    eager = CrossEncoderReranker(
+        model=ce_model_path,
+        model_kwargs={"attn_implementation": "eager"},
+        tokenizer_kwargs={"truncation_side": "left"},
+    )
+    model = eager.load()
+    assert model is not reranker.load()
+    assert model.model.config._attn_implementation == "eager"
+    assert model.tokenizer.truncation_side == "left"
+    # The caller's dicts are not written to (sentence-transformers adds max_length to its own).
+    assert eager.tokenizer_kwargs == {"truncation_side": "left"}
+    same = eager.rerank(nodes, "when to prune").nodes[0].node.metadata["rerank_logit"]
+    want = reranker.rerank(nodes, "when to prune").nodes[0].node.metadata["rerank_logit"]
+    assert same == pytest.approx(want, abs=1e-4)  # eager and sdpa attention: one model
+
+
+@pytest.mark.parametrize(
+    ("backend", "extra"),
+    [("onnx", "sentence-transformers[onnx]"), ("openvino", "sentence-transformers[openvino]")],
+)
+def test_a_backend_without_its_packages_names_what_to_install(
+    ce_model_path: str, backend: str, extra: str
+) -> None:
+    modules, _ = ce_module._BACKEND_PACKAGES[backend]
+    if all(ce_module._importable(m) for m in modules):
+        pytest.skip(f"the {backend} packages are installed here")
+    with pytest.raises(ModelLoadError, match=re.escape(extra)):
+        CrossEncoderReranker(model=ce_model_path, backend=backend).load()
+
+
+def test_bfloat16_on_a_non_torch_backend_raises() -> None:
+    with pytest.raises(ValueError, match="torch autocast"):
+        CrossEncoderReranker(model="m", backend="onnx", precision="bfloat16")
+
+
+def test_configuration_round_trips(ce_model_path: str) -> None:
+    reranker = CrossEncoderReranker(
+        model=ce_model_path,
+        top_n=3,
+        max_length=64,
+        batch_size=4,
+        revision="main",
+        backend="onnx",
+        model_kwargs={"attn_implementation": "eager", "dtype": "float32"},
+        tokenizer_kwargs={"truncation_side": "left"},
+    )
+    config = reranker.to_dict()
+    assert config["class_name"] == "CrossEncoderReranker"
+    assert config["model_kwargs"] == {"attn_implementation": "eager", "dtype": "float32"}
+    for rebuilt in (
+        BaseReranker.from_dict(config),
+        CrossEncoderReranker.from_json(reranker.to_json()),
+    ):
+        assert type(rebuilt) is CrossEncoderReranker
+        assert rebuilt.to_dict() == config
+        assert rebuilt.max_length == 64 and rebuilt.backend == "onnx"
+
+
+def test_a_misspelt_argument_raises_with_the_right_name() -> None:
+    with pytest.raises(ValueError, match="max_length") as info:
+        CrossEncoderReranker(max_lenght=64)  # type: ignore[call-arg]
+    assert "max_lenght" in str(info.value)
+
+
+def test_inference_workers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CE_WORKERS_ENV, raising=False)
+    assert inference_workers() == ce_module.DEFAULT_CE_WORKERS
+    monkeypatch.setenv(CE_WORKERS_ENV, "3")
+    assert inference_workers() == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv(CE_WORKERS_ENV, bad)
+        with pytest.raises(ValueError, match=CE_WORKERS_ENV):
+            inference_workers()
