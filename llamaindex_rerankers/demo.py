@@ -111,6 +111,7 @@ def run_demo(
         load_index,
         make_embed_model,
         relevant_enough,
+        rerank_failed,
         retrieve_and_rerank,
     )
 
@@ -143,11 +144,21 @@ def run_demo(
         comparisons = []
         for question in questions:
             result = retrieve_and_rerank(index, question, top_k=top_k, reranker=reranker)
-            abstained = abstain_below is not None and not relevant_enough(
-                result.reranked, abstain_below
+            # An outage (nothing judged) is not an abstention: the passages were never read.
+            failed = rerank_failed(result.reranked)
+            abstained = (
+                not failed
+                and abstain_below is not None
+                and not relevant_enough(result.reranked, abstain_below)
             )
             comparisons.append(
-                Comparison(question, retrieval_sources(result), ranked_sources(result), abstained)
+                Comparison(
+                    question,
+                    retrieval_sources(result),
+                    ranked_sources(result),
+                    abstained=abstained,
+                    rerank_failed=failed,
+                )
             )
     name = str(getattr(reranker, "model_name", None) or type(reranker).__name__)
     location = config.describe() + (" (temporary)" if persist_dir is None else "")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llamaindex_rerankers.base import RERANK_SCORE
-from llamaindex_rerankers.pipeline.query import NO_RELEVANT_CONTEXT
+from llamaindex_rerankers.pipeline.query import NO_RELEVANT_CONTEXT, RERANK_FAILED_MESSAGE
 
 if TYPE_CHECKING:
     from llama_index.core.schema import NodeWithScore
@@ -89,6 +89,7 @@ class Comparison:
     retrieved: list[RankedSource]
     reranked: list[RankedSource]
     abstained: bool = False
+    rerank_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,9 @@ def format_comparison(comparison: Comparison, *, width: int = DEFAULT_WIDTH) -> 
             title = _cut(s.title, right_title)
             right = f"{s.rank:>2}  {title:<{right_title}} {_score(s.rerank_score)} {was:>5}"
         lines.append(f"{left:<{half}} | {right}".rstrip())
-    if comparison.abstained:
+    if comparison.rerank_failed:
+        lines.append(_cut(f"-> {RERANK_FAILED_MESSAGE}", width))
+    elif comparison.abstained:
         lines.append(
             _cut(
                 f"-> abstain: no source is relevant; the engine answers {NO_RELEVANT_CONTEXT!r}",

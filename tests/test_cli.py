@@ -211,6 +211,14 @@ def test_formatters_fit_100_columns() -> None:
     assert format_sources([]).endswith("(no sources)")
 
 
+def test_an_outage_is_shown_as_a_failed_rerank_not_as_an_abstention() -> None:
+    left = [RankedSource(1, "n1", "Pruning", "text", 1, 0.5, None)]
+    failed = format_comparison(Comparison("q", left, left, rerank_failed=True))
+    assert "could not judge any source" in failed and "abstain" not in failed
+    abstained = format_comparison(Comparison("q", left, left, abstained=True))
+    assert "-> abstain: no source is relevant" in abstained
+
+
 def test_answer_hook_puts_the_reranked_sources_in_the_prompt() -> None:
     from llama_index.core.llms import MockLLM
 
