@@ -26,7 +26,7 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from llamaindex_rerankers.scoring import clamp_unit, fuse, rank_order, rank_prior, select
+from llamaindex_rerankers.scoring import fuse, rank_order, rank_prior, select, usable_score
 from llamaindex_rerankers.types import Judgement, RerankReport, RerankResult
 
 logger = logging.getLogger(__name__)
@@ -319,9 +319,7 @@ class BaseReranker(BaseNodePostprocessor):
                     self.class_name(),
                     i,
                 )
-                model_scores.append(None)
-            else:
-                model_scores.append(None if j.score is None else clamp_unit(j.score))
+            model_scores.append(usable_score(j.score))
         final: list[float | None] = [
             None if s is None else fuse(s, rank_prior(i, total), self.retrieval_weight)
             for i, s in enumerate(model_scores)

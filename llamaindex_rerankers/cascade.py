@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.bridge.pydantic import Field, field_serializer, field_validator
 
 from llamaindex_rerankers.base import BaseReranker
-from llamaindex_rerankers.scoring import rank_order
+from llamaindex_rerankers.scoring import rank_order, usable_score
 from llamaindex_rerankers.types import Judgement, RerankReport
 
 
@@ -66,9 +67,9 @@ class CascadeReranker(BaseReranker):
 
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
         r1, r2 = _run_stage(report, len(texts)), _run_stage(report, min(self.keep, len(texts)))
-        stage1 = self.first._judge(query, texts, r1)
+        stage1 = _usable(self.first._judge(query, texts, r1))
         survivors = self._survivors(stage1)
-        stage2 = self.second._judge(query, [texts[i] for i in survivors], r2)
+        stage2 = _usable(self.second._judge(query, [texts[i] for i in survivors], r2))
         report.add_usage(r1)
         report.add_usage(r2)
         return _combine(stage1, survivors, stage2, self.stage1_weight)
@@ -77,9 +78,9 @@ class CascadeReranker(BaseReranker):
         self, query: str, texts: Sequence[str], report: RerankReport
     ) -> list[Judgement]:
         r1, r2 = _run_stage(report, len(texts)), _run_stage(report, min(self.keep, len(texts)))
-        stage1 = await self.first._ajudge(query, texts, r1)
+        stage1 = _usable(await self.first._ajudge(query, texts, r1))
         survivors = self._survivors(stage1)
-        stage2 = await self.second._ajudge(query, [texts[i] for i in survivors], r2)
+        stage2 = _usable(await self.second._ajudge(query, [texts[i] for i in survivors], r2))
         report.add_usage(r1)
         report.add_usage(r2)
         return _combine(stage1, survivors, stage2, self.stage1_weight)
@@ -90,6 +91,12 @@ class CascadeReranker(BaseReranker):
 
 def _run_stage(report: RerankReport, n: int) -> RerankReport:
     return RerankReport(query=report.query, n_candidates=n)
+
+
+def _usable(judgements: Sequence[Judgement]) -> list[Judgement]:
+    """A stage's judgements with the scores the base would use: a NaN or infinite score is
+    unjudged (so it never outranks a judged passage in the cut), the rest clamped to [0, 1]."""
+    return [dataclasses.replace(j, score=usable_score(j.score)) for j in judgements]
 
 
 def _combine(

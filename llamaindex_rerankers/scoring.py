@@ -57,6 +57,19 @@ def clamp_unit(x: float) -> float:
     return min(1.0, max(0.0, float(x)))
 
 
+def usable_score(x: float | None) -> float | None:
+    """What a reranker's raw score means for ranking: ``None`` (unjudged) for ``None``, NaN and
+    infinities (a broken model output is not a judgement), else the score clamped to [0, 1].
+
+    Example:
+        >>> usable_score(1.2), usable_score(float("nan")), usable_score(None)
+        (1.0, None, None)
+    """
+    if x is None or not math.isfinite(x):
+        return None
+    return clamp_unit(x)
+
+
 def rank_order(scores: Sequence[float | None]) -> list[int]:
     """Indices in reranked order: judged candidates by score, highest first, ties by input order;
     unjudged candidates (``None``) after every judged one, in input order.
