@@ -23,12 +23,28 @@ PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 
 #: What the tests run: enough to exercise every cell, small enough for 2 CPU cores.
 SLICE = {
+    "NOTEBOOK_TOP_K": "6",  # 01: first-stage candidates
+    "NOTEBOOK_TOP_N": "2",  # 01: chunks the LLM reads
+    "NOTEBOOK_ANSWER_TOKENS": "24",  # 01: longest answer
     "NOTEBOOK_QUERIES": "3",  # 03: evaluation queries
     "NOTEBOOK_KS": "10,20",  # 03: the K sweep
 }
 
 #: What a reader must find in each notebook's outputs, whatever its settings. Regexes.
 EXPECTED: dict[str, list[str]] = {
+    "01_quickstart": [
+        r"sample_corpus: 33 files indexed into \d+ chunks",
+        r"second run: 33 unchanged, 0 chunks embedded",
+        r"\| # \| retrieval order \| cosine \| reranked order \| rerank score \| was # \|",
+        r"'retrieval_rank': 1",  # the best chunk's metadata
+        r"\*\*Q:\*\* and which branches should I cut first\?",  # the chat engine's 2nd turn
+        r"abstained: True",
+        r"\*\*A:\*\* No relevant context found\.",
+        r"\*\*Q:\*\* why are my apples so small\?",  # the aquery answer
+        r"\| query \| best source \| candidates \| returned \| best score \| pairs scored \|",
+        r"\| is Apple stock a good buy after the earnings report\? \| Apple Inc\. Shares",
+        r"'cross_encoder': \{'pairs'",
+    ],
     "03_choose_k_and_reranker": [
         r"trec-dl-2019: 4297 passages, \d+ of 43 queries",
         r"\| reranker \| top_k \| nDCG@10 \| RR\(rel=2\)@10 \|",
