@@ -26,7 +26,8 @@ SLICE = {
     "NOTEBOOK_TOP_K": "6",  # 01: first-stage candidates
     "NOTEBOOK_TOP_N": "2",  # 01: chunks the LLM reads
     "NOTEBOOK_ANSWER_TOKENS": "24",  # 01: longest answer
-    "NOTEBOOK_QUERIES": "3",  # 03: evaluation queries
+    "NOTEBOOK_QUERIES": "3",  # 02: calibration queries; 03: evaluation queries
+    "NOTEBOOK_PASSAGES": "4",  # 02: BM25 candidates per calibration query
     "NOTEBOOK_KS": "10,20",  # 03: the K sweep
 }
 
@@ -44,6 +45,23 @@ EXPECTED: dict[str, list[str]] = {
         r"\| query \| best source \| candidates \| returned \| best score \| pairs scored \|",
         r"\| is Apple stock a good buy after the earnings report\? \| Apple Inc\. Shares",
         r"'cross_encoder': \{'pairs'",
+    ],
+    "02_llm_labels": [
+        r"labels: A = unlikely \(0\.0\), B = likely \(0\.5\), C = very likely \(1\.0\)",
+        r"\*\*system\*\*",
+        r"<passage>\n# Pruning Apple Trees",
+        r"\| passage \| label \| P\(unlikely\) \| P\(likely\) \| P\(very likely\) \| Σ p·value \|",
+        r"\| logprobs \|",
+        r"\| text \|",
+        # The cache: a second run on the same reranker, and a new one on the same file, call
+        # the LLM 0 times and serve all 6 passages from the cache.
+        r"\| first \| 6 \| 6 \| 0 \|",
+        r"\| same reranker again \| 6 \| 0 \| 6 \| 0 \| 0 \|",
+        r"\| new reranker, same SQLite file \| 6 \| 0 \| 6 \| 0 \| 0 \|",
+        r"trec-dl-2019: \d+ queries x BM25 top \d+; \d+ passages with a human grade",
+        r"\| human grade \| passages \| mean P\(unlikely\) \|",
+        r"\| query \| passages \| LLM calls \| cache hits \| prompt tokens \| completion tokens \|",
+        r"per 1,000 queries \(illustrative price\)",
     ],
     "03_choose_k_and_reranker": [
         r"trec-dl-2019: 4297 passages, \d+ of 43 queries",
