@@ -69,5 +69,10 @@ bench-llm: setup
 bench-eval: setup
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/eval_matrix.py
 
+# Re-execute every notebook in place with its full settings, saving the outputs (commit them).
+.PHONY: notebooks
+notebooks: setup
+	source scripts/offline-env.sh && $(BIN)/python scripts/execute_notebooks.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
