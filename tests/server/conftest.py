@@ -15,6 +15,16 @@ from serve_helpers import API_KEY, MAX_QUERY_CHARS, ServeProcess, start
 from llamaindex_rerankers import local_llm_server
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each test's call report on its item, for fixtures that act on failures (the
+    browser tests' screenshots)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="session")
 def model_args(ce_model_path: str, embed_model_path: str) -> list[str]:
     """The offline models, passed explicitly."""
