@@ -42,6 +42,10 @@ class NotReady(Exception):
     """The backend has not finished loading, or loading failed (the message says why)."""
 
 
+class IndexUnavailable(Exception):
+    """The vector store did not answer a query (a Chroma server down, a broken folder)."""
+
+
 @dataclass
 class Search:
     """One query's retrieval and reranking.
@@ -226,9 +230,15 @@ class Backend:
         assert self.index is not None
         index = self.index
         started = time.perf_counter()
-        retrieved: list[NodeWithScore] = await self.run_blocking(
-            lambda: index.as_retriever(similarity_top_k=top_k).retrieve(query)
-        )
+        try:
+            retrieved: list[NodeWithScore] = await self.run_blocking(
+                lambda: index.as_retriever(similarity_top_k=top_k).retrieve(query)
+            )
+        except Exception as exc:
+            logger.warning("retrieval failed: %s: %s", type(exc).__name__, _one_line(exc))
+            raise IndexUnavailable(
+                f"the index did not answer ({type(exc).__name__}); retry later"
+            ) from exc
         retrieve_seconds = time.perf_counter() - started
         self.metrics.stage.labels("retrieve").observe(retrieve_seconds)
         result = await self.rerank(retrieved, query)

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llamaindex_rerankers.server.backend import IndexUnavailable, NotReady
 from llamaindex_rerankers.server.metrics import count_rejection
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,19 @@ def install_error_handlers(app: FastAPI) -> None:
                 errors=errors,
             ),
         )
+
+    def retry_later(request: Request, code: str, exc: Exception) -> JSONResponse:
+        settings = getattr(getattr(request.app.state, "backend", None), "settings", None)
+        seconds = str(getattr(settings, "retry_after", 1))
+        return answer(request, ApiError(503, code, str(exc), headers={"Retry-After": seconds}))
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(request: Request, exc: NotReady) -> JSONResponse:
+        return retry_later(request, "not_ready", exc)
+
+    @app.exception_handler(IndexUnavailable)
+    async def _index_unavailable(request: Request, exc: IndexUnavailable) -> JSONResponse:
+        return retry_later(request, "index_unavailable", exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 
 from llamaindex_rerankers.server import streaming
-from llamaindex_rerankers.server.backend import Backend, NotReady
+from llamaindex_rerankers.server.backend import Backend
 from llamaindex_rerankers.server.chat import begin_turn, completed, stream_turn
 from llamaindex_rerankers.server.errors import ApiError, invalid, overloaded
 from llamaindex_rerankers.server.limits import AdmissionGate, Overloaded, Ticket
@@ -142,23 +142,12 @@ async def _bounded(backend: Backend, gate: AdmissionGate, timeout: float, work: 
         return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
     except asyncio.TimeoutError:
         raise _timeout() from None
-    except NotReady as exc:
-        raise _not_ready(backend, exc) from None
     finally:
         ticket.release()
 
 
 def _timeout() -> ApiError:
     return ApiError(504, "timeout", "the request took longer than the server's timeout")
-
-
-def _not_ready(backend: Backend, exc: Exception) -> ApiError:
-    return ApiError(
-        503,
-        "not_ready",
-        str(exc),
-        headers={"Retry-After": str(backend.settings.retry_after)},
-    )
 
 
 # -- health -----------------------------------------------------------------------------------
@@ -415,9 +404,6 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     except asyncio.TimeoutError:
         ticket.release()
         raise _timeout() from None
-    except NotReady as exc:
-        ticket.release()
-        raise _not_ready(backend, exc) from None
     except BaseException:
         ticket.release()
         raise

@@ -46,8 +46,9 @@ class ErrorResponse(BaseModel):
     )
     code: str = Field(
         description="Stable machine-readable code: invalid_request, unauthorized, not_found, "
-        "payload_too_large, overloaded, timeout, not_ready, reranker_failed, llm_unavailable, "
-        "answers_disabled, internal_error.",
+        "payload_too_large, method_not_allowed, overloaded, timeout, not_ready, "
+        "index_unavailable, reranker_failed, llm_unavailable, answers_disabled, no_reranker, "
+        "internal_error.",
         examples=["invalid_request"],
     )
     field: str | None = Field(
