@@ -89,11 +89,14 @@ def _setting(
     env: bool = True,
     cli: bool = True,
     metavar: str | None = None,
+    secret: bool = False,
 ) -> Any:
-    """A settings field: its default, its help text, how to parse it from text, and whether it
-    has an environment variable (``ENV_PREFIX`` + NAME) and a command-line argument."""
+    """A settings field: its default, its help text, how to parse it from text, whether it has
+    an environment variable (``ENV_PREFIX`` + NAME) and a command-line argument, and whether it
+    is a secret (left out of ``repr``)."""
     return field(
         default=default,
+        repr=not secret,
         metadata={"help": help, "parse": parse, "env": env, "cli": cli, "metavar": metavar},
     )
 
@@ -169,7 +172,11 @@ class ServerSettings:
     )
     llm_model: str | None = _setting(None, "model name at the endpoint", metavar="NAME")
     llm_api_key: str | None = _setting(
-        None, "API key of the endpoint (default: $OPENAI_API_KEY)", env=False, metavar="KEY"
+        None,
+        "API key of the endpoint (default: $OPENAI_API_KEY)",
+        env=False,
+        metavar="KEY",
+        secret=True,
     )
     answers: bool = _setting(
         True, "write answers with the LLM (--no-answers: /v1/chat answers 501)", _bool
@@ -270,17 +277,12 @@ class ServerSettings:
     )
 
     # -- security
-    api_key: str | None = field(
-        default=None,
-        repr=False,
-        metadata={
-            "help": "require `Authorization: Bearer <key>` on /v1/* and /metrics; from the "
-            "environment only, never an argument (arguments show in process lists)",
-            "parse": str,
-            "env": True,
-            "cli": False,
-            "metavar": None,
-        },
+    api_key: str | None = _setting(
+        None,
+        "require `Authorization: Bearer <key>` on /v1/*, /v2/* and /metrics; from the "
+        "environment only, never an argument (arguments show in process lists)",
+        cli=False,
+        secret=True,
     )
     cors_origins: tuple[str, ...] = _setting(
         (),
