@@ -374,9 +374,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['server']['defaults']}; exit code after SIGTERM: "
         f"{result['server']['exit_code_after_sigterm']}",
         "",
-        "| phase | endpoint | clients × s | requests | req/s | 200 | 503 + Retry-After | errors "
-        "(lost) | p50 s | p95 s | p99 s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| phase | endpoint | clients × s | requests | answered/s | 200 | 200/s "
+        "| 503 + Retry-After | errors (lost) | p50 s | p95 s | p99 s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, phase in result["phases"].items():
         rows = [*phase["endpoints"].items()]
@@ -385,7 +385,7 @@ def markdown(result: dict[str, Any]) -> str:
         for path, t in rows:
             lines.append(
                 f"| {name} | `{path}` | {phase['clients']} × {phase['seconds']:.0f} | "
-                f"{t['requests']} | {t['requests_per_s']:.1f} | {t['ok']} | "
+                f"{t['requests']} | {t['requests_per_s']:.1f} | {t['ok']} | {t['ok_per_s']:.2f} | "
                 f"{t['overloaded_503']} | {t['errors']} | {_s(t['p50_s'])} | {_s(t['p95_s'])} | "
                 f"{_s(t['p99_s'])} |"
             )
@@ -395,6 +395,15 @@ def markdown(result: dict[str, Any]) -> str:
         "(resident, the serve process without the llama.cpp child), MiB: "
         + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in mem.items())
         + ".",
+    ]
+    client_503 = sum(p["all"]["overloaded_503"] for p in result["phases"].values())
+    lines += [
+        "",
+        f"503s seen by the clients: {client_503}; overload refusals counted by the server "
+        f'(`rejected_requests_total{{reason="overloaded"}}`): '
+        f"{result['server']['rejected_overloaded']:.0f}. A 503 client waits its Retry-After "
+        "(1 s) before its next request. Latency is mostly queueing: about (max_concurrent + "
+        "max_queue) / throughput when the queue is full.",
     ]
     examples = [e for p in result["phases"].values() for e in p["all"]["error_examples"]]
     if examples:

@@ -55,8 +55,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--demo",
         action="store_true",
-        help="index the bundled sample corpus into a temporary embedded Chroma and serve it "
-        "(no --persist-dir needed; works offline)",
+        help="index the bundled sample corpus into an embedded Chroma and serve it: a "
+        "temporary one, or --persist-dir D to keep it (works offline)",
     )
     groups = {
         "host": parser.add_argument_group("listening"),
@@ -128,7 +128,8 @@ def run_serve_command(args: argparse.Namespace) -> int:
         stack.enter_context(_sigterm_raises())
         endpoint, settings = _endpoint(args, settings, stack)
         if demo:
-            folder = stack.enter_context(
+            # --demo --persist-dir D keeps the demo index in D (re-indexing is incremental).
+            folder = settings.persist_dir or stack.enter_context(
                 tempfile.TemporaryDirectory(
                     prefix="llamaindex-rerankers-serve-", ignore_cleanup_errors=True
                 )

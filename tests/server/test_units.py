@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,48 @@ def test_settings_table_covers_every_field() -> None:
     assert [r["name"] for r in settings_table()] == [
         f.name for f in dataclasses.fields(ServerSettings)
     ]
+
+
+# -- CORS (in process: preflight requests need no models) ------------------------------------
+
+
+def test_cors_is_off_by_default_and_allows_only_the_configured_origins() -> None:
+    from fastapi.testclient import TestClient
+
+    from llamaindex_rerankers.server import create_app
+
+    preflight = {
+        "Origin": "https://app.example.org",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    closed = TestClient(create_app(ServerSettings(persist_dir="unused")))
+    r = closed.options("/v1/retrieve", headers=preflight)
+    assert "access-control-allow-origin" not in r.headers
+    app = create_app(
+        ServerSettings(persist_dir="unused", cors_origins=("https://app.example.org",))
+    )
+    opened = TestClient(app)
+    r = opened.options("/v1/retrieve", headers=preflight)
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "https://app.example.org"
+    other = opened.options("/v1/retrieve", headers={**preflight, "Origin": "https://evil.test"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_json_error() -> None:
+    from fastapi.testclient import TestClient
+
+    from llamaindex_rerankers.server import create_app
+
+    client = TestClient(create_app(ServerSettings(persist_dir="unused", max_body_bytes=1000)))
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted while reading
+        yield b'{"query": "'
+        for _ in range(20):
+            yield b"x" * 100
+        yield b'"}'
+
+    r = client.post("/v1/retrieve", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert r.json()["code"] == "payload_too_large"
