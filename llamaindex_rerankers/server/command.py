@@ -27,6 +27,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from llamaindex_rerankers.server.settings import SERVER_RERANKERS, ServerSettings, env_name
@@ -119,6 +120,11 @@ def run_serve_command(args: argparse.Namespace) -> int:
         raise ValueError(
             "serve needs an index: pass --persist-dir D (an embedded Chroma folder), "
             "--chroma-host H (a Chroma server), or --demo (the sample corpus)"
+        )
+    if not demo and not settings.chroma_host and not Path(str(settings.persist_dir)).is_dir():
+        raise ValueError(
+            f"no index at --persist-dir {settings.persist_dir!r}; build one first with "
+            f"`llamaindex-rerankers index PATH --persist-dir {settings.persist_dir}`, or use --demo"
         )
     from llamaindex_rerankers._imports import require
 

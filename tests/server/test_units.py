@@ -264,3 +264,58 @@ def test_a_chunked_body_over_the_limit_is_a_413_json_error() -> None:
     r = client.post("/v1/retrieve", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413, r.text
     assert r.json()["code"] == "payload_too_large"
+
+
+def test_the_serve_arguments_need_no_server_extra_and_create_app_names_it() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette'):\n"
+        "    sys.modules[m] = None\n"
+        "import argparse\n"
+        "from llamaindex_rerankers.server.command import add_serve_arguments\n"
+        "p = argparse.ArgumentParser(); add_serve_arguments(p)\n"
+        "assert p.parse_args(['--demo']).demo\n"
+        "try:\n"
+        "    from llamaindex_rerankers.server import create_app\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'llamaindex-rerankers[server]'" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--persist-dir", "/nonexistent/index"], "no index at --persist-dir"),
+        ([], "serve needs an index"),
+        (["--demo", "--chroma-host", "127.0.0.1"], "drop --chroma-host"),
+        (["--demo", "--top-n", "30"], "top_n (30) is larger than top_k (20)"),
+    ],
+)
+def test_serve_fails_in_one_line_with_exit_code_2(args: list[str], words: str) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "llamaindex_rerankers.server", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], out.stderr
