@@ -256,7 +256,7 @@ class RerankRequest(_Request):
     )
 
 
-class RerankResult(BaseModel):
+class RerankResultOut(BaseModel):
     index: int = Field(description="Position of the document in the request.", examples=[0])
     relevance_score: float | None = Field(
         description="Score in [0, 1]; null for a document the reranker could not judge (an "
@@ -270,7 +270,7 @@ class RerankResult(BaseModel):
 
 class RerankResponse(BaseModel):
     id: str = Field(description="This request's id.")
-    results: list[RerankResult] = Field(description="The documents, most relevant first.")
+    results: list[RerankResultOut] = Field(description="The documents, most relevant first.")
     meta: dict[str, Any] = Field(
         description="Cohere's `api_version` and `billed_units` (one search unit per request), "
         "plus `model` (the reranker that ran) and `report` (its report of this call)."
