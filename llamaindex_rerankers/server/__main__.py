@@ -12,9 +12,17 @@ import sys
 from collections.abc import Sequence
 
 from llamaindex_rerankers._models import ModelLoadError
+from llamaindex_rerankers.llm.server import LocalLLMServerError
 from llamaindex_rerankers.server.command import add_serve_arguments, run_serve_command
 
-_USER_ERRORS = (ModelLoadError, ValueError, FileNotFoundError, ConnectionError, ImportError)
+_USER_ERRORS = (
+    ModelLoadError,
+    ValueError,
+    FileNotFoundError,
+    ConnectionError,
+    ImportError,
+    LocalLLMServerError,  # a GGUF that is missing or does not start
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
