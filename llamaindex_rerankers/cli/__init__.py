@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from llamaindex_rerankers._models import ModelLoadError
 from llamaindex_rerankers.cli.commands import run_command
 from llamaindex_rerankers.cli.parser import PROG, UsageError, build_parser, check_args
+from llamaindex_rerankers.llm.server import LocalLLMServerError
 
 #: Exit code for bad input and for models that cannot be loaded.
 EXIT_USAGE = 2
@@ -40,6 +41,7 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     ConnectionError,
     ImportError,
+    LocalLLMServerError,  # a GGUF that is missing or does not start
 )
 
 

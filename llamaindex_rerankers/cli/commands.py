@@ -217,6 +217,12 @@ def _quiet_third_parties() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from llamaindex_rerankers.server.command import run_serve_command
+
+    return run_serve_command(args)
+
+
 #: Subcommand name -> what runs it.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "index": _cmd_index,
@@ -224,4 +230,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _cmd_demo,
     "llm-server": _cmd_llm_server,
     "eval": _cmd_eval,
+    "serve": _cmd_serve,
 }

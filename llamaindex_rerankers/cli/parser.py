@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``llamaindex-rerankers`` (subcommands ``index``, ``query``,
-    ``demo``, ``eval``, ``llm-server``).
+    ``demo``, ``eval``, ``llm-server``, ``serve``).
 
     Example:
         >>> build_parser().parse_args(["demo"]).command
@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     text = "rerank a BEIR dataset's first-stage candidates side by side and score the runs"
     p = sub.add_parser("eval", help=text, description=text)
     add_eval_arguments(p)
+
+    from llamaindex_rerankers.server.command import add_serve_arguments
+
+    text = "serve the RAG chatbot backend (chat, retrieve, Cohere-compatible rerank, a chat page)"
+    p = sub.add_parser("serve", help=text, description=text)
+    add_serve_arguments(p)
     return parser
 
 

@@ -1,0 +1,391 @@
+"""What the routes share: the index, one reranker, the answer LLM, the limits and the sessions.
+
+One :class:`Backend` per app. Blocking work (query embedding, Chroma, cross-encoder inference)
+runs in a bounded thread pool, never on the event loop; LLM judging is async and bounded by the
+LLM reranker's own instance-wide limit (``--llm-concurrency``). Every call returns its own
+report: nothing about a request is kept on the backend or the reranker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from llamaindex_rerankers.base import BaseReranker
+from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+from llamaindex_rerankers.server.limits import AdmissionGate, SessionStore
+from llamaindex_rerankers.server.metrics import Metrics
+from llamaindex_rerankers.server.settings import ServerSettings
+from llamaindex_rerankers.types import RerankReport, RerankResult
+
+if TYPE_CHECKING:
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.llms import LLM
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a readiness probe waits for Chroma or the LLM endpoint.
+_PROBE_TIMEOUT = 3.0
+
+
+class NotReady(Exception):
+    """The backend has not finished loading, or loading failed (the message says why)."""
+
+
+class IndexUnavailable(Exception):
+    """The vector store did not answer a query (a Chroma server down, a broken folder)."""
+
+
+@dataclass
+class Search:
+    """One query's retrieval and reranking.
+
+    Attributes:
+        query: the query.
+        retrieved: first-stage nodes, in retrieval order.
+        nodes: the reranked nodes kept (``top_n``), best first.
+        report: the reranker's report of this call (a placeholder without a reranker).
+        retrieve_seconds: query embedding and the vector search.
+        rerank_seconds: the rerank call.
+        abstained: nothing reached the relevance threshold (or nothing was retrieved).
+        failed: the reranker could not judge anything (an outage, not an abstention).
+    """
+
+    query: str
+    retrieved: list[NodeWithScore]
+    nodes: list[NodeWithScore]
+    report: RerankReport
+    retrieve_seconds: float
+    rerank_seconds: float
+    abstained: bool
+    failed: bool
+
+    @property
+    def status(self) -> str:
+        return "reranker_failed" if self.failed else "abstained" if self.abstained else "ok"
+
+
+class Backend:
+    """The shared state of one server.
+
+    Args:
+        settings: the server's settings.
+        reranker: use this reranker instead of building ``settings.reranker`` (``None`` with
+            ``settings.reranker == "none"`` keeps the retrieval order).
+        index: use this index instead of opening the configured Chroma collection.
+        endpoint: the OpenAI-compatible endpoint for answers (and the LLM rerankers); ``None``
+            builds one from the settings' ``llm_*`` fields.
+        answer_llm: use this LlamaIndex LLM for answers instead of ``endpoint``'s.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        reranker: BaseReranker | None = None,
+        index: VectorStoreIndex | None = None,
+        endpoint: LLMEndpoint | None = None,
+        answer_llm: LLM | None = None,
+    ) -> None:
+        self.settings = settings
+        self.reranker = reranker
+        self.index = index
+        self.endpoint = endpoint or (
+            LLMEndpoint(settings.llm_base_url, settings.llm_model, settings.llm_api_key)
+            if settings.llm_base_url
+            else None
+        )
+        self.answer_llm = answer_llm
+        #: Whether requests are reranked (``False`` for ``--reranker none``).
+        self.reranks = reranker is not None or settings.reranker != "none"
+        self.metrics = Metrics()
+        self.search_gate = AdmissionGate(
+            "search", limit=settings.max_concurrent, queue=settings.max_queue
+        )
+        self.chat_gate = AdmissionGate(
+            "chat", limit=settings.max_chats, queue=settings.max_chat_queue
+        )
+        self.metrics.watch_gate(self.search_gate)
+        self.metrics.watch_gate(self.chat_gate)
+        self.sessions = SessionStore(
+            max_sessions=settings.max_sessions,
+            ttl=settings.session_ttl,
+            max_messages=settings.max_session_messages,
+        )
+        self.metrics.watch_sessions(lambda: len(self.sessions))
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.pool_threads, thread_name_prefix="llamaindex-rerankers-serve"
+        )
+        self._load_lock = threading.Lock()
+        self._loaded = False
+        self._load_error: BaseException | None = None
+        self._load_task: asyncio.Future[None] | None = None
+
+    # -- loading ----------------------------------------------------------------------------
+
+    @property
+    def reranker_name(self) -> str:
+        """The reranker's model name, ``none`` without one."""
+        return self.reranker.model_name if self.reranker is not None else "none"
+
+    def load(self) -> None:
+        """Load the models and open the index (blocking, idempotent, thread-safe).
+
+        Raises:
+            ModelLoadError, ValueError, ConnectionError: a model or the index is missing; the
+                message says which option to set.
+        """
+        try:
+            self.load_reranker()
+            with self._load_lock:
+                if not self._loaded:
+                    self._load()
+                    self._loaded = True
+        except BaseException as exc:
+            self._load_error = exc
+            raise
+        self._load_error = None
+
+    def load_reranker(self) -> None:
+        """Build the reranker and load its model (blocking; part of :meth:`load`)."""
+        with self._load_lock:
+            if self.reranker is None and self.settings.reranker != "none":
+                self.reranker = _build_reranker(self.settings, self.endpoint)
+            for stage in (self.reranker, getattr(self.reranker, "first", None)):
+                load = getattr(stage, "load", None)  # the cross-encoder, a cascade's first stage
+                if callable(load):
+                    load()
+
+    def _load(self) -> None:
+        s = self.settings
+        if self.index is None:
+            from llamaindex_rerankers.pipeline import (
+                DEFAULT_COLLECTION,
+                ChromaConfig,
+                load_index,
+                make_embed_model,
+            )
+
+            config = ChromaConfig(
+                persist_dir=s.persist_dir,
+                collection=s.collection or DEFAULT_COLLECTION,
+                host=s.chroma_host,
+                port=s.chroma_port,
+            )
+            self.index = load_index(config, embed_model=make_embed_model(s.embed_model))
+        if self.answer_llm is None and s.answers and self.endpoint is not None:
+            overrides: dict[str, Any] = {
+                "max_tokens": s.answer_max_tokens,
+                "timeout": s.llm_timeout,
+                "max_retries": s.llm_max_retries,
+            }
+            if s.llm_context_window:
+                overrides["context_window"] = s.llm_context_window
+            self.answer_llm = self.endpoint.as_llama_index_llm(**overrides)
+
+    async def start(self) -> None:
+        """Begin loading in a worker thread (once); requests wait for it in :meth:`ready`."""
+        if self._load_task is None:
+            self._load_task = asyncio.ensure_future(asyncio.to_thread(self.load))
+            # A failed load is reported by ready() and /readyz; keep asyncio from logging it.
+            self._load_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def ready(self) -> None:
+        """Return once loaded.
+
+        Raises:
+            NotReady: loading failed or is still under way.
+        """
+        if self._loaded:
+            return
+        await self.start()
+        assert self._load_task is not None
+        try:
+            await asyncio.shield(self._load_task)
+        except Exception as exc:
+            raise NotReady(f"the server could not load: {_one_line(exc)}") from exc
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    async def run_blocking(self, fn: Any, *args: Any) -> Any:
+        """Run a blocking call in the bounded pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def search(self, query: str, *, top_k: int, top_n: int) -> Search:
+        """Retrieve ``top_k`` candidates and rerank them; keep the best ``top_n``."""
+        await self.ready()
+        assert self.index is not None
+        index = self.index
+        started = time.perf_counter()
+        try:
+            retrieved: list[NodeWithScore] = await self.run_blocking(
+                lambda: index.as_retriever(similarity_top_k=top_k).retrieve(query)
+            )
+        except Exception as exc:
+            logger.warning("retrieval failed: %s: %s", type(exc).__name__, _one_line(exc))
+            raise IndexUnavailable(
+                f"the index did not answer ({type(exc).__name__}); retry later"
+            ) from exc
+        retrieve_seconds = time.perf_counter() - started
+        self.metrics.stage.labels("retrieve").observe(retrieve_seconds)
+        result = await self.rerank(retrieved, query)
+        rerank_seconds = time.perf_counter() - started - retrieve_seconds
+        return self._search(query, retrieved, result, top_n, retrieve_seconds, rerank_seconds)
+
+    async def rerank(self, nodes: Sequence[NodeWithScore], query: str) -> RerankResult:
+        """Rerank ``nodes`` (all of them, best first) with the shared reranker.
+
+        A reranker that judges synchronously (the cross-encoder) runs in the bounded pool; one
+        with its own async judging (LLM, cascade) is awaited, its LLM requests bounded by its
+        instance-wide limit.
+        """
+        await self.ready()
+        reranker = self.reranker
+        if reranker is None:
+            report = RerankReport(query=query, n_candidates=len(nodes), n_returned=len(nodes))
+            return RerankResult([_with_ranks(n, i) for i, n in enumerate(nodes, 1)], report)
+        if type(reranker)._ajudge is BaseReranker._ajudge:
+            result: RerankResult = await self.run_blocking(reranker.rerank, list(nodes), query)
+        else:
+            result = await reranker.arerank(list(nodes), query)
+        self.metrics.observe_report(result.report)
+        return result
+
+    async def rerank_texts(self, query: str, texts: Sequence[str]) -> RerankResult:
+        """Rerank plain texts (``/v1/rerank``); each output node's ``ref_doc_index`` metadata is
+        the text's position in ``texts``."""
+        nodes = [
+            NodeWithScore(node=TextNode(text=t, id_=f"doc-{i}", metadata={"ref_doc_index": i}))
+            for i, t in enumerate(texts)
+        ]
+        return await self.rerank(nodes, query)
+
+    def _search(
+        self,
+        query: str,
+        retrieved: list[NodeWithScore],
+        result: RerankResult,
+        top_n: int,
+        retrieve_seconds: float,
+        rerank_seconds: float,
+    ) -> Search:
+        report = result.report
+        kept = result.nodes[:top_n]
+        report.n_returned = len(kept)  # the reranker returned all; this request keeps top_n
+        failed = report.failed
+        threshold = self.settings.abstain_below
+        judged = self.reranker is not None
+        abstained = not failed and (
+            not retrieved or (judged and threshold > 0 and not report.any_relevant(threshold))
+        )
+        search = Search(
+            query, retrieved, kept, report, retrieve_seconds, rerank_seconds, abstained, failed
+        )
+        self.metrics.outcomes.labels(search.status).inc()
+        return search
+
+    # -- readiness --------------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        """Checks for ``/readyz``: models loaded, Chroma answering, the LLM endpoint answering
+        (only when one is configured)."""
+        checks: dict[str, dict[str, Any]] = {}
+        if self._loaded:
+            checks["models"] = {"ok": True, "detail": f"reranker {self.reranker_name} loaded"}
+        elif self._load_error is not None:
+            checks["models"] = {"ok": False, "detail": _one_line(self._load_error)}
+        else:
+            checks["models"] = {"ok": False, "detail": "loading"}
+        if self.index is not None:
+            checks["chroma"] = await self._probe(self._chroma_probe)
+        elif self._loaded:
+            checks["chroma"] = {"ok": False, "detail": "no index"}
+        if self.endpoint is not None and self.endpoint.base_url:
+            checks["llm"] = await self._probe(self._llm_probe)
+        return checks
+
+    async def _probe(self, fn: Any) -> dict[str, Any]:
+        try:
+            detail = await asyncio.wait_for(asyncio.to_thread(fn), _PROBE_TIMEOUT + 1)
+            return {"ok": True, "detail": detail}
+        except Exception as exc:
+            return {"ok": False, "detail": _one_line(exc) or type(exc).__name__}
+
+    def _chroma_probe(self) -> str:
+        assert self.index is not None
+        # ChromaVectorStore.client is the chromadb collection; count() is a real round trip.
+        count = self.index.vector_store.client.count()
+        return f"collection answers ({count} chunks)"
+
+    def _llm_probe(self) -> str:
+        assert self.endpoint is not None and self.endpoint.base_url
+        url = self.endpoint.base_url.rstrip("/") + "/models"
+        request = urllib.request.Request(url)
+        key = self.endpoint.api_key
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(request, timeout=_PROBE_TIMEOUT) as response:
+                return f"GET {url}: {response.status}"
+        except urllib.error.HTTPError as exc:
+            raise ConnectionError(f"GET {url}: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConnectionError(f"GET {url}: {reason}") from None
+
+
+def _build_reranker(settings: ServerSettings, endpoint: LLMEndpoint | None) -> BaseReranker:
+    from llamaindex_rerankers.registry import make_reranker
+
+    options: dict[str, Any] = {}
+    name = settings.reranker
+    if settings.cross_encoder_model:
+        key = "model" if name == "cross-encoder" else "cross_encoder_model"
+        if name in ("cross-encoder", "cascade"):
+            options[key] = settings.cross_encoder_model
+    if name in ("llm", "cascade"):
+        if endpoint is None:
+            raise ValueError(
+                f"the {name} reranker needs an LLM endpoint: pass --llm-base-url URL (or set "
+                "OPENAI_API_KEY, or a GGUF for the local server)"
+            )
+        options.update(endpoint.reranker_options())
+        options.update(
+            timeout=settings.llm_timeout,
+            max_retries=settings.llm_max_retries,
+            concurrency=settings.llm_concurrency,
+            cache=None if settings.llm_cache == "none" else settings.llm_cache,
+        )
+    reranker = make_reranker(name, top_n=None, **options)
+    if not isinstance(reranker, BaseReranker):
+        raise ValueError(f"the server needs one of this package's rerankers, got {name!r}")
+    return reranker
+
+
+def _with_ranks(node: NodeWithScore, rank: int) -> NodeWithScore:
+    """A copy of a retrieved node carrying its retrieval rank and score, as the rerankers'
+    output does (for ``--reranker none``)."""
+    meta = {
+        **node.node.metadata,
+        "retrieval_rank": rank,
+        "retrieval_score": None if node.score is None else float(node.score),
+        "rerank_score": None,
+    }
+    return NodeWithScore(node=node.node.model_copy(update={"metadata": meta}), score=node.score)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,165 @@
+"""Bounded concurrency and bounded sessions: what keeps one server safe for many users.
+
+Both live on one event loop and never await while changing their state, so they need no lock.
+
+Example:
+    >>> gate = AdmissionGate("search", limit=2, queue=0)
+    >>> gate.capacity
+    2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+
+class Overloaded(Exception):
+    """Every slot and every queue place is taken: answer 503 with Retry-After at once."""
+
+    def __init__(self, gate: str) -> None:
+        super().__init__(f"the server is at capacity ({gate}); retry shortly")
+        self.gate = gate
+
+
+class AdmissionGate:
+    """At most ``limit`` requests run at once and at most ``queue`` wait; the next one is turned
+    away at once (:class:`Overloaded`) instead of waiting without bound.
+
+    Args:
+        name: for errors and metrics (``search``, ``chat``).
+        limit: requests processed at once.
+        queue: requests allowed to wait for a slot.
+    """
+
+    def __init__(self, name: str, *, limit: int, queue: int) -> None:
+        if limit < 1 or queue < 0:
+            raise ValueError(f"limit must be >= 1 and queue >= 0, got {limit} and {queue}")
+        self.name = name
+        self.limit = limit
+        self.queue = queue
+        self.active = 0
+        self.waiting = 0
+        self._semaphore: asyncio.Semaphore | None = None
+
+    @property
+    def capacity(self) -> int:
+        """Requests admitted at once, running and waiting together."""
+        return self.limit + self.queue
+
+    async def acquire(self) -> Ticket:
+        """Take a slot, waiting in the queue if need be; release it with ``ticket.release()``.
+
+        Raises:
+            Overloaded: every slot and queue place is taken (raised before any waiting).
+        """
+        if self.active + self.waiting >= self.capacity:
+            raise Overloaded(self.name)
+        if self._semaphore is None:  # created on the loop that serves the requests
+            self._semaphore = asyncio.Semaphore(self.limit)
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        return Ticket(self)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the body of the ``async with`` (see :meth:`acquire`)."""
+        ticket = await self.acquire()
+        try:
+            yield
+        finally:
+            ticket.release()
+
+    def _release(self) -> None:
+        self.active -= 1
+        assert self._semaphore is not None
+        self._semaphore.release()
+
+
+class Ticket:
+    """One held slot; :meth:`release` may be called any number of times (a streamed response
+    releases it when its body ends and again, harmlessly, when the response closes)."""
+
+    def __init__(self, gate: AdmissionGate) -> None:
+        self._gate: AdmissionGate | None = gate
+
+    def release(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate._release()
+
+
+@dataclass
+class _Session:
+    messages: list[dict[str, str]] = field(default_factory=list)
+    expires: float = 0.0
+
+
+class SessionStore:
+    """Server-side chat histories: bounded in number (least recently used evicted), in length
+    (oldest messages dropped) and in time (``ttl`` seconds since last use).
+
+    Example:
+        >>> store = SessionStore(max_sessions=2, ttl=60.0, max_messages=4)
+        >>> store.append("s1", [{"role": "user", "content": "hi"}])
+        >>> store.history("s1")
+        [{'role': 'user', 'content': 'hi'}]
+    """
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        ttl: float,
+        max_messages: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.ttl = ttl
+        self.max_messages = max_messages
+        self._clock = clock
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._sessions)
+
+    def history(self, session_id: str) -> list[dict[str, str]]:
+        """A copy of the session's messages (empty for an unknown or expired session)."""
+        self._expire()
+        session = self._sessions.get(session_id)
+        if session is None:
+            return []
+        self._touch(session_id, session)
+        return [dict(m) for m in session.messages]
+
+    def append(self, session_id: str, messages: list[dict[str, str]]) -> None:
+        """Add messages to a session (created when new), keeping the newest ``max_messages``."""
+        self._expire()
+        session = self._sessions.get(session_id) or _Session()
+        session.messages = (session.messages + [dict(m) for m in messages])[-self.max_messages :]
+        self._touch(session_id, session)
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+
+    def _touch(self, session_id: str, session: _Session) -> None:
+        session.expires = self._clock() + self.ttl
+        self._sessions[session_id] = session
+        self._sessions.move_to_end(session_id)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        # Ordered by last use, so the expired ones are at the front.
+        while self._sessions:
+            oldest_id, oldest = next(iter(self._sessions.items()))
+            if oldest.expires > now:
+                break
+            del self._sessions[oldest_id]

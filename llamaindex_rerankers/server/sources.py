@@ -1,0 +1,90 @@
+"""Reranked nodes as the API's source records (:class:`~.schemas.SourceOut`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.schema import NodeWithScore
+
+from llamaindex_rerankers.base import RERANK_SCORE, RETRIEVAL_RANK, RETRIEVAL_SCORE
+
+#: Characters of a source's text shown as its snippet.
+SNIPPET_CHARS = 280
+# Node metadata not shown to clients: the reranker's own keys are fields of their own, and
+# server-local paths and indexing fingerprints are nobody's business.
+_HIDDEN_PREFIXES = ("rerank_",)
+_HIDDEN_KEYS = frozenset(
+    {RERANK_SCORE, RETRIEVAL_RANK, RETRIEVAL_SCORE, "file_path", "source_hash", "ref_doc_index"}
+)
+
+
+def source_records(nodes: Sequence[NodeWithScore]) -> list[dict[str, Any]]:
+    """One JSON-ready record per reranked node, best first.
+
+    Example:
+        >>> from llama_index.core.schema import TextNode
+        >>> node = TextNode(text="# Pruning\\nCut in winter.", id_="a#0",
+        ...                 metadata={"rerank_score": 0.9, "retrieval_rank": 2})
+        >>> record = source_records([NodeWithScore(node=node, score=0.9)])[0]
+        >>> record["title"], record["snippet"], record["retrieval_rank"]
+        ('Pruning', 'Cut in winter.', 2)
+    """
+    return [_record(n, rank) for rank, n in enumerate(nodes, start=1)]
+
+
+def _record(n: NodeWithScore, rank: int) -> dict[str, Any]:
+    meta = n.node.metadata
+    text = n.node.get_content()
+    probs = meta.get("rerank_label_probs")
+    return {
+        "id": n.node.node_id,
+        "rank": rank,
+        "title": title_of(n),
+        "snippet": snippet_of(text),
+        "text": text,
+        "metadata": {
+            k: v
+            for k, v in meta.items()
+            if k not in _HIDDEN_KEYS and not k.startswith(_HIDDEN_PREFIXES)
+        },
+        "rerank_score": _float(meta.get(RERANK_SCORE)),
+        "rerank_label": meta.get("rerank_label"),
+        "rerank_label_probs": (
+            {str(k): float(v) for k, v in probs.items()} if isinstance(probs, dict) else None
+        ),
+        "retrieval_rank": int(meta.get(RETRIEVAL_RANK, rank)),
+        "retrieval_score": _float(meta.get(RETRIEVAL_SCORE)),
+    }
+
+
+def title_of(n: NodeWithScore) -> str:
+    """The ``title`` metadata, else the first Markdown heading, else the file name, else the id."""
+    meta = n.node.metadata
+    if isinstance(meta.get("title"), str) and meta["title"].strip():
+        return str(meta["title"]).strip()
+    for line in n.node.get_content().strip().splitlines()[:3]:
+        if line.lstrip().startswith("#"):
+            return line.lstrip().lstrip("#").strip()
+    for key in ("file_name", "source_id"):
+        if isinstance(meta.get(key), str) and meta[key]:
+            return str(meta[key])
+    return str(n.node.node_id)
+
+
+def snippet_of(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """The text on one line without its heading, cut at a word near ``limit`` characters."""
+    lines = text.strip().splitlines()
+    if lines and lines[0].lstrip().startswith("#"):
+        lines = lines[1:]
+    flat = " ".join(" ".join(lines).split())
+    if len(flat) <= limit:
+        return flat
+    return flat[:limit].rsplit(" ", 1)[0] + " …"
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
