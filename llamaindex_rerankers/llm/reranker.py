@@ -48,13 +48,7 @@ from llamaindex_rerankers.llm.cache import (
     SQLiteCache,
     cache_key,
 )
-from llamaindex_rerankers.llm.client import (
-    ChatClient,
-    ChatClientError,
-    ChatResult,
-    OpenAIChatClient,
-    logprobs_supported,
-)
+from llamaindex_rerankers.llm.capabilities import logprobs_supported
 from llamaindex_rerankers.llm.labels import (
     DEFAULT_LABELS,
     UNKNOWN,
@@ -65,6 +59,7 @@ from llamaindex_rerankers.llm.labels import (
     probs_from_tokens,
     validate_labels,
 )
+from llamaindex_rerankers.llm.openai_client import OpenAIChatClient
 from llamaindex_rerankers.llm.prompts import (
     DEFAULT_EXAMPLES,
     FewShotExample,
@@ -74,6 +69,7 @@ from llamaindex_rerankers.llm.prompts import (
     render_messages,
 )
 from llamaindex_rerankers.llm.tokens import TokenCounter
+from llamaindex_rerankers.llm.types import ChatClient, ChatClientError, ChatResult
 from llamaindex_rerankers.types import Judgement, LLMUsage, RerankReport
 
 logger = logging.getLogger(__name__)

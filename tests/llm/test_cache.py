@@ -16,7 +16,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.llm import LLMReranker, MemoryCache, SQLiteCache
 from llamaindex_rerankers.llm.cache import CachedJudgement, cache_key
-from llamaindex_rerankers.llm.client import ChatClientError, ChatResult, GeneratedToken, TokenChoice
+from llamaindex_rerankers.llm.types import ChatClientError, ChatResult, GeneratedToken, TokenChoice
 
 
 def test_cache_key_changes_with_every_component() -> None:

@@ -36,7 +36,7 @@ from fake_openai import (
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.llm import DEFAULT_LABELS, UNKNOWN, LLMReranker
-from llamaindex_rerankers.llm.client import logprobs_supported, record_logprobs_support
+from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
 from llamaindex_rerankers.types import RerankReport
 
 QUERY = "how do I prune apple trees"
