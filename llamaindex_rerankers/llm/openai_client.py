@@ -15,14 +15,13 @@ retries are off; the maths is in :mod:`llamaindex_rerankers.llm.retry`):
 * **Deadline**: ``achat(..., deadline=t)`` takes an absolute :func:`time.monotonic` time after
   which no new attempt starts; a wait that would end past it gives up at once, and each request's
   timeout is cut to the time left.
-* **Endpoints without logprobs**: reasoning models answer 400 to the ``logprobs`` parameter and
-  some servers silently omit them. Either way the endpoint is remembered as "unsupported" for
-  the process (:mod:`llamaindex_rerankers.llm.capabilities`, keyed by ``(base_url, model)``);
-  after a 400 the same call re-asks at once without logprobs, and later calls do not send them.
+* **Endpoints without logprobs** (:mod:`llamaindex_rerankers.llm.capabilities`): a 400 that
+  rejects the ``logprobs`` parameter switches the endpoint to text mode at once and the same
+  call re-asks without it; 200 answers without logprobs switch it only after several in a row.
 
-One ``openai.AsyncOpenAI`` is made per running event loop, because its httpx connection pool is
-bound to the loop it was first used on (the reranker's sync path runs its own loop, possibly in a
-worker thread).
+One ``openai.AsyncOpenAI`` (one connection pool) is made per event loop the client is used on,
+because an httpx pool is bound to the loop it was first used on. The LLM reranker runs all its
+requests on one background loop, so it has exactly one.
 
 Example:
     >>> import asyncio
@@ -47,7 +46,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llamaindex_rerankers._imports import require
-from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
+from llamaindex_rerankers.llm.capabilities import (
+    logprobs_supported,
+    record_logprobs_answer,
+    record_logprobs_rejected,
+)
 from llamaindex_rerankers.llm.retry import (
     is_retryable_status,
     rejects_logprobs,
@@ -257,7 +260,9 @@ class OpenAIChatClient:
                     raw = await client.chat.completions.create(**kwargs)
                 except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                     if want_logprobs and rejects_logprobs(_error_text(exc)):
-                        self._mark_no_logprobs(f"HTTP {exc.status_code}: {_error_text(exc)}")
+                        record_logprobs_rejected(
+                            self.identity, f"HTTP {exc.status_code}: {_error_text(exc)}"
+                        )
                         want_logprobs = False
                         continue  # re-ask at once: this is not a transient failure
                     raise self._fatal(exc, attempts) from exc
@@ -311,12 +316,6 @@ class OpenAIChatClient:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _mark_no_logprobs(self, why: str) -> None:
-        if record_logprobs_support(self.identity, False):
-            logger.info(
-                "%s gives no logprobs (%s); judging from the answer text from now on", self, why
-            )
-
     def _parse(self, raw: Any, want_logprobs: bool, attempts: int) -> ChatResult:
         if isinstance(raw, (str, bytes)) or not hasattr(raw, "choices"):
             raise _Malformed(f"the body is not a chat completion: {_preview(raw)}")
@@ -336,11 +335,9 @@ class OpenAIChatClient:
         tokens: tuple[GeneratedToken, ...] | None = None
         if want_logprobs:
             tokens = _read_logprobs(getattr(choice, "logprobs", None))
-            if tokens is None or (not tokens and text):
-                self._mark_no_logprobs("a 200 answer without logprobs")
-                tokens = None
-            else:
-                record_logprobs_support(self.identity, True)
+            if tokens is not None and not tokens and text:
+                tokens = None  # an empty list for a non-empty answer: logprobs left out
+            record_logprobs_answer(self.identity, has_logprobs=tokens is not None)
         return ChatResult(
             text=text,
             tokens=tokens,

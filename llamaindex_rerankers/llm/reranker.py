@@ -10,7 +10,8 @@ expected relevance Σ p(label) · value(label) (Zhuang et al. 2023, "Beyond Yes 
 Failure policy (a node is never dropped):
 
 * Endpoint without logprobs: the label is parsed from the answer text and the score is its
-  value (``rerank_source="text"``); the client remembers the capability per (base_url, model).
+  value (``rerank_source="text"``). The process switches an endpoint to text mode only on clear
+  evidence (:mod:`llamaindex_rerankers.llm.capabilities`), with a WARNING.
 * Unparseable answer: one retry with a stricter instruction, then the label ``unknown``.
 * Failed request (retries spent, deadline reached): the label ``unknown``; failures are counted
   in the report and logged once per call.
@@ -417,8 +418,8 @@ class LLMReranker(BaseReranker, PromptMixin):
             and self.max_tokens < self.text_max_tokens
             and parse_text_label(result.text, self.labels) is None
         ):
-            # The endpoint turned out to give no logprobs (the client now remembers it) and a
-            # one-token answer may be cut short: ask again in text mode.
+            # The answer came without logprobs and a one-token answer may be cut short: ask
+            # again in text mode.
             result = await self._request(state, messages, logprobs=False)
         return result
 

@@ -31,7 +31,11 @@ from fake_openai import (
     server_error,
 )
 
-from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
+from llamaindex_rerankers.llm.capabilities import (
+    MISSES_BEFORE_TEXT_MODE,
+    logprobs_supported,
+    record_logprobs_support,
+)
 from llamaindex_rerankers.llm.openai_client import OpenAIChatClient
 from llamaindex_rerankers.llm.retry import backoff_delay
 from llamaindex_rerankers.llm.types import ChatClient, ChatClientError, ChatResult
@@ -349,14 +353,32 @@ async def test_400_on_logprobs_falls_back_and_is_remembered(fake: FakeOpenAI) ->
     assert logprobs_supported((fake.url + "/v1", "other-model")) is None
 
 
-async def test_200_without_logprobs_is_remembered(fake: FakeOpenAI) -> None:
-    fake.script(no_logprobs("C"))
+async def test_200_without_logprobs_switches_only_after_three_in_a_row(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
     client = make_client(fake)
-    result = await ask(client)
-    assert result.text == "C" and result.tokens is None and result.attempts == 1
-    assert logprobs_supported(client.identity) is False
-    await ask(client)
-    assert "logprobs" not in fake.chat_requests()[1].body
+    fake.script(no_logprobs("C"), no_logprobs("C"), good("B"), no_logprobs("A"))
+    with caplog.at_level("INFO", logger="llamaindex_rerankers"):
+        result = await ask(client)
+        assert result.text == "C" and result.tokens is None and result.attempts == 1
+        assert logprobs_supported(client.identity) is None  # one odd answer is no capability
+        await ask(client)
+        assert (await ask(client)).tokens is not None  # an answer with logprobs resets the count
+        assert logprobs_supported(client.identity) is True
+        await ask(client)
+        assert logprobs_supported(client.identity) is True
+        assert not caplog.records
+        fake.sticky = no_logprobs("C")
+        for _ in range(MISSES_BEFORE_TEXT_MODE - 1):  # the 4th answer was the first miss
+            await ask(client)
+        assert logprobs_supported(client.identity) is False
+        await ask(client)
+    requests = fake.chat_requests()
+    assert [r.wants_logprobs for r in requests] == [True] * 6 + [False]
+    assert [(r.levelname, r.name) for r in caplog.records] == [
+        ("WARNING", "llamaindex_rerankers.llm.capabilities")
+    ]
+    assert "3 answers in a row without logprobs" in caplog.records[0].getMessage()
 
 
 async def test_top_logprobs_out_of_range_is_a_setting_error(fake: FakeOpenAI) -> None:
