@@ -1,4 +1,5 @@
-"""Judgement caches, and the reranker's bookkeeping around them (no server needed).
+"""Judgement caches (single and batch reads and writes), and the reranker's bookkeeping around
+them (no server needed).
 
 The reranker is driven here through the ChatClient protocol by a scripted client, the same door
 the OpenAI client uses; the real llama.cpp server is exercised in test_local_server.py.
@@ -52,6 +53,49 @@ def test_sqlite_cache_persists_across_instances(tmp_path: Path) -> None:
     assert second.get("k") == value
     assert second.get("missing") is None
     assert len(second) == 1
+
+
+def make_cache(kind: str, tmp_path: Path) -> MemoryCache | SQLiteCache:
+    return MemoryCache() if kind == "memory" else SQLiteCache(tmp_path / "c.sqlite")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_batch_reads_and_writes_agree_with_single_ones(kind: str, tmp_path: Path) -> None:
+    cache = make_cache(kind, tmp_path)
+    values = {
+        f"k{i}": CachedJudgement({"likely": i / 1200, "unlikely": 1 - i / 1200}, "logprobs")
+        for i in range(1200)  # more keys than one SQL statement takes: read in chunks
+    }
+    cache.put_many(values.items())
+    assert len(cache) == 1200
+    assert cache.get_many([*values, "missing"]) == values  # misses are left out
+    assert cache.get("k7") == values["k7"]
+    cache.put("one", values["k1"])
+    assert cache.get_many(["one"]) == {"one": values["k1"]}
+    assert cache.get_many([]) == {}
+    cache.put_many([])
+
+
+def test_sqlite_put_many_is_one_transaction(tmp_path: Path) -> None:
+    cache = SQLiteCache(tmp_path / "c.sqlite")
+    statements: list[str] = []
+    cache._conn.set_trace_callback(statements.append)
+    value = CachedJudgement({"likely": 1.0}, "text")
+    cache.put_many((f"k{i}", value) for i in range(50))
+    assert sum(s.startswith("COMMIT") for s in statements) == 1
+    statements.clear()
+    cache.get_many([f"k{i}" for i in range(50)])
+    assert len([s for s in statements if s.startswith("SELECT")]) == 1
+
+
+def test_a_damaged_sqlite_row_is_a_miss(tmp_path: Path) -> None:
+    cache = SQLiteCache(tmp_path / "c.sqlite")
+    cache.put("good", CachedJudgement({"likely": 1.0}, "text"))
+    with cache._conn:
+        cache._conn.execute("INSERT INTO judgements VALUES ('bad', 'not json', 'text')")
+        cache._conn.execute("INSERT INTO judgements VALUES ('nan', '{\"likely\": NaN}', 'text')")
+    assert set(cache.get_many(["good", "bad", "nan"])) == {"good"}
+    assert cache.get("bad") is None
 
 
 def test_reranker_cache_option(tmp_path: Path) -> None:
