@@ -1,5 +1,5 @@
 """Judgement caches (single and batch reads and writes), and the reranker's bookkeeping around
-them (no server needed).
+them: one read and one write per call, off the event loop (no server needed).
 
 The reranker is driven here through the ChatClient protocol by a scripted client, the same door
 the OpenAI client uses; the real llama.cpp server is exercised in test_local_server.py.
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.llm import LLMReranker, MemoryCache, SQLiteCache
 from llamaindex_rerankers.llm.cache import CachedJudgement, cache_key
+from llamaindex_rerankers.llm.loop import THREAD_NAME as LOOP_THREAD
 from llamaindex_rerankers.llm.types import ChatClientError, ChatResult, GeneratedToken, TokenChoice
 
 
@@ -243,3 +245,82 @@ def test_truncation_is_recorded_per_node() -> None:
     assert flags == {"n0": True, "n1": False}
     assert reranker.last_report.llm.to_dict()["truncated"] == 1  # type: ignore[union-attr]
     assert max(len(p) for p in client.requests) <= 16
+
+
+class RecordingCache:
+    """A user's cache with batch methods: records each batch call and the thread it ran on."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, CachedJudgement] = {}
+        self.batches: list[tuple[str, int, str]] = []
+
+    def get(self, key: str) -> CachedJudgement | None:
+        raise AssertionError("the reranker reads in batches")
+
+    def put(self, key: str, value: CachedJudgement) -> None:
+        raise AssertionError("the reranker writes in batches")
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, CachedJudgement]:
+        self.batches.append(("get", len(keys), threading.current_thread().name))
+        return {k: self.data[k] for k in keys if k in self.data}
+
+    def put_many(self, items: Iterable[tuple[str, CachedJudgement]]) -> None:
+        items = list(items)
+        self.batches.append(("put", len(items), threading.current_thread().name))
+        self.data.update(items)
+
+
+class SingleKeyCache:
+    """A user's cache with only get/put (the protocol's required part)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, CachedJudgement] = {}
+
+    def get(self, key: str) -> CachedJudgement | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: CachedJudgement) -> None:
+        self.data[key] = value
+
+
+def test_the_cache_is_read_once_and_written_once_per_call_off_the_loop() -> None:
+    cache = RecordingCache()
+    reranker = LLMReranker(model="scripted", client=ScriptedClient(), cache=cache)
+    nodes = nodes_of("good a", "bad b", "fair c", "good a")
+    reranker.rerank(nodes, "q")
+    reranker.rerank(nodes_of("good a", "fair d"), "q")
+    # Distinct passages only ("good a" twice is one key); the second call writes only "fair d".
+    assert [(op, n) for op, n, _ in cache.batches] == [
+        ("get", 3),
+        ("put", 3),
+        ("get", 2),
+        ("put", 1),
+    ]
+    caller = threading.current_thread().name
+    assert all(thread not in (caller, LOOP_THREAD) for _, _, thread in cache.batches)
+
+
+def test_a_cache_with_only_get_and_put_still_works() -> None:
+    cache = SingleKeyCache()
+    client = ScriptedClient()
+    reranker = LLMReranker(model="scripted", client=client, cache=cache)
+    reranker.rerank(nodes_of("good a", "bad b"), "q")
+    _, report = reranker.rerank(nodes_of("good a", "bad b"), "q")
+    assert len(cache.data) == 2 and len(client.requests) == 2
+    assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (0, 2)
+
+
+def test_a_failing_cache_is_logged_and_judging_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(SingleKeyCache):
+        def get(self, key: str) -> CachedJudgement | None:
+            raise OSError("disk gone")
+
+        def put(self, key: str, value: CachedJudgement) -> None:
+            raise OSError("disk gone")
+
+    reranker = LLMReranker(model="scripted", client=ScriptedClient(), cache=Broken())
+    with caplog.at_level("WARNING", logger="llamaindex_rerankers"):
+        nodes, report = reranker.rerank(nodes_of("good a", "bad b"), "q")
+    assert [n.node.metadata["rerank_label"] for n in nodes] == ["very likely", "unlikely"]
+    assert report.llm is not None and report.llm.calls == 2
+    assert len([r for r in caplog.records if "disk gone" in r.getMessage()]) == 2

@@ -428,7 +428,7 @@ async def test_sync_call_inside_a_running_loop_survives_faults(fake: FakeOpenAI)
     assert check_output(out, None) == EXPECTED_ORDER
     c = r.last_report.llm.to_dict()  # type: ignore[union-attr]
     assert (c["calls"], c["retries"], c["failures"]) == (8, 2, 0)
-    # The same reranker then works on this loop too (its own client per loop).
+    # The same reranker then works from this loop too (both run on its background loop).
     out = await r.apostprocess_nodes(nodes(), query_str=QUERY)
     assert check_output(out, None) == EXPECTED_ORDER
     assert r.last_report.llm.calls == 6  # type: ignore[union-attr]

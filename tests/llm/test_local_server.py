@@ -130,7 +130,7 @@ async def test_sync_call_inside_a_running_event_loop(llm_server: LocalLLMServer)
     assert sorted(n.node.id_ for n in out) == ["pruning", "stock"]
     assert reranker.last_report is not None
     assert reranker.last_report.llm.calls == 2
-    # A second sync call (a new loop in a new worker thread) works as well.
+    # A second sync call works as well (both ran on the reranker's background loop).
     reranker.postprocess_nodes(nodes[:1], query_str="apple tree pruning")
     assert reranker.last_report.llm.calls == 1
 
