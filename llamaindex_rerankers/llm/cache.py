@@ -1,19 +1,22 @@
 """Caches of LLM judgements: a repeated (query, passage) makes no LLM call.
 
-Key: (model, base_url, prompt key, sha256(query), sha256(passage)) — see :func:`cache_key`; the
-prompt key holds the prompt version and a hash of the templates and labels. Value: a
-:class:`CachedJudgement`, the label probabilities (or the parsed label, as probability 1) and
-where they came from. Judgements that failed are never cached.
+Key: (namespace, prompt key, sha256(query), sha256(passage)), see :func:`cache_key`. The
+namespace names the judge: by default ``"base_url|model"``, or a stable name of the model
+itself (a local server's ``"gguf-sha256:..."``, which stays the same when the server restarts on
+another port). The prompt key holds the prompt version and a hash of the templates, labels and
+examples. Value: a :class:`CachedJudgement`, the label probabilities (or the parsed label, as
+probability 1) and where they came from. Judgements that failed are never cached.
 
 Two implementations of the :class:`JudgementCache` protocol: :class:`MemoryCache` (an LRU, the
 default, per reranker instance) and :class:`SQLiteCache` (a file shared across runs and
 processes). Both also read and write many keys at once (``get_many`` / ``put_many``: one SQL
-statement, one transaction); for a cache of your own those two methods are optional
-(:func:`get_many` / :func:`put_many` fall back to ``get`` / ``put``).
+statement, one transaction), which the reranker uses once per call, off its event loop; for a
+cache of your own those two methods are optional (:func:`get_many` / :func:`put_many` fall back
+to ``get`` / ``put``).
 
 Example:
     >>> cache = MemoryCache(maxsize=2)
-    >>> key = cache_key("gpt-4o-mini", "https://api.openai.com/v1", "v1:abc", "q", "p")
+    >>> key = cache_key("https://api.openai.com/v1|gpt-4o-mini", "v1:abc", "q", "p")
     >>> cache.put(key, CachedJudgement({"unlikely": 0.1, "very likely": 0.9}, "logprobs"))
     >>> cache.get(key).probs["very likely"]
     0.9
@@ -54,16 +57,16 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def cache_key(model: str, base_url: str, prompt_key: str, query: str, passage: str) -> str:
-    """One string key from the model identity, the prompt key and the texts' sha256 digests.
+def cache_key(namespace: str, prompt_key: str, query: str, passage: str) -> str:
+    """One string key from the judge's namespace, the prompt key and the texts' sha256 digests.
 
     Example:
-        >>> cache_key("m", "u", "v1", "q", "p") == cache_key("m", "u", "v1", "q", "p")
+        >>> cache_key("u|m", "v1", "q", "p") == cache_key("u|m", "v1", "q", "p")
         True
-        >>> cache_key("m", "u", "v1", "q", "p") == cache_key("m", "u", "v2", "q", "p")
+        >>> cache_key("u|m", "v1", "q", "p") == cache_key("u|m", "v2", "q", "p")
         False
     """
-    return json.dumps([model, base_url, prompt_key, _sha(query), _sha(passage)])
+    return json.dumps([namespace, prompt_key, _sha(query), _sha(passage)])
 
 
 @runtime_checkable

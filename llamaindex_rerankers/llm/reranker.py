@@ -16,7 +16,9 @@ One instance serves many threads and tasks at once (a chatbot backend for weeks)
 * **Identical passages** (after truncation) in one call are judged once; every copy gets the
   same judgement (``report.llm.deduplicated`` counts the repeats).
 * **The cache** is read once per call and written once per call, in a worker thread off the
-  event loop (one SQL statement / one transaction for :class:`SQLiteCache`).
+  event loop (one SQL statement / one transaction for :class:`SQLiteCache`). Its key holds
+  ``cache_namespace`` (default ``"base_url|model"``): give a stable name of the model, e.g. a
+  local server's ``server.namespace``, and the cache survives the server moving to another port.
 
 Failure policy (a node is never dropped):
 
@@ -110,6 +112,17 @@ COUNTERS = (
 #: Guards the lazy creation of an instance's client and limiter: held for microseconds, so one
 #: lock serves every instance.
 _LAZY_LOCK = threading.Lock()
+
+
+def default_namespace(identity: tuple[str, str]) -> str:
+    """The cache namespace of an endpoint when none is given: ``"base_url|model"``.
+
+    Example:
+        >>> default_namespace(("http://127.0.0.1:8080/v1", "m"))
+        'http://127.0.0.1:8080/v1|m'
+    """
+    base_url, model = identity
+    return f"{base_url}|{model}"
 
 
 @dataclass
@@ -246,6 +259,12 @@ class LLMReranker(BaseReranker, PromptMixin):
         description="'memory' (an LRU per instance), a path to an SQLite file, a JudgementCache "
         "object (get/put; get_many/put_many optional), or None for no cache.",
     )
+    cache_namespace: str | None = Field(
+        default=None,
+        description="Who judges, in the cache key: None is 'base_url|model'. Give a name that "
+        "outlives the endpoint's address, e.g. a local server's `server.namespace` "
+        "('gguf-sha256:...'), so that a restarted server on another port hits the cache.",
+    )
     show_progress: bool = Field(default=False, description="Show a tqdm bar per rerank call.")
 
     _client: ChatClient | None = PrivateAttr(default=None)
@@ -315,6 +334,11 @@ class LLMReranker(BaseReranker, PromptMixin):
     def judgement_cache(self) -> JudgementCache | None:
         """The cache in use (``None`` when caching is off)."""
         return self._cache
+
+    @property
+    def namespace(self) -> str:
+        """The judge's name in cache keys: ``cache_namespace``, else ``"base_url|model"``."""
+        return self.cache_namespace or default_namespace(self.client.identity)
 
     @property
     def prompt_key(self) -> str:
@@ -393,9 +417,9 @@ class LLMReranker(BaseReranker, PromptMixin):
         counters = state.counters
         counters["truncated"] = sum(cut for _, cut in cuts)
         counters["deduplicated"] = len(texts) - len(passages)
-        base_url, model = state.identity
+        namespace = self.cache_namespace or default_namespace(state.identity)
         key_prompt = prompt_key(state.templates, state.labels, state.examples)
-        keys = [cache_key(model, base_url, key_prompt, query_cut, p) for p in passages]
+        keys = [cache_key(namespace, key_prompt, query_cut, p) for p in passages]
 
         found = await self._read_cache(keys)
         counters["cache_hits"] = len(found)

@@ -1,5 +1,6 @@
 """Judgement caches (single and batch reads and writes), and the reranker's bookkeeping around
-them: one read and one write per call, off the event loop (no server needed).
+them: one read and one write per call, off the event loop, keyed by the judge's namespace (no
+server needed).
 
 The reranker is driven here through the ChatClient protocol by a scripted client, the same door
 the OpenAI client uses; the real llama.cpp server is exercised in test_local_server.py.
@@ -23,14 +24,14 @@ from llamaindex_rerankers.llm.types import ChatClientError, ChatResult, Generate
 
 
 def test_cache_key_changes_with_every_component() -> None:
-    base = ("m", "u", "v1:x", "q", "p")
+    base = ("u|m", "v1:x", "q", "p")
     keys = {cache_key(*base)}
     for i in range(len(base)):
         changed = list(base)
         changed[i] = changed[i] + "!"
         keys.add(cache_key(*changed))
     assert len(keys) == 1 + len(base)
-    assert "q" not in cache_key(*base).split('"')[7:]  # texts are stored as digests only
+    assert "q" not in cache_key(*base).split('"')[5:]  # texts are stored as digests only
 
 
 def test_memory_cache_evicts_least_recently_used() -> None:
@@ -125,15 +126,18 @@ class ScriptedClient:
     """Answers by the passage text: 'good' → C, 'fair' → B, 'bad' → A, 'junk' → unparseable,
     'fail' → ChatClientError. Records every request."""
 
-    def __init__(self, logprobs: bool = True) -> None:
+    def __init__(
+        self, logprobs: bool = True, identity: tuple[str, str] = ("http://scripted/v1", "scripted")
+    ) -> None:
         self.logprobs = logprobs
         self.requests: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self._identity = identity
 
     @property
     def identity(self) -> tuple[str, str]:
-        return ("http://scripted/v1", "scripted")
+        return self._identity
 
     async def achat(
         self,
@@ -324,3 +328,22 @@ def test_a_failing_cache_is_logged_and_judging_goes_on(caplog: pytest.LogCapture
     assert [n.node.metadata["rerank_label"] for n in nodes] == ["very likely", "unlikely"]
     assert report.llm is not None and report.llm.calls == 2
     assert len([r for r in caplog.records if "disk gone" in r.getMessage()]) == 2
+
+
+def test_the_cache_namespace_names_the_judge() -> None:
+    shared = MemoryCache()
+    here = ScriptedClient(identity=("http://127.0.0.1:1111/v1", "model.gguf"))
+    there = ScriptedClient(identity=("http://127.0.0.1:2222/v1", "model.gguf"))
+    nodes = nodes_of("good a", "bad b", "fair c")
+    first = LLMReranker(model="model.gguf", client=here, cache=shared)
+    assert first.namespace == "http://127.0.0.1:1111/v1|model.gguf"
+    first.rerank(nodes, "q")
+    # By default another address is another judge: asked again.
+    _, report = LLMReranker(model="model.gguf", client=there, cache=shared).rerank(nodes, "q")
+    assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (3, 0)
+    # Named after the model itself, the cache outlives the address.
+    named = {"cache": shared, "cache_namespace": "gguf-sha256:abc", "model": "model.gguf"}
+    LLMReranker(client=here, **named).rerank(nodes, "q")
+    _, report = LLMReranker(client=there, **named).rerank(nodes, "q")
+    assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (0, 3)
+    assert len(there.requests) == 3
