@@ -31,6 +31,11 @@ Failure policy (a node is never dropped):
 
 Passages labelled ``unknown`` get ``Judgement(score=None)``: :class:`BaseReranker` places them
 after every judged passage, in retrieval order, with ``node.score = None``.
+
+Configuration round-trips: ``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json`` keep every
+setting, the prompts (string fields, also read and written by ``get_prompts`` /
+``update_prompts``) and the cache as a spec (``"memory"``, a path, or ``None``). Secrets
+(``api_key``, ``default_headers``) are never written.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from llama_index.core.bridge.pydantic import (
     field_validator,
     model_validator,
 )
-from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.prompts.mixin import PromptMixin, PromptMixinType
 
 from llamaindex_rerankers.base import BaseReranker
@@ -79,9 +84,14 @@ from llamaindex_rerankers.llm.loop import run_async, run_sync
 from llamaindex_rerankers.llm.openai_client import OpenAIChatClient
 from llamaindex_rerankers.llm.prompts import (
     DEFAULT_EXAMPLES,
+    JUDGE_KEY,
+    JUDGE_PROMPT,
+    RETRY_KEY,
+    RETRY_PROMPT,
+    SYSTEM_KEY,
+    SYSTEM_PROMPT,
     FewShotExample,
     check_prompts,
-    default_prompts,
     prompt_key,
     render_messages,
 )
@@ -112,6 +122,9 @@ COUNTERS = (
 #: Guards the lazy creation of an instance's client and limiter: held for microseconds, so one
 #: lock serves every instance.
 _LAZY_LOCK = threading.Lock()
+
+#: Prompt-mixin key -> the field that holds its template text.
+_PROMPT_FIELDS = {SYSTEM_KEY: "system_prompt", JUDGE_KEY: "judge_prompt", RETRY_KEY: "retry_prompt"}
 
 
 def default_namespace(identity: tuple[str, str]) -> str:
@@ -204,6 +217,21 @@ class LLMReranker(BaseReranker, PromptMixin):
         description="Worked examples (query, passage, label name) shown as earlier chat turns; "
         "() for none. Part of the cache key.",
     )
+    system_prompt: str = Field(
+        default=SYSTEM_PROMPT,
+        description="System message template (prompt key 'system_prompt'); may use {choices} "
+        "and {codes}.",
+    )
+    judge_prompt: str = Field(
+        default=JUDGE_PROMPT,
+        description="User message template (prompt key 'judge_prompt'); must use {query} and "
+        "{passage}, may use {choices} and {codes}.",
+    )
+    retry_prompt: str = Field(
+        default=RETRY_PROMPT,
+        description="Appended to the user message when an answer could not be read (prompt key "
+        "'retry_prompt').",
+    )
     use_logprobs: bool = Field(
         default=True,
         description="Ask for log-probabilities and score by expected relevance; False parses "
@@ -257,7 +285,8 @@ class LLMReranker(BaseReranker, PromptMixin):
     cache: Any = Field(
         default="memory",
         description="'memory' (an LRU per instance), a path to an SQLite file, a JudgementCache "
-        "object (get/put; get_many/put_many optional), or None for no cache.",
+        "object (get/put; get_many/put_many optional), or None for no cache. Written by to_dict "
+        "as 'memory', the SQLite path, or None.",
     )
     cache_namespace: str | None = Field(
         default=None,
@@ -268,8 +297,8 @@ class LLMReranker(BaseReranker, PromptMixin):
     show_progress: bool = Field(default=False, description="Show a tqdm bar per rerank call.")
 
     _client: ChatClient | None = PrivateAttr(default=None)
+    _client_given: bool = PrivateAttr(default=False)
     _cache: JudgementCache | None = PrivateAttr(default=None)
-    _prompts: dict[str, BasePromptTemplate] = PrivateAttr(default_factory=default_prompts)
     _counter: TokenCounter | None = PrivateAttr(default=None)
     _limiter_state: tuple[Any, int, asyncio.Semaphore] | None = PrivateAttr(default=None)
 
@@ -277,6 +306,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         """Args are the fields above; ``client`` replaces the OpenAI client (any ChatClient)."""
         super().__init__(**data)
         self._client = client
+        self._client_given = client is not None
         self._cache = _make_cache(self.cache)
 
     # -- validation -----------------------------------------------------------------------
@@ -287,7 +317,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         return validate_labels(value)
 
     @model_validator(mode="after")
-    def _check_examples(self) -> LLMReranker:
+    def _check_examples_and_prompts(self) -> LLMReranker:
         names = {lab.name for lab in self.labels}
         for ex in self.examples:
             if ex.label not in names:
@@ -295,13 +325,41 @@ class LLMReranker(BaseReranker, PromptMixin):
                     f"few-shot example label {ex.label!r} is not one of the labels "
                     f"{sorted(names)}; fix examples= or pass examples=()"
                 )
+        check_prompts(self._templates())
         return self
+
+    # -- serialisation --------------------------------------------------------------------
+
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """Every setting as JSON-safe data (see :meth:`BaseReranker.to_dict`); the cache is
+        written as ``"memory"``, its SQLite path, or ``None``.
+
+        Raises:
+            ValueError: the cache is an object of your own, or the endpoint was given as an
+                object (``client=``): neither can be written. The message says how
+                to write the rest and pass the object again to ``from_dict``.
+
+        Example:
+            >>> config = LLMReranker(model="m", cache=None, top_n=3).to_dict()
+            >>> LLMReranker.from_dict(config).top_n
+            3
+        """
+        exclude = set(kwargs.pop("exclude", None) or ())
+        if self._client_given and "client" not in exclude:
+            raise ValueError(
+                f"{self.class_name()}.to_dict() cannot write the chat client object it was "
+                f"given ({type(self._client).__name__}). Write the other settings with "
+                "to_dict(exclude={'client'}) and pass the object again: "
+                "LLMReranker.from_dict(config, client=...)."
+            )
+        if "cache" not in exclude:
+            _cache_spec(self.cache)  # raises for a cache that cannot be written
+        exclude.discard("client")
+        return super().to_dict(exclude=exclude, **kwargs)
 
     @field_serializer("cache")
     def _serialize_cache(self, value: Any) -> str | None:
-        if value is None or isinstance(value, str):
-            return value
-        return str(value) if isinstance(value, Path) else repr(value)
+        return _cache_spec(value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -355,18 +413,30 @@ class LLMReranker(BaseReranker, PromptMixin):
     # -- prompt mixin ---------------------------------------------------------------------
 
     def _templates(self) -> dict[str, BasePromptTemplate]:
-        return dict(self._prompts)
+        return {key: PromptTemplate(getattr(self, name)) for key, name in _PROMPT_FIELDS.items()}
 
     def _get_prompts(self) -> dict[str, BasePromptTemplate]:
-        return dict(self._prompts)
+        return self._templates()
 
     def _get_prompt_modules(self) -> PromptMixinType:
         return {}
 
-    def _update_prompts(self, prompts: dict[str, BasePromptTemplate]) -> None:
-        merged = {**self._prompts, **{k: v for k, v in prompts.items() if k in self._prompts}}
-        check_prompts(merged)
-        self._prompts = merged
+    def _update_prompts(self, prompts: Mapping[str, BasePromptTemplate]) -> None:
+        texts = {name: getattr(self, name) for name in _PROMPT_FIELDS.values()}
+        for key, template in prompts.items():
+            if key not in _PROMPT_FIELDS:
+                continue
+            text = getattr(template, "template", None)
+            if not isinstance(text, str):
+                raise ValueError(
+                    f"{key} must be a string template (PromptTemplate('...')), got a "
+                    f"{type(template).__name__}: the reranker keeps its prompts as text so that "
+                    "they are saved with to_dict()."
+                )
+            texts[_PROMPT_FIELDS[key]] = text
+        check_prompts({key: PromptTemplate(texts[name]) for key, name in _PROMPT_FIELDS.items()})
+        for name, text in texts.items():
+            setattr(self, name, text)
 
     # -- judging --------------------------------------------------------------------------
 
@@ -669,6 +739,24 @@ def _make_cache(spec: Any) -> JudgementCache | None:
     raise ValueError(
         f"cache must be 'memory', a path to an SQLite file, an object with get/put, or None; "
         f"got {type(spec).__name__}"
+    )
+
+
+def _cache_spec(value: Any) -> str | None:
+    """What ``to_dict`` writes for a ``cache`` setting; raises for objects it cannot write."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, MemoryCache):
+        return "memory"  # a fresh one when loaded: the entries are not configuration
+    if isinstance(value, SQLiteCache):
+        return value.path
+    raise ValueError(
+        f"LLMReranker.to_dict() cannot write a cache object of type {type(value).__name__}: "
+        "use cache='memory', a path to an SQLite file, or None; or write the other settings "
+        "with to_dict(exclude={'cache'}) and pass it again: LLMReranker.from_dict(config, "
+        "cache=your_cache)."
     )
 
 
