@@ -80,6 +80,7 @@ from llamaindex_rerankers.llm.labels import (
     probs_from_tokens,
     validate_labels,
 )
+from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
 from llamaindex_rerankers.llm.loop import run_async, run_sync
 from llamaindex_rerankers.llm.openai_client import OpenAIChatClient
 from llamaindex_rerankers.llm.prompts import (
@@ -168,8 +169,8 @@ class LLMReranker(BaseReranker, PromptMixin):
     Figures per call (LLM calls, tokens, cache hits, repeats, failures, retries, parse failures)
     are in the call's ``report.llm`` and in the end event.
 
-    The endpoint is an OpenAI-compatible server (``base_url``, ``model``) or any
-    :class:`ChatClient` (``client=``).
+    The endpoint is an OpenAI-compatible server (``base_url``, ``model``), any LlamaIndex
+    ``LLM`` (:meth:`from_llm`), or any :class:`ChatClient` (``client=``).
 
     Fusion with the first stage (``retrieval_weight`` = w, from the base): final score =
     (1 − w) · LLM score + w · rank prior, the rank prior falling linearly from 1 for the first
@@ -302,12 +303,36 @@ class LLMReranker(BaseReranker, PromptMixin):
     _counter: TokenCounter | None = PrivateAttr(default=None)
     _limiter_state: tuple[Any, int, asyncio.Semaphore] | None = PrivateAttr(default=None)
 
-    def __init__(self, *, client: ChatClient | None = None, **data: Any) -> None:
-        """Args are the fields above; ``client`` replaces the OpenAI client (any ChatClient)."""
+    def __init__(self, *, client: ChatClient | None = None, llm: Any = None, **data: Any) -> None:
+        """Args are the fields above, plus one optional endpoint object: ``client`` (any
+        :class:`ChatClient`) or ``llm`` (any LlamaIndex ``LLM``; see :meth:`from_llm`)."""
+        if client is not None and llm is not None:
+            raise ValueError("pass client= or llm=, not both.")
+        if llm is not None:
+            client = LlamaIndexChatClient(llm)
+            data.setdefault("model", client.identity[1])
         super().__init__(**data)
         self._client = client
         self._client_given = client is not None
         self._cache = _make_cache(self.cache)
+
+    @classmethod
+    def from_llm(cls, llm: Any, **settings: Any) -> LLMReranker:
+        """A reranker judging with any LlamaIndex ``LLM``.
+
+        Log-probabilities are used where the LLM class returns them (LlamaIndex's ``OpenAI`` and
+        ``OpenAILike`` as chat models: the scores are expected relevance); with any other LLM
+        the label is read from the answer text. The cache namespace defaults to the LLM's class
+        and model name; ``model`` defaults to the LLM's model name (it picks the tokenizer of
+        the token budgets). The LLM's own settings (retries, timeout) apply to its requests.
+
+        Example:
+            >>> from llama_index.llms.openai_like import OpenAILike  # doctest: +SKIP
+            >>> llm = OpenAILike(model="m", api_base="http://127.0.0.1:8080/v1",
+            ...                  api_key="none", is_chat_model=True)  # doctest: +SKIP
+            >>> reranker = LLMReranker.from_llm(llm, top_n=3)  # doctest: +SKIP
+        """
+        return cls(llm=llm, **settings)
 
     # -- validation -----------------------------------------------------------------------
 
@@ -336,7 +361,7 @@ class LLMReranker(BaseReranker, PromptMixin):
 
         Raises:
             ValueError: the cache is an object of your own, or the endpoint was given as an
-                object (``client=``): neither can be written. The message says how
+                object (``client=`` / ``llm=``): neither can be written. The message says how
                 to write the rest and pass the object again to ``from_dict``.
 
         Example:
@@ -347,10 +372,10 @@ class LLMReranker(BaseReranker, PromptMixin):
         exclude = set(kwargs.pop("exclude", None) or ())
         if self._client_given and "client" not in exclude:
             raise ValueError(
-                f"{self.class_name()}.to_dict() cannot write the chat client object it was "
-                f"given ({type(self._client).__name__}). Write the other settings with "
+                f"{self.class_name()}.to_dict() cannot write the chat client or LLM object it "
+                f"was given ({type(self._client).__name__}). Write the other settings with "
                 "to_dict(exclude={'client'}) and pass the object again: "
-                "LLMReranker.from_dict(config, client=...)."
+                "LLMReranker.from_dict(config, llm=...) or from_dict(config, client=...)."
             )
         if "cache" not in exclude:
             _cache_spec(self.cache)  # raises for a cache that cannot be written
