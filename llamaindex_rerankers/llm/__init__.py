@@ -1,4 +1,11 @@
-"""The LLM reranker: graded likelihood labels from an OpenAI-compatible chat model.
+"""The LLM reranker: graded likelihood labels from a chat model.
+
+The layer, one job per module: :mod:`~.types` (chat data types, the ``ChatClient`` protocol),
+:mod:`~.retry` (backoff maths), :mod:`~.capabilities` (which endpoints give logprobs),
+:mod:`~.openai_client` (the only importer of ``openai``), :mod:`~.llamaindex_client` (any
+LlamaIndex LLM), :mod:`~.labels` and :mod:`~.prompts` (pure), :mod:`~.cache`, :mod:`~.tokens`,
+:mod:`~.loop` (the background event loop), :mod:`~.reranker` and :mod:`~.server` (a local
+llama.cpp server).
 
 Example:
     >>> from llamaindex_rerankers.llm import LLMReranker
@@ -8,16 +15,21 @@ Example:
 from __future__ import annotations
 
 from llamaindex_rerankers.llm.cache import CachedJudgement, JudgementCache, MemoryCache, SQLiteCache
+from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
 from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, UNKNOWN, Label
+from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
+from llamaindex_rerankers.llm.openai_client import OpenAIChatClient
 from llamaindex_rerankers.llm.prompts import PROMPT_VERSION
 from llamaindex_rerankers.llm.reranker import LLMReranker
 from llamaindex_rerankers.llm.server import (
     LLM_GGUF_ENV,
     LocalLLMServer,
     LocalLLMServerError,
+    gguf_namespace,
     local_llm_server,
     serve_forever,
 )
+from llamaindex_rerankers.llm.types import ChatClient, ChatClientError, ChatResult
 
 __all__ = [
     "DEFAULT_LABELS",
@@ -25,13 +37,21 @@ __all__ = [
     "PROMPT_VERSION",
     "UNKNOWN",
     "CachedJudgement",
+    "ChatClient",
+    "ChatClientError",
+    "ChatResult",
     "JudgementCache",
     "LLMReranker",
     "Label",
+    "LlamaIndexChatClient",
     "LocalLLMServer",
     "LocalLLMServerError",
     "MemoryCache",
+    "OpenAIChatClient",
     "SQLiteCache",
+    "gguf_namespace",
     "local_llm_server",
+    "logprobs_supported",
+    "record_logprobs_support",
     "serve_forever",
 ]

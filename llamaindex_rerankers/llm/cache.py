@@ -1,17 +1,22 @@
 """Caches of LLM judgements: a repeated (query, passage) makes no LLM call.
 
-Key: (model, base_url, prompt key, sha256(query), sha256(passage)) — see :func:`cache_key`; the
-prompt key holds the prompt version and a hash of the templates and labels. Value: a
-:class:`CachedJudgement`, the label probabilities (or the parsed label, as probability 1) and
-where they came from. Judgements that failed are never cached.
+Key: (namespace, prompt key, sha256(query), sha256(passage)), see :func:`cache_key`. The
+namespace names the judge: by default ``"base_url|model"``, or a stable name of the model
+itself (a local server's ``"gguf-sha256:..."``, which stays the same when the server restarts on
+another port). The prompt key holds the prompt version and a hash of the templates, labels and
+examples. Value: a :class:`CachedJudgement`, the label probabilities (or the parsed label, as
+probability 1) and where they came from. Judgements that failed are never cached.
 
 Two implementations of the :class:`JudgementCache` protocol: :class:`MemoryCache` (an LRU, the
 default, per reranker instance) and :class:`SQLiteCache` (a file shared across runs and
-processes).
+processes). Both also read and write many keys at once (``get_many`` / ``put_many``: one SQL
+statement, one transaction), which the reranker uses once per call, off its event loop; for a
+cache of your own those two methods are optional (:func:`get_many` / :func:`put_many` fall back
+to ``get`` / ``put``).
 
 Example:
     >>> cache = MemoryCache(maxsize=2)
-    >>> key = cache_key("gpt-4o-mini", "https://api.openai.com/v1", "v1:abc", "q", "p")
+    >>> key = cache_key("https://api.openai.com/v1|gpt-4o-mini", "v1:abc", "q", "p")
     >>> cache.put(key, CachedJudgement({"unlikely": 0.1, "very likely": 0.9}, "logprobs"))
     >>> cache.get(key).probs["very likely"]
     0.9
@@ -25,6 +30,7 @@ import math
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -51,16 +57,16 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def cache_key(model: str, base_url: str, prompt_key: str, query: str, passage: str) -> str:
-    """One string key from the model identity, the prompt key and the texts' sha256 digests.
+def cache_key(namespace: str, prompt_key: str, query: str, passage: str) -> str:
+    """One string key from the judge's namespace, the prompt key and the texts' sha256 digests.
 
     Example:
-        >>> cache_key("m", "u", "v1", "q", "p") == cache_key("m", "u", "v1", "q", "p")
+        >>> cache_key("u|m", "v1", "q", "p") == cache_key("u|m", "v1", "q", "p")
         True
-        >>> cache_key("m", "u", "v1", "q", "p") == cache_key("m", "u", "v2", "q", "p")
+        >>> cache_key("u|m", "v1", "q", "p") == cache_key("u|m", "v2", "q", "p")
         False
     """
-    return json.dumps([model, base_url, prompt_key, _sha(query), _sha(passage)])
+    return json.dumps([namespace, prompt_key, _sha(query), _sha(passage)])
 
 
 @runtime_checkable
@@ -74,6 +80,46 @@ class JudgementCache(Protocol):
     def put(self, key: str, value: CachedJudgement) -> None:
         """Store ``value`` under ``key``."""
         ...
+
+
+def get_many(cache: JudgementCache, keys: Sequence[str]) -> dict[str, CachedJudgement]:
+    """The cached judgements of ``keys`` (misses left out): the cache's own ``get_many`` when
+    it has one, else one ``get`` per key.
+
+    Example:
+        >>> c = MemoryCache()
+        >>> c.put("a", CachedJudgement({"likely": 1.0}, "text"))
+        >>> sorted(get_many(c, ["a", "b"]))
+        ['a']
+    """
+    batch = getattr(cache, "get_many", None)
+    if callable(batch):
+        return dict(batch(keys))
+    found = {}
+    for key in keys:
+        value = cache.get(key)
+        if value is not None:
+            found[key] = value
+    return found
+
+
+def put_many(cache: JudgementCache, items: Mapping[str, CachedJudgement]) -> None:
+    """Store ``items``: the cache's own ``put_many`` when it has one, else one ``put`` each.
+
+    Example:
+        >>> c = MemoryCache()
+        >>> put_many(c, {"a": CachedJudgement({"likely": 1.0}, "text")})
+        >>> len(c)
+        1
+    """
+    if not items:
+        return
+    batch = getattr(cache, "put_many", None)
+    if callable(batch):
+        batch(items.items())
+        return
+    for key, value in items.items():
+        cache.put(key, value)
 
 
 class MemoryCache:
@@ -108,6 +154,26 @@ class MemoryCache:
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedJudgement]:
+        """The entries of ``keys`` that are cached, under one lock (misses left out)."""
+        found = {}
+        with self._lock:
+            for key in keys:
+                value = self._data.get(key)
+                if value is not None:
+                    self._data.move_to_end(key)
+                    found[key] = value
+        return found
+
+    def put_many(self, items: Iterable[tuple[str, CachedJudgement]]) -> None:
+        """Store every ``(key, value)`` of ``items``, under one lock."""
+        with self._lock:
+            for key, value in items:
+                self._data[key] = value
+                self._data.move_to_end(key)
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
 
@@ -149,25 +215,38 @@ class SQLiteCache:
             )
 
     def get(self, key: str) -> CachedJudgement | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT probs, source FROM judgements WHERE key = ?", (key,)
-            ).fetchone()
-        if row is None:
-            return None
-        try:
-            probs = {str(k): float(v) for k, v in json.loads(row[0]).items()}
-        except (ValueError, AttributeError, TypeError):
-            return None  # a damaged row is a miss, not a crash
-        if not all(math.isfinite(p) for p in probs.values()):
-            return None
-        return CachedJudgement(probs, str(row[1]))
+        return self.get_many([key]).get(key)
 
     def put(self, key: str, value: CachedJudgement) -> None:
+        self.put_many([(key, value)])
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedJudgement]:
+        """The cached entries of ``keys``: one ``SELECT ... WHERE key IN (...)`` per
+        :data:`_MAX_VARIABLES` keys (misses and damaged rows left out)."""
+        wanted = list(dict.fromkeys(keys))
+        rows: list[tuple[str, str, str]] = []
+        with self._lock:
+            for start in range(0, len(wanted), _MAX_VARIABLES):
+                chunk = wanted[start : start + _MAX_VARIABLES]
+                marks = ",".join("?" * len(chunk))
+                rows += self._conn.execute(
+                    f"SELECT key, probs, source FROM judgements WHERE key IN ({marks})", chunk
+                ).fetchall()
+        found = {}
+        for key, probs, source in rows:
+            value = _decode(probs, source)
+            if value is not None:
+                found[str(key)] = value
+        return found
+
+    def put_many(self, items: Iterable[tuple[str, CachedJudgement]]) -> None:
+        """Store every ``(key, value)`` of ``items`` in one transaction (one commit)."""
+        rows = [(key, json.dumps(value.probs), value.source) for key, value in items]
+        if not rows:
+            return
         with self._lock, self._conn:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO judgements (key, probs, source) VALUES (?, ?, ?)",
-                (key, json.dumps(value.probs), value.source),
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO judgements (key, probs, source) VALUES (?, ?, ?)", rows
             )
 
     def close(self) -> None:
@@ -181,3 +260,17 @@ class SQLiteCache:
 
     def __repr__(self) -> str:
         return f"SQLiteCache({self.path!r})"
+
+
+#: Keys per ``IN (...)``: below SQLite's lowest limit on bound variables (999 before 3.32).
+_MAX_VARIABLES = 500
+
+
+def _decode(probs: str, source: str) -> CachedJudgement | None:
+    try:
+        decoded = {str(k): float(v) for k, v in json.loads(probs).items()}
+    except (ValueError, AttributeError, TypeError):
+        return None  # a damaged row is a miss, not a crash
+    if not all(math.isfinite(p) for p in decoded.values()):
+        return None
+    return CachedJudgement(decoded, str(source))

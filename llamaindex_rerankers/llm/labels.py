@@ -26,7 +26,7 @@ answer position, sum the probability of the tokens of each label, renormalise ov
 relevance. Without log-probabilities, the label is parsed from the text and score = its value.
 
 Example:
-    >>> from llamaindex_rerankers.llm.client import TokenChoice
+    >>> from llamaindex_rerankers.llm.types import TokenChoice
     >>> top = [TokenChoice("C", -0.2), TokenChoice("B", -2.0), TokenChoice("The", -3.0)]
     >>> probs = label_probs(top, DEFAULT_LABELS)
     >>> round(expected_relevance(probs, DEFAULT_LABELS), 2)
@@ -40,7 +40,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from llamaindex_rerankers.llm.client import GeneratedToken, TokenChoice
+from llamaindex_rerankers.llm.types import GeneratedToken, TokenChoice
 
 #: The label of a passage that could not be judged (no parseable answer, or a failed call).
 UNKNOWN = "unknown"

@@ -1,34 +1,53 @@
-"""LLMReranker: graded likelihood labels from an OpenAI-compatible chat model, scored from the
-label log-probabilities.
+"""LLMReranker: graded likelihood labels from a chat model, scored from the label
+log-probabilities.
 
-Each (query, passage) pair is one chat request at temperature 0 that generates a single token:
-an answer code standing for *unlikely*, *likely* or *very likely* (see
+Each distinct (query, passage) pair of a call is one chat request at temperature 0 that
+generates a single token: an answer code standing for *unlikely*, *likely* or *very likely* (see
 :mod:`llamaindex_rerankers.llm.labels`). The probabilities of the codes among the top
 log-probabilities of that token are renormalised over the label set and the score is the
 expected relevance Σ p(label) · value(label) (Zhuang et al. 2023, "Beyond Yes and No").
 
+One instance serves many threads and tasks at once (a chatbot backend for weeks):
+
+* **One limiter per instance.** Every call, sync or async, runs its requests on one background
+  event loop (:mod:`llamaindex_rerankers.llm.loop`), so an instance has one semaphore, one chat
+  client and one connection pool: ``concurrency`` bounds the requests in flight across *all*
+  its concurrent calls. ``report.llm.max_in_flight`` is the peak of the call's own requests.
+* **Identical passages** (after truncation) in one call are judged once; every copy gets the
+  same judgement (``report.llm.deduplicated`` counts the repeats).
+* **The cache** is read once per call and written once per call, in a worker thread off the
+  event loop (one SQL statement / one transaction for :class:`SQLiteCache`). Its key holds
+  ``cache_namespace`` (default ``"base_url|model"``): give a stable name of the model, e.g. a
+  local server's ``server.namespace``, and the cache survives the server moving to another port.
+
 Failure policy (a node is never dropped):
 
 * Endpoint without logprobs: the label is parsed from the answer text and the score is its
-  value (``rerank_source="text"``); the client remembers the capability per (base_url, model).
+  value (``rerank_source="text"``). The process switches an endpoint to text mode only on clear
+  evidence (:mod:`llamaindex_rerankers.llm.capabilities`), with a WARNING.
 * Unparseable answer: one retry with a stricter instruction, then the label ``unknown``.
 * Failed request (retries spent, deadline reached): the label ``unknown``; failures are counted
   in the report and logged once per call.
 
 Passages labelled ``unknown`` get ``Judgement(score=None)``: :class:`BaseReranker` places them
-after every judged passage, in retrieval order, with ``node.score = 0.0``.
+after every judged passage, in retrieval order, with ``node.score = None``.
+
+Configuration round-trips: ``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json`` keep every
+setting, the prompts (string fields, also read and written by ``get_prompts`` /
+``update_prompts``) and the cache as a spec (``"memory"``, a path, or ``None``). Secrets
+(``api_key``, ``default_headers``) are never written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_index.core.bridge.pydantic import (
     Field,
@@ -37,7 +56,7 @@ from llama_index.core.bridge.pydantic import (
     field_validator,
     model_validator,
 )
-from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.prompts.mixin import PromptMixin, PromptMixinType
 
 from llamaindex_rerankers.base import BaseReranker
@@ -47,14 +66,10 @@ from llamaindex_rerankers.llm.cache import (
     MemoryCache,
     SQLiteCache,
     cache_key,
+    get_many,
+    put_many,
 )
-from llamaindex_rerankers.llm.client import (
-    ChatClient,
-    ChatClientError,
-    ChatResult,
-    OpenAIChatClient,
-    logprobs_supported,
-)
+from llamaindex_rerankers.llm.capabilities import logprobs_supported
 from llamaindex_rerankers.llm.labels import (
     DEFAULT_LABELS,
     UNKNOWN,
@@ -65,27 +80,39 @@ from llamaindex_rerankers.llm.labels import (
     probs_from_tokens,
     validate_labels,
 )
+from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
+from llamaindex_rerankers.llm.loop import run_async, run_sync
+from llamaindex_rerankers.llm.openai_client import OpenAIChatClient
 from llamaindex_rerankers.llm.prompts import (
     DEFAULT_EXAMPLES,
+    JUDGE_KEY,
+    JUDGE_PROMPT,
+    RETRY_KEY,
+    RETRY_PROMPT,
+    SYSTEM_KEY,
+    SYSTEM_PROMPT,
     FewShotExample,
     check_prompts,
-    default_prompts,
     prompt_key,
     render_messages,
 )
 from llamaindex_rerankers.llm.tokens import TokenCounter
+from llamaindex_rerankers.llm.types import ChatClient, ChatClientError, ChatResult
 from llamaindex_rerankers.types import Judgement, LLMUsage, RerankReport
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
 
-#: Counters written to ``report.counters`` on every call (all start at 0).
+#: Counters of ``report.llm`` that the judging adds up (all start at 0).
 COUNTERS = (
     "calls",
     "prompt_tokens",
     "completion_tokens",
     "cache_hits",
+    "deduplicated",
     "failures",
     "retries",
     "parse_failures",
@@ -93,17 +120,39 @@ COUNTERS = (
     "unknown",
 )
 
+#: Guards the lazy creation of an instance's client and limiter: held for microseconds, so one
+#: lock serves every instance.
+_LAZY_LOCK = threading.Lock()
+
+#: Prompt-mixin key -> the field that holds its template text.
+_PROMPT_FIELDS = {SYSTEM_KEY: "system_prompt", JUDGE_KEY: "judge_prompt", RETRY_KEY: "retry_prompt"}
+
+
+def default_namespace(identity: tuple[str, str]) -> str:
+    """The cache namespace of an endpoint when none is given: ``"base_url|model"``.
+
+    Example:
+        >>> default_namespace(("http://127.0.0.1:8080/v1", "m"))
+        'http://127.0.0.1:8080/v1|m'
+    """
+    base_url, model = identity
+    return f"{base_url}|{model}"
+
 
 @dataclass
 class _CallState:
-    """Per-call working state shared by the concurrent judgements of one rerank call."""
+    """Working state of one rerank call, shared by its concurrent judgements (all on the
+    background loop, so no lock is needed). The prompts and labels are read once, at the start:
+    an ``update_prompts`` during the call does not mix two prompts (or two cache keys) in it."""
 
     query: str
-    query_truncated: bool
-    prompt_key: str
+    templates: dict[str, BasePromptTemplate]
+    labels: tuple[Label, ...]
+    examples: tuple[FewShotExample, ...]
+    client: ChatClient
     identity: tuple[str, str]
     deadline: float | None
-    semaphore: asyncio.Semaphore
+    limiter: asyncio.Semaphore
     counters: dict[str, float]
     errors: list[str] = field(default_factory=list)
     in_flight: int = 0
@@ -117,8 +166,11 @@ class LLMReranker(BaseReranker, PromptMixin):
     [0, 1]. Output metadata per node: ``rerank_label`` (most probable label, or ``unknown``),
     ``rerank_score``, ``rerank_label_probs`` (label → probability), ``rerank_source``
     (``"logprobs"``, ``"text"`` or ``"unknown"``), ``rerank_truncated`` and ``rerank_cached``.
-    Figures per call (LLM calls, tokens, cache hits, failures, retries, parse failures) are in
-    ``reranker.last_report.counters`` and in the end event.
+    Figures per call (LLM calls, tokens, cache hits, repeats, failures, retries, parse failures)
+    are in the call's ``report.llm`` and in the end event.
+
+    The endpoint is an OpenAI-compatible server (``base_url``, ``model``), any LlamaIndex
+    ``LLM`` (:meth:`from_llm`), or any :class:`ChatClient` (``client=``).
 
     Fusion with the first stage (``retrieval_weight`` = w, from the base): final score =
     (1 − w) · LLM score + w · rank prior, the rank prior falling linearly from 1 for the first
@@ -130,7 +182,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         >>> reranker = LLMReranker(model="gpt-4o-mini", top_n=2)
         >>> nodes = [NodeWithScore(node=TextNode(text=t), score=1.0)
         ...          for t in ["Prune apple trees in late winter.", "Apple stock fell 2%."]]
-        >>> out = reranker.postprocess_nodes(nodes, query_str="prune apple trees")  # doctest: +SKIP
+        >>> nodes, report = reranker.rerank(nodes, "prune apple trees")  # doctest: +SKIP
     """
 
     model: str = Field(
@@ -150,7 +202,11 @@ class LLMReranker(BaseReranker, PromptMixin):
         "Never serialised or shown.",
     )
     default_headers: dict[str, str] | None = Field(
-        default=None, exclude=True, repr=False, description="Extra HTTP headers for every request."
+        default=None,
+        exclude=True,
+        repr=False,
+        description="Extra HTTP headers for every request. Never serialised or shown (they "
+        "often carry credentials).",
     )
     labels: tuple[Label, ...] = Field(
         default=DEFAULT_LABELS,
@@ -161,6 +217,21 @@ class LLMReranker(BaseReranker, PromptMixin):
         default=DEFAULT_EXAMPLES,
         description="Worked examples (query, passage, label name) shown as earlier chat turns; "
         "() for none. Part of the cache key.",
+    )
+    system_prompt: str = Field(
+        default=SYSTEM_PROMPT,
+        description="System message template (prompt key 'system_prompt'); may use {choices} "
+        "and {codes}.",
+    )
+    judge_prompt: str = Field(
+        default=JUDGE_PROMPT,
+        description="User message template (prompt key 'judge_prompt'); must use {query} and "
+        "{passage}, may use {choices} and {codes}.",
+    )
+    retry_prompt: str = Field(
+        default=RETRY_PROMPT,
+        description="Appended to the user message when an answer could not be read (prompt key "
+        "'retry_prompt').",
     )
     use_logprobs: bool = Field(
         default=True,
@@ -178,7 +249,12 @@ class LLMReranker(BaseReranker, PromptMixin):
         ge=1,
         description="Tokens generated per judgement when the label is parsed from the text.",
     )
-    concurrency: int = Field(default=8, ge=1, description="Judgements in flight at once.")
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Requests in flight at once for this instance, across all its concurrent "
+        "calls (threads and tasks).",
+    )
     timeout: float = Field(default=30.0, gt=0, description="Seconds per HTTP attempt.")
     max_retries: int = Field(
         default=4,
@@ -195,8 +271,8 @@ class LLMReranker(BaseReranker, PromptMixin):
     deadline: float | None = Field(
         default=None,
         gt=0,
-        description="Seconds allowed for one whole rerank call; judgements not done by then are "
-        "labelled unknown. None: no deadline.",
+        description="Seconds allowed for one whole rerank call, the wait for a free request "
+        "slot included; judgements not done by then are labelled unknown. None: no deadline.",
     )
     query_max_tokens: int | None = Field(
         default=128, ge=1, description="Token budget of the query; longer queries are cut."
@@ -209,21 +285,56 @@ class LLMReranker(BaseReranker, PromptMixin):
     )
     cache: Any = Field(
         default="memory",
-        description="'memory' (an LRU per instance), a path to an SQLite file, an object with "
-        "get/put (JudgementCache), or None for no cache.",
+        description="'memory' (an LRU per instance), a path to an SQLite file, a JudgementCache "
+        "object (get/put; get_many/put_many optional), or None for no cache. Written by to_dict "
+        "as 'memory', the SQLite path, or None.",
+    )
+    cache_namespace: str | None = Field(
+        default=None,
+        description="Who judges, in the cache key: None is 'base_url|model'. Give a name that "
+        "outlives the endpoint's address, e.g. a local server's `server.namespace` "
+        "('gguf-sha256:...'), so that a restarted server on another port hits the cache.",
     )
     show_progress: bool = Field(default=False, description="Show a tqdm bar per rerank call.")
 
     _client: ChatClient | None = PrivateAttr(default=None)
+    _client_given: bool = PrivateAttr(default=False)
     _cache: JudgementCache | None = PrivateAttr(default=None)
-    _prompts: dict[str, BasePromptTemplate] = PrivateAttr(default_factory=default_prompts)
     _counter: TokenCounter | None = PrivateAttr(default=None)
+    _limiter_state: tuple[Any, int, asyncio.Semaphore] | None = PrivateAttr(default=None)
 
-    def __init__(self, *, client: ChatClient | None = None, **data: Any) -> None:
-        """Args are the fields above; ``client`` replaces the OpenAI client (any ChatClient)."""
+    def __init__(self, *, client: ChatClient | None = None, llm: Any = None, **data: Any) -> None:
+        """Args are the fields above, plus one optional endpoint object: ``client`` (any
+        :class:`ChatClient`) or ``llm`` (any LlamaIndex ``LLM``; see :meth:`from_llm`)."""
+        if client is not None and llm is not None:
+            raise ValueError("pass client= or llm=, not both.")
+        if llm is not None:
+            client = LlamaIndexChatClient(llm)
+            data.setdefault("model", client.identity[1])
         super().__init__(**data)
         self._client = client
+        self._client_given = client is not None
         self._cache = _make_cache(self.cache)
+
+    @classmethod
+    def from_llm(cls, llm: Any, **settings: Any) -> LLMReranker:
+        """A reranker judging with any LlamaIndex ``LLM``.
+
+        Log-probabilities are used where the LLM class returns them (LlamaIndex's ``OpenAI`` and
+        ``OpenAILike`` as chat models: the scores are expected relevance); with any other LLM
+        the label is read from the answer text. The cache namespace defaults to the LLM's class
+        and model name; ``model`` defaults to the LLM's model name (it picks the tokenizer of
+        the token budgets). The LLM's own settings (retries, timeout) apply to its requests.
+
+        Example:
+            >>> from llama_index.llms.openai_like import OpenAILike  # doctest: +SKIP
+            >>> llm = OpenAILike(model="m", api_base="http://127.0.0.1:8080/v1",
+            ...                  api_key="none", is_chat_model=True)  # doctest: +SKIP
+            >>> reranker = LLMReranker.from_llm(llm, top_n=3)  # doctest: +SKIP
+        """
+        return cls(llm=llm, **settings)
+
+    # -- validation -----------------------------------------------------------------------
 
     @field_validator("labels")
     @classmethod
@@ -231,7 +342,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         return validate_labels(value)
 
     @model_validator(mode="after")
-    def _check_examples(self) -> LLMReranker:
+    def _check_examples_and_prompts(self) -> LLMReranker:
         names = {lab.name for lab in self.labels}
         for ex in self.examples:
             if ex.label not in names:
@@ -239,17 +350,47 @@ class LLMReranker(BaseReranker, PromptMixin):
                     f"few-shot example label {ex.label!r} is not one of the labels "
                     f"{sorted(names)}; fix examples= or pass examples=()"
                 )
+        check_prompts(self._templates())
         return self
+
+    # -- serialisation --------------------------------------------------------------------
+
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """Every setting as JSON-safe data (see :meth:`BaseReranker.to_dict`); the cache is
+        written as ``"memory"``, its SQLite path, or ``None``.
+
+        Raises:
+            ValueError: the cache is an object of your own, or the endpoint was given as an
+                object (``client=`` / ``llm=``): neither can be written. The message says how
+                to write the rest and pass the object again to ``from_dict``.
+
+        Example:
+            >>> config = LLMReranker(model="m", cache=None, top_n=3).to_dict()
+            >>> LLMReranker.from_dict(config).top_n
+            3
+        """
+        exclude = set(kwargs.pop("exclude", None) or ())
+        if self._client_given and "client" not in exclude:
+            raise ValueError(
+                f"{self.class_name()}.to_dict() cannot write the chat client or LLM object it "
+                f"was given ({type(self._client).__name__}). Write the other settings with "
+                "to_dict(exclude={'client'}) and pass the object again: "
+                "LLMReranker.from_dict(config, llm=...) or from_dict(config, client=...)."
+            )
+        if "cache" not in exclude:
+            _cache_spec(self.cache)  # raises for a cache that cannot be written
+        exclude.discard("client")
+        return super().to_dict(exclude=exclude, **kwargs)
 
     @field_serializer("cache")
     def _serialize_cache(self, value: Any) -> str | None:
-        if value is None or isinstance(value, str):
-            return value
-        return str(value) if isinstance(value, Path) else repr(value)
+        return _cache_spec(value)
 
     @classmethod
     def class_name(cls) -> str:
         return "LLMReranker"
+
+    # -- properties -----------------------------------------------------------------------
 
     @property
     def model_name(self) -> str:
@@ -257,89 +398,153 @@ class LLMReranker(BaseReranker, PromptMixin):
 
     @property
     def client(self) -> ChatClient:
-        """The chat client (an :class:`OpenAIChatClient` unless one was passed)."""
-        if self._client is None:
-            self._client = OpenAIChatClient(
-                model=self.model,
-                base_url=self.base_url,
-                api_key=self.api_key,
-                default_headers=self.default_headers,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-                backoff_base=self.backoff_base,
-                backoff_max=self.backoff_max,
-            )
-        return self._client
+        """The chat client (an :class:`OpenAIChatClient` unless one was given)."""
+        with _LAZY_LOCK:
+            if self._client is None:
+                self._client = OpenAIChatClient(
+                    model=self.model,
+                    base_url=self.base_url,
+                    api_key=self.api_key,
+                    default_headers=self.default_headers,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                    backoff_base=self.backoff_base,
+                    backoff_max=self.backoff_max,
+                )
+            return self._client
 
     @property
     def judgement_cache(self) -> JudgementCache | None:
         """The cache in use (``None`` when caching is off)."""
         return self._cache
 
+    @property
+    def namespace(self) -> str:
+        """The judge's name in cache keys: ``cache_namespace``, else ``"base_url|model"``."""
+        return self.cache_namespace or default_namespace(self.client.identity)
+
+    @property
+    def prompt_key(self) -> str:
+        """The prompt part of every cache key (version + hash of prompts, labels, examples)."""
+        return prompt_key(self._templates(), self.labels, self.examples)
+
+    def close(self) -> None:
+        """Close the client's HTTP connections (the next call opens new ones). Optional: an
+        instance that lives as long as the process never needs it."""
+        aclose = getattr(self._client, "aclose", None)
+        if aclose is not None:
+            run_sync(aclose())
+
     # -- prompt mixin ---------------------------------------------------------------------
 
+    def _templates(self) -> dict[str, BasePromptTemplate]:
+        return {key: PromptTemplate(getattr(self, name)) for key, name in _PROMPT_FIELDS.items()}
+
     def _get_prompts(self) -> dict[str, BasePromptTemplate]:
-        return dict(self._prompts)
+        return self._templates()
 
     def _get_prompt_modules(self) -> PromptMixinType:
         return {}
 
-    def _update_prompts(self, prompts: dict[str, BasePromptTemplate]) -> None:
-        merged = {**self._prompts, **{k: v for k, v in prompts.items() if k in self._prompts}}
-        check_prompts(merged)
-        self._prompts = merged
+    def _update_prompts(self, prompts: Mapping[str, BasePromptTemplate]) -> None:
+        texts = {name: getattr(self, name) for name in _PROMPT_FIELDS.values()}
+        for key, template in prompts.items():
+            if key not in _PROMPT_FIELDS:
+                continue
+            text = getattr(template, "template", None)
+            if not isinstance(text, str):
+                raise ValueError(
+                    f"{key} must be a string template (PromptTemplate('...')), got a "
+                    f"{type(template).__name__}: the reranker keeps its prompts as text so that "
+                    "they are saved with to_dict()."
+                )
+            texts[_PROMPT_FIELDS[key]] = text
+        check_prompts({key: PromptTemplate(texts[name]) for key, name in _PROMPT_FIELDS.items()})
+        for name, text in texts.items():
+            setattr(self, name, text)
 
     # -- judging --------------------------------------------------------------------------
 
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
-        """Runs :meth:`_ajudge` on a fresh event loop; in a worker thread if a loop is running
-        here (Jupyter, async web handlers), so the sync API works everywhere."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self._ajudge_and_close(query, texts, report))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(asyncio.run, self._ajudge_and_close(query, texts, report))
-            return future.result()
-
-    async def _ajudge_and_close(
-        self, query: str, texts: Sequence[str], report: RerankReport
-    ) -> list[Judgement]:
-        try:
-            return await self._ajudge(query, texts, report)
-        finally:
-            # The loop ends with this call: close its HTTP connections.
-            aclose = getattr(self._client, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        """Runs the judging on the background loop and waits for it; works in any thread,
+        with or without a running event loop (Jupyter, async web handlers)."""
+        return run_sync(self._judge_on_loop(query, texts, report))
 
     async def _ajudge(
         self, query: str, texts: Sequence[str], report: RerankReport
     ) -> list[Judgement]:
-        """Judge ``texts`` concurrently, at most ``concurrency`` requests in flight."""
+        """Awaits the judging on the background loop; cancelling the caller cancels it."""
+        return await run_async(self._judge_on_loop(query, texts, report))
+
+    def _limiter(self) -> asyncio.Semaphore:
+        """The instance's semaphore (on the background loop; renewed if the loop or
+        ``concurrency`` changed)."""
+        loop = asyncio.get_running_loop()
+        with _LAZY_LOCK:
+            held = self._limiter_state
+            if held is None or held[0] is not loop or held[1] != self.concurrency:
+                held = (loop, self.concurrency, asyncio.Semaphore(self.concurrency))
+                self._limiter_state = held
+            return held[2]
+
+    async def _judge_on_loop(
+        self, query: str, texts: Sequence[str], report: RerankReport
+    ) -> list[Judgement]:
+        """Judge each distinct passage once, at most ``concurrency`` requests in flight for
+        the whole instance; read and write the cache once each."""
         started = time.monotonic()
         counter = self._token_counter()
         query_cut, query_truncated = counter.truncate(query, self.query_max_tokens)
-        counters: dict[str, float] = dict.fromkeys(COUNTERS, 0)
+        cuts = [counter.truncate(text, self.passage_max_tokens) for text in texts]
+        passages = list(dict.fromkeys(passage for passage, _ in cuts))
+        client = self.client
         state = _CallState(
             query=query_cut,
-            query_truncated=query_truncated,
-            prompt_key=prompt_key(self._prompts, self.labels, self.examples),
-            identity=self.client.identity,
-            deadline=None if self.deadline is None else time.monotonic() + self.deadline,
-            semaphore=asyncio.Semaphore(self.concurrency),
-            counters=counters,
+            templates=self._templates(),
+            labels=self.labels,
+            examples=self.examples,
+            client=client,
+            identity=client.identity,
+            deadline=None if self.deadline is None else started + self.deadline,
+            limiter=self._limiter(),
+            counters=dict.fromkeys(COUNTERS, 0),
         )
-        bar = _progress(len(texts), self.show_progress)
+        counters = state.counters
+        counters["truncated"] = sum(cut for _, cut in cuts)
+        counters["deduplicated"] = len(texts) - len(passages)
+        namespace = self.cache_namespace or default_namespace(state.identity)
+        key_prompt = prompt_key(state.templates, state.labels, state.examples)
+        keys = [cache_key(namespace, key_prompt, query_cut, p) for p in passages]
+
+        found = await self._read_cache(keys)
+        counters["cache_hits"] = len(found)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        bar = _progress(len(passages), self.show_progress)
         try:
-            judgements = await asyncio.gather(
-                *(self._judge_one(state, text, counter, bar) for text in texts)
-            )
+            if bar is not None:
+                bar.update(len(found))
+            answers = await _all([self._judge_one(state, passages[i], bar) for i in missing])
         finally:
             if bar is not None:
                 bar.close()
+        fresh = {keys[i]: a for i, a in zip(missing, answers, strict=True)
+                 if isinstance(a, CachedJudgement)}  # fmt: skip
+        await self._write_cache(fresh)
+
+        outcome: dict[str, tuple[CachedJudgement | str, bool]] = {
+            passages[i]: (found[key], True) for i, key in enumerate(keys) if key in found
+        }
+        outcome.update((passages[i], (a, False)) for i, a in zip(missing, answers, strict=True))
+        judgements = []
+        for passage, passage_truncated in cuts:
+            value, hit = outcome[passage]
+            truncated = passage_truncated or query_truncated
+            if isinstance(value, CachedJudgement):
+                judgements.append(_scored(value, state.labels, truncated, cached_hit=hit))
+            else:
+                judgements.append(_unknown(truncated, value))
         report.llm = LLMUsage(
-            judgements=len(texts),
+            judgements=len(passages),
             max_in_flight=state.max_in_flight,
             seconds=time.monotonic() - started,
             **{k: int(v) for k, v in counters.items()},
@@ -348,49 +553,67 @@ class LLMReranker(BaseReranker, PromptMixin):
             logger.warning(
                 "%s: %d of %d judgements failed and were labelled %r (kept after the judged "
                 "nodes); last error: %s",
-                self.class_name(), len(state.errors), len(texts), UNKNOWN, state.errors[-1],
+                self.class_name(), len(state.errors), len(passages), UNKNOWN, state.errors[-1],
             )  # fmt: skip
         if counters["parse_failures"]:
             logger.info(
-                "%s: %d answers could not be parsed (%d nodes labelled %r)",
+                "%s: %d answers could not be parsed (%d passages labelled %r)",
                 self.class_name(), counters["parse_failures"], counters["unknown"], UNKNOWN,
             )  # fmt: skip
-        return list(judgements)
+        return judgements
+
+    async def _read_cache(self, keys: Sequence[str]) -> dict[str, CachedJudgement]:
+        cache = self._cache
+        if cache is None or not keys:
+            return {}
+        try:
+            return await asyncio.to_thread(get_many, cache, keys)
+        except Exception as exc:  # a broken cache must not take the reranker down with it
+            logger.warning("%s: the judgement cache could not be read (%r); judging without it",
+                           self.class_name(), exc)  # fmt: skip
+            return {}
+
+    async def _write_cache(self, items: Mapping[str, CachedJudgement]) -> None:
+        cache = self._cache
+        if cache is None or not items:
+            return
+        try:
+            await asyncio.to_thread(put_many, cache, items)
+        except Exception as exc:
+            logger.warning("%s: %d judgements could not be written to the cache (%r)",
+                           self.class_name(), len(items), exc)  # fmt: skip
 
     def _token_counter(self) -> TokenCounter:
         if self._counter is None:
             self._counter = TokenCounter.for_model(self.model)
         return self._counter
 
-    async def _judge_one(
-        self, state: _CallState, text: str, counter: TokenCounter, bar: Any
-    ) -> Judgement:
-        passage, passage_truncated = counter.truncate(text, self.passage_max_tokens)
-        truncated = passage_truncated or state.query_truncated
-        state.counters["truncated"] += int(passage_truncated)
-        base, model = state.identity
-        key = cache_key(model, base, state.prompt_key, state.query, passage)
+    async def _judge_one(self, state: _CallState, passage: str, bar: Any) -> CachedJudgement | str:
+        """One passage: its judgement, or why it has none."""
         try:
-            cached = self._cache.get(key) if self._cache is not None else None
-            if cached is not None:
-                state.counters["cache_hits"] += 1
-                return self._scored(cached, truncated, cached_hit=True)
-            async with state.semaphore:
+            if not await _acquire(state.limiter, state.deadline):
+                why = (
+                    f"the deadline passed while waiting for one of the {self.concurrency} "
+                    "request slots (concurrency) that this reranker's calls share"
+                )
+                state.counters["failures"] += 1
+                state.counters["unknown"] += 1
+                state.errors.append(why)
+                return why
+            try:
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
-                try:
-                    result = await self._ask(state, passage)
-                except _Failed as exc:
-                    state.counters["unknown"] += 1
-                    return _unknown(truncated, str(exc))
-                finally:
-                    state.in_flight -= 1
+                result = await self._ask(state, passage)
+            except _Failed as exc:
+                state.counters["unknown"] += 1
+                return str(exc)
+            finally:
+                state.in_flight -= 1
+                state.limiter.release()
             if result is None:
                 state.counters["unknown"] += 1
-                return _unknown(truncated, "unparseable answer")
-            if self._cache is not None:
-                self._cache.put(key, result)
-            return self._scored(result, truncated, cached_hit=False)
+                return "unparseable answer"
+            return result
         finally:
             if bar is not None:
                 bar.update(1)
@@ -403,10 +626,10 @@ class LLMReranker(BaseReranker, PromptMixin):
         """
         for retry in (False, True):
             messages = render_messages(
-                self._prompts, state.query, passage, self.labels, retry=retry,
-                examples=self.examples,
+                state.templates, state.query, passage, state.labels, retry=retry,
+                examples=state.examples,
             )  # fmt: skip
-            parsed = self._read(await self._chat(state, messages))
+            parsed = _read(await self._chat(state, messages), state.labels)
             if parsed is not None:
                 return parsed
             state.counters["parse_failures"] += 1
@@ -419,10 +642,10 @@ class LLMReranker(BaseReranker, PromptMixin):
             want
             and result.tokens is None
             and self.max_tokens < self.text_max_tokens
-            and parse_text_label(result.text, self.labels) is None
+            and parse_text_label(result.text, state.labels) is None
         ):
-            # The endpoint turned out to give no logprobs (the client now remembers it) and a
-            # one-token answer may be cut short: ask again in text mode.
+            # The answer came without logprobs and a one-token answer may be cut short: ask
+            # again in text mode.
             result = await self._request(state, messages, logprobs=False)
         return result
 
@@ -431,7 +654,7 @@ class LLMReranker(BaseReranker, PromptMixin):
     ) -> ChatResult:
         counters = state.counters
         try:
-            result = await self.client.achat(
+            result = await state.client.achat(
                 messages,
                 max_tokens=self.max_tokens if logprobs else self.text_max_tokens,
                 logprobs=logprobs,
@@ -451,33 +674,68 @@ class LLMReranker(BaseReranker, PromptMixin):
         counters["completion_tokens"] += result.completion_tokens
         return result
 
-    def _read(self, result: ChatResult) -> CachedJudgement | None:
-        if result.tokens is not None:
-            probs = probs_from_tokens(result.tokens, self.labels)
-            if probs is not None:
-                return CachedJudgement(probs, "logprobs")
-        label = parse_text_label(result.text, self.labels)
-        if label is None:
-            return None
-        return CachedJudgement({lab.name: float(lab is label) for lab in self.labels}, "text")
 
-    def _scored(self, judged: CachedJudgement, truncated: bool, *, cached_hit: bool) -> Judgement:
-        names = {lab.name for lab in self.labels}
-        probs = {k: float(v) for k, v in judged.probs.items() if k in names}
-        return Judgement(
-            score=expected_relevance(probs, self.labels),
-            metadata={
-                "rerank_label": most_probable(probs, self.labels),
-                "rerank_label_probs": probs,
-                "rerank_source": judged.source,
-                "rerank_truncated": truncated,
-                "rerank_cached": cached_hit,
-            },
-        )
+def _read(result: ChatResult, labels: Sequence[Label]) -> CachedJudgement | None:
+    """The label probabilities an answer gives: from the logprobs, else the parsed text."""
+    if result.tokens is not None:
+        probs = probs_from_tokens(result.tokens, labels)
+        if probs is not None:
+            return CachedJudgement(probs, "logprobs")
+    label = parse_text_label(result.text, labels)
+    if label is None:
+        return None
+    return CachedJudgement({lab.name: float(lab is label) for lab in labels}, "text")
+
+
+def _scored(
+    judged: CachedJudgement, labels: Sequence[Label], truncated: bool, *, cached_hit: bool
+) -> Judgement:
+    names = {lab.name for lab in labels}
+    probs = {k: float(v) for k, v in judged.probs.items() if k in names}
+    return Judgement(
+        score=expected_relevance(probs, labels),
+        metadata={
+            "rerank_label": most_probable(probs, labels),
+            "rerank_label_probs": probs,
+            "rerank_source": judged.source,
+            "rerank_truncated": truncated,
+            "rerank_cached": cached_hit,
+        },
+    )
 
 
 class _Failed(Exception):
     """A chat request failed for good (already counted and logged)."""
+
+
+async def _acquire(limiter: asyncio.Semaphore, deadline: float | None) -> bool:
+    """Take a request slot; False when the deadline passes first."""
+    if deadline is None:
+        await limiter.acquire()
+        return True
+    try:
+        await asyncio.wait_for(limiter.acquire(), timeout=max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+async def _all(awaitables: Sequence[Awaitable[T]]) -> list[T]:
+    """Run concurrently and return the results in order; if one raises (a misconfiguration,
+    not a counted failure) or the caller is cancelled, the others are cancelled."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # no-op for finished ones
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            await asyncio.wait(tasks)  # let the cancelled ones release their slots
+            raise task.exception()  # type: ignore[misc]
+    return [task.result() for task in tasks]
 
 
 def _unknown(truncated: bool, why: str) -> Judgement:
@@ -506,6 +764,24 @@ def _make_cache(spec: Any) -> JudgementCache | None:
     raise ValueError(
         f"cache must be 'memory', a path to an SQLite file, an object with get/put, or None; "
         f"got {type(spec).__name__}"
+    )
+
+
+def _cache_spec(value: Any) -> str | None:
+    """What ``to_dict`` writes for a ``cache`` setting; raises for objects it cannot write."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, MemoryCache):
+        return "memory"  # a fresh one when loaded: the entries are not configuration
+    if isinstance(value, SQLiteCache):
+        return value.path
+    raise ValueError(
+        f"LLMReranker.to_dict() cannot write a cache object of type {type(value).__name__}: "
+        "use cache='memory', a path to an SQLite file, or None; or write the other settings "
+        "with to_dict(exclude={'cache'}) and pass it again: LLMReranker.from_dict(config, "
+        "cache=your_cache)."
     )
 
 

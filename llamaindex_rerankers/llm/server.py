@@ -10,15 +10,21 @@ llama-cpp-python 0.3.36 picks AMX kernels on CPUs that advertise AMX, and on vir
 that advertise it without enabling it the server dies with a segmentation fault (a general
 protection fault on ``ldtilecfg``) at its first request. Turning them off costs some speed.
 
+Each server has a ``namespace``, ``"gguf-sha256:<digest of the GGUF file>"``: the name of the
+model itself, which stays the same when the server is started again on another port. Pass it as
+the reranker's ``cache_namespace`` and a judgement cache file is hit across runs.
+
 Example:
     >>> from llamaindex_rerankers.llm import LLMReranker, local_llm_server
     >>> with local_llm_server() as server:  # doctest: +SKIP
-    ...     reranker = LLMReranker(model=server.model, base_url=server.base_url)
+    ...     reranker = LLMReranker(model=server.model, base_url=server.base_url,
+    ...                            cache="judgements.sqlite", cache_namespace=server.namespace)
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -30,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +58,49 @@ class LocalLLMServer:
         base_url: OpenAI-compatible base URL, e.g. ``http://127.0.0.1:51234/v1``.
         model: the model name to send in requests (the GGUF path, as llama.cpp names it).
         process: the server's child process.
+        namespace: ``"gguf-sha256:<hex>"``, the served file's digest (see
+            :func:`gguf_namespace`); a stable ``cache_namespace`` for the reranker. Computed from
+            ``model`` when not given.
     """
 
     base_url: str
     model: str
     process: subprocess.Popen[bytes]
+    namespace: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.namespace:
+            object.__setattr__(self, "namespace", gguf_namespace(self.model))
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def gguf_namespace(path: str | os.PathLike[str]) -> str:
+    """``"gguf-sha256:<hex>"`` for a GGUF file: the cache namespace of the model it holds.
+
+    The digest is computed once per file per process (a few hundred MB/s), and again only if the
+    file's size or modification time changed.
+
+    Example:
+        >>> gguf_namespace("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
+        'gguf-sha256:6f1c...'
+    """
+    resolved = os.path.realpath(path)
+    stat = os.stat(resolved)
+    key = (resolved, stat.st_size, stat.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(key)
+    if known is None:
+        digest = hashlib.sha256()
+        with open(resolved, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        known = f"gguf-sha256:{digest.hexdigest()}"
+        with _DIGESTS_LOCK:
+            _DIGESTS[key] = known
+    return known
 
 
 def resolve_model_path(model_path: str | None = None) -> str:
@@ -181,8 +225,9 @@ def local_llm_server(
     """Run a llama.cpp OpenAI-compatible server for the duration of a ``with`` block.
 
     Starts ``python -m llama_cpp.server --model PATH --logits_all true --host HOST --port P``,
-    waits until ``/v1/models`` answers, yields a :class:`LocalLLMServer`, and on exit terminates
-    the process (killing it if it does not stop within 10 s).
+    waits until ``/v1/models`` answers, yields a :class:`LocalLLMServer` (with the GGUF file's
+    ``namespace``), and on exit terminates the process (killing it if it does not stop within
+    10 s).
 
     Args:
         model_path: GGUF file; default ``$LLAMAINDEX_RERANKERS_LLM_GGUF``.
@@ -212,8 +257,9 @@ def local_llm_server(
     )
     base_url = f"http://{host}:{port}/v1"
     try:
+        namespace = gguf_namespace(path)  # hashed while the server loads the model
         _wait_ready(base_url, process, startup_timeout)
-        yield LocalLLMServer(base_url=base_url, model=path, process=process)
+        yield LocalLLMServer(base_url=base_url, model=path, process=process, namespace=namespace)
     finally:
         _stop(process)
 

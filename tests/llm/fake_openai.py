@@ -5,7 +5,8 @@ on the logprobs parameter).
 It is a real HTTP server on 127.0.0.1 (a free port) in a background thread. Each test queues the
 replies it wants with :meth:`FakeOpenAI.script`; when the queue is empty the server answers with
 its ``default`` reply. Every request received is recorded (:attr:`FakeOpenAI.requests`) so tests
-assert what the client sent and when.
+assert what the client sent, when, and over which connection; the fake also counts the chat
+requests it is answering at once (:attr:`FakeOpenAI.peak_in_flight`), for tests of limits.
 
 Example:
     >>> with FakeOpenAI() as fake:  # doctest: +SKIP
@@ -34,6 +35,7 @@ class Request:
     headers: dict[str, str]  # lower-cased names
     body: Any  # decoded JSON, or None
     at: float  # time.monotonic() when it arrived
+    peer: tuple[str, int] = ("", 0)  # the client's address: one per connection
 
     @property
     def wants_logprobs(self) -> bool:
@@ -237,12 +239,16 @@ class FakeOpenAI:
         default: the reply when the script is empty (a correct answer by default).
         sticky: a reply used for *every* request while set, ahead of the script (for faults
             that must persist, e.g. an endpoint that always rejects logprobs).
+        in_flight: chat requests received and not answered yet.
+        peak_in_flight: the most chat requests it was answering at once.
     """
 
     def __init__(self, default: Script | None = None) -> None:
         self.default: Script = default if default is not None else good()
         self.sticky: Script | None = None
         self.requests: list[Request] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self._queue: deque[Script] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -287,6 +293,9 @@ class FakeOpenAI:
             # HTTP/1.1 keeps connections alive, as real servers do: a client that reused a
             # connection pool across event loops would fail here as it would in production.
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes: without TCP_NODELAY, Nagle's algorithm and
+            # the client's delayed ACK hold every answer back by ~40 ms.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
@@ -310,13 +319,26 @@ class FakeOpenAI:
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=body,
                     at=time.monotonic(),
+                    peer=(str(self.client_address[0]), int(self.client_address[1])),
                 )
                 if self.command == "GET" and self.path.rstrip("/").endswith("/models"):
-                    reply = Reply(body={"object": "list", "data": [{"id": "fake"}]})
-                else:
+                    self._write(Reply(body={"object": "list", "data": [{"id": "fake"}]}))
+                    return
+                with fake._lock:
+                    fake.in_flight += 1
+                    fake.peak_in_flight = max(fake.peak_in_flight, fake.in_flight)
+                try:
                     reply = fake._next_reply(request)
-                if reply.delay and fake._stopping.wait(reply.delay):
-                    return  # shutting down: drop the connection
+                    if reply.delay and fake._stopping.wait(reply.delay):
+                        return  # shutting down: drop the connection
+                finally:
+                    # Counted out before the answer is written: a client that sends its next
+                    # request as soon as it reads this one must not be seen as one too many.
+                    with fake._lock:
+                        fake.in_flight -= 1
+                self._write(reply)
+
+            def _write(self, reply: Reply) -> None:
                 if isinstance(reply.body, bytes):
                     payload = reply.body
                 elif isinstance(reply.body, str):

@@ -1,4 +1,6 @@
-"""Judgement caches, and the reranker's bookkeeping around them (no server needed).
+"""Judgement caches (single and batch reads and writes), and the reranker's bookkeeping around
+them: one read and one write per call, off the event loop, keyed by the judge's namespace (no
+server needed).
 
 The reranker is driven here through the ChatClient protocol by a scripted client, the same door
 the OpenAI client uses; the real llama.cpp server is exercised in test_local_server.py.
@@ -8,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,18 +19,19 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.llm import LLMReranker, MemoryCache, SQLiteCache
 from llamaindex_rerankers.llm.cache import CachedJudgement, cache_key
-from llamaindex_rerankers.llm.client import ChatClientError, ChatResult, GeneratedToken, TokenChoice
+from llamaindex_rerankers.llm.loop import THREAD_NAME as LOOP_THREAD
+from llamaindex_rerankers.llm.types import ChatClientError, ChatResult, GeneratedToken, TokenChoice
 
 
 def test_cache_key_changes_with_every_component() -> None:
-    base = ("m", "u", "v1:x", "q", "p")
+    base = ("u|m", "v1:x", "q", "p")
     keys = {cache_key(*base)}
     for i in range(len(base)):
         changed = list(base)
         changed[i] = changed[i] + "!"
         keys.add(cache_key(*changed))
     assert len(keys) == 1 + len(base)
-    assert "q" not in cache_key(*base).split('"')[7:]  # texts are stored as digests only
+    assert "q" not in cache_key(*base).split('"')[5:]  # texts are stored as digests only
 
 
 def test_memory_cache_evicts_least_recently_used() -> None:
@@ -52,6 +56,49 @@ def test_sqlite_cache_persists_across_instances(tmp_path: Path) -> None:
     assert second.get("k") == value
     assert second.get("missing") is None
     assert len(second) == 1
+
+
+def make_cache(kind: str, tmp_path: Path) -> MemoryCache | SQLiteCache:
+    return MemoryCache() if kind == "memory" else SQLiteCache(tmp_path / "c.sqlite")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_batch_reads_and_writes_agree_with_single_ones(kind: str, tmp_path: Path) -> None:
+    cache = make_cache(kind, tmp_path)
+    values = {
+        f"k{i}": CachedJudgement({"likely": i / 1200, "unlikely": 1 - i / 1200}, "logprobs")
+        for i in range(1200)  # more keys than one SQL statement takes: read in chunks
+    }
+    cache.put_many(values.items())
+    assert len(cache) == 1200
+    assert cache.get_many([*values, "missing"]) == values  # misses are left out
+    assert cache.get("k7") == values["k7"]
+    cache.put("one", values["k1"])
+    assert cache.get_many(["one"]) == {"one": values["k1"]}
+    assert cache.get_many([]) == {}
+    cache.put_many([])
+
+
+def test_sqlite_put_many_is_one_transaction(tmp_path: Path) -> None:
+    cache = SQLiteCache(tmp_path / "c.sqlite")
+    statements: list[str] = []
+    cache._conn.set_trace_callback(statements.append)
+    value = CachedJudgement({"likely": 1.0}, "text")
+    cache.put_many((f"k{i}", value) for i in range(50))
+    assert sum(s.startswith("COMMIT") for s in statements) == 1
+    statements.clear()
+    cache.get_many([f"k{i}" for i in range(50)])
+    assert len([s for s in statements if s.startswith("SELECT")]) == 1
+
+
+def test_a_damaged_sqlite_row_is_a_miss(tmp_path: Path) -> None:
+    cache = SQLiteCache(tmp_path / "c.sqlite")
+    cache.put("good", CachedJudgement({"likely": 1.0}, "text"))
+    with cache._conn:
+        cache._conn.execute("INSERT INTO judgements VALUES ('bad', 'not json', 'text')")
+        cache._conn.execute("INSERT INTO judgements VALUES ('nan', '{\"likely\": NaN}', 'text')")
+    assert set(cache.get_many(["good", "bad", "nan"])) == {"good"}
+    assert cache.get("bad") is None
 
 
 def test_reranker_cache_option(tmp_path: Path) -> None:
@@ -79,15 +126,18 @@ class ScriptedClient:
     """Answers by the passage text: 'good' → C, 'fair' → B, 'bad' → A, 'junk' → unparseable,
     'fail' → ChatClientError. Records every request."""
 
-    def __init__(self, logprobs: bool = True) -> None:
+    def __init__(
+        self, logprobs: bool = True, identity: tuple[str, str] = ("http://scripted/v1", "scripted")
+    ) -> None:
         self.logprobs = logprobs
         self.requests: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self._identity = identity
 
     @property
     def identity(self) -> tuple[str, str]:
-        return ("http://scripted/v1", "scripted")
+        return self._identity
 
     async def achat(
         self,
@@ -199,3 +249,101 @@ def test_truncation_is_recorded_per_node() -> None:
     assert flags == {"n0": True, "n1": False}
     assert reranker.last_report.llm.to_dict()["truncated"] == 1  # type: ignore[union-attr]
     assert max(len(p) for p in client.requests) <= 16
+
+
+class RecordingCache:
+    """A user's cache with batch methods: records each batch call and the thread it ran on."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, CachedJudgement] = {}
+        self.batches: list[tuple[str, int, str]] = []
+
+    def get(self, key: str) -> CachedJudgement | None:
+        raise AssertionError("the reranker reads in batches")
+
+    def put(self, key: str, value: CachedJudgement) -> None:
+        raise AssertionError("the reranker writes in batches")
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, CachedJudgement]:
+        self.batches.append(("get", len(keys), threading.current_thread().name))
+        return {k: self.data[k] for k in keys if k in self.data}
+
+    def put_many(self, items: Iterable[tuple[str, CachedJudgement]]) -> None:
+        items = list(items)
+        self.batches.append(("put", len(items), threading.current_thread().name))
+        self.data.update(items)
+
+
+class SingleKeyCache:
+    """A user's cache with only get/put (the protocol's required part)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, CachedJudgement] = {}
+
+    def get(self, key: str) -> CachedJudgement | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: CachedJudgement) -> None:
+        self.data[key] = value
+
+
+def test_the_cache_is_read_once_and_written_once_per_call_off_the_loop() -> None:
+    cache = RecordingCache()
+    reranker = LLMReranker(model="scripted", client=ScriptedClient(), cache=cache)
+    nodes = nodes_of("good a", "bad b", "fair c", "good a")
+    reranker.rerank(nodes, "q")
+    reranker.rerank(nodes_of("good a", "fair d"), "q")
+    # Distinct passages only ("good a" twice is one key); the second call writes only "fair d".
+    assert [(op, n) for op, n, _ in cache.batches] == [
+        ("get", 3),
+        ("put", 3),
+        ("get", 2),
+        ("put", 1),
+    ]
+    caller = threading.current_thread().name
+    assert all(thread not in (caller, LOOP_THREAD) for _, _, thread in cache.batches)
+
+
+def test_a_cache_with_only_get_and_put_still_works() -> None:
+    cache = SingleKeyCache()
+    client = ScriptedClient()
+    reranker = LLMReranker(model="scripted", client=client, cache=cache)
+    reranker.rerank(nodes_of("good a", "bad b"), "q")
+    _, report = reranker.rerank(nodes_of("good a", "bad b"), "q")
+    assert len(cache.data) == 2 and len(client.requests) == 2
+    assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (0, 2)
+
+
+def test_a_failing_cache_is_logged_and_judging_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(SingleKeyCache):
+        def get(self, key: str) -> CachedJudgement | None:
+            raise OSError("disk gone")
+
+        def put(self, key: str, value: CachedJudgement) -> None:
+            raise OSError("disk gone")
+
+    reranker = LLMReranker(model="scripted", client=ScriptedClient(), cache=Broken())
+    with caplog.at_level("WARNING", logger="llamaindex_rerankers"):
+        nodes, report = reranker.rerank(nodes_of("good a", "bad b"), "q")
+    assert [n.node.metadata["rerank_label"] for n in nodes] == ["very likely", "unlikely"]
+    assert report.llm is not None and report.llm.calls == 2
+    assert len([r for r in caplog.records if "disk gone" in r.getMessage()]) == 2
+
+
+def test_the_cache_namespace_names_the_judge() -> None:
+    shared = MemoryCache()
+    here = ScriptedClient(identity=("http://127.0.0.1:1111/v1", "model.gguf"))
+    there = ScriptedClient(identity=("http://127.0.0.1:2222/v1", "model.gguf"))
+    nodes = nodes_of("good a", "bad b", "fair c")
+    first = LLMReranker(model="model.gguf", client=here, cache=shared)
+    assert first.namespace == "http://127.0.0.1:1111/v1|model.gguf"
+    first.rerank(nodes, "q")
+    # By default another address is another judge: asked again.
+    _, report = LLMReranker(model="model.gguf", client=there, cache=shared).rerank(nodes, "q")
+    assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (3, 0)
+    # Named after the model itself, the cache outlives the address.
+    named = {"cache": shared, "cache_namespace": "gguf-sha256:abc", "model": "model.gguf"}
+    LLMReranker(client=here, **named).rerank(nodes, "q")
+    _, report = LLMReranker(client=there, **named).rerank(nodes, "q")
+    assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (0, 3)
+    assert len(there.requests) == 3

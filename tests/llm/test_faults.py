@@ -36,7 +36,7 @@ from fake_openai import (
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.llm import DEFAULT_LABELS, UNKNOWN, LLMReranker
-from llamaindex_rerankers.llm.client import logprobs_supported, record_logprobs_support
+from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
 from llamaindex_rerankers.types import RerankReport
 
 QUERY = "how do I prune apple trees"
@@ -321,27 +321,66 @@ def test_empty_choices_always_is_a_counted_failure(fake: FakeOpenAI) -> None:
 # -- endpoints without logprobs -------------------------------------------------------------
 
 
-def test_missing_logprobs_falls_back_to_text(fake: FakeOpenAI) -> None:
+def test_missing_logprobs_falls_back_to_text(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
     fake.default = judge(logprobs=False)
     r = reranker(fake, concurrency=2)
-    out = rerank(r)
+    with caplog.at_level("INFO", logger="llamaindex_rerankers"):
+        out = rerank(r)
     assert check_output(out, None) == EXPECTED_ORDER
     assert {n.node.metadata["rerank_source"] for n in out} == {"text"}
     scores = {n.node.node_id: n.score for n in out}
     assert scores["n1"] == scores["n4"] == 1.0 and scores["n3"] == 0.5 and scores["n0"] == 0.0
     assert logprobs_supported(r.client.identity) is False
     requests = fake.chat_requests()
-    # Only the first wave asked for logprobs; once learnt, the capability is not asked again.
-    assert 1 <= sum(req.wants_logprobs for req in requests) <= 2
+    # Text mode after MISSES_BEFORE_TEXT_MODE (3) answers without logprobs in a row; at most one
+    # more judgement (concurrency=2) was in flight when it switched. Later ones do not ask.
+    assert 3 <= sum(req.wants_logprobs for req in requests) <= 4
     assert not requests[-1].wants_logprobs
     c = counters(r)
     assert (c["calls"], c["failures"], c["unknown"]) == (6, 0, 0)
+    # Said once, at WARNING, naming the endpoint; a second call on it says nothing more.
+    switched = [rec for rec in caplog.records if "no logprobs" in rec.getMessage()]
+    assert [rec.levelname for rec in switched] == ["WARNING"]
+    assert fake.url in switched[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="llamaindex_rerankers"):
+        rerank(reranker(fake))
+    assert not [rec for rec in caplog.records if "no logprobs" in rec.getMessage()]
 
 
-def test_400_on_logprobs_falls_back_to_text(fake: FakeOpenAI) -> None:
+def test_one_answer_without_logprobs_does_not_switch_the_endpoint(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A proxy or an overloaded server drops logprobs from one answer: that passage is judged
+    # from its text, the endpoint keeps being asked for logprobs.
+    fake.script(judge(logprobs=False), judge(logprobs=False))
+    r = reranker(fake, concurrency=1)
+    with caplog.at_level("INFO", logger="llamaindex_rerankers"):
+        out = rerank(r)
+    sources = {n.node.node_id: n.node.metadata["rerank_source"] for n in out}
+    assert sources == {"n0": "text", "n1": "text", **{i: "logprobs" for i in IDS[2:]}}
+    assert logprobs_supported(r.client.identity) is True
+    assert all(req.wants_logprobs for req in fake.chat_requests())
+    assert not [rec for rec in caplog.records if "no logprobs" in rec.getMessage()]
+    # Two more misses do not add up to three in a row: the answers in between had logprobs.
+    fake.script(judge(logprobs=False), judge(logprobs=False))
+    rerank(r)
+    assert logprobs_supported(r.client.identity) is True
+
+
+def test_400_on_logprobs_falls_back_to_text(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
     fake.sticky = logprobs_rejected(then=judge())
     r = reranker(fake, concurrency=2, top_n=3)
-    out = rerank(r)
+    with caplog.at_level("INFO", logger="llamaindex_rerankers"):
+        out = rerank(r)
+    # The server said so: text mode at once (not after three answers), one WARNING.
+    switched = [rec for rec in caplog.records if "no logprobs" in rec.getMessage()]
+    assert [rec.levelname for rec in switched] == ["WARNING"]
+    assert "rejected the logprobs parameter" in switched[0].getMessage()
     assert check_output(out, 3) == EXPECTED_ORDER[:3]
     assert {n.node.metadata["rerank_source"] for n in out} == {"text"}
     assert logprobs_supported(r.client.identity) is False
@@ -389,7 +428,7 @@ async def test_sync_call_inside_a_running_loop_survives_faults(fake: FakeOpenAI)
     assert check_output(out, None) == EXPECTED_ORDER
     c = r.last_report.llm.to_dict()  # type: ignore[union-attr]
     assert (c["calls"], c["retries"], c["failures"]) == (8, 2, 0)
-    # The same reranker then works on this loop too (its own client per loop).
+    # The same reranker then works from this loop too (both run on its background loop).
     out = await r.apostprocess_nodes(nodes(), query_str=QUERY)
     assert check_output(out, None) == EXPECTED_ORDER
     assert r.last_report.llm.calls == 6  # type: ignore[union-attr]

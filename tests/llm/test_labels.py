@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llamaindex_rerankers.llm.client import GeneratedToken, TokenChoice
 from llamaindex_rerankers.llm.labels import (
     DEFAULT_LABELS,
     Label,
@@ -24,6 +23,7 @@ from llamaindex_rerankers.llm.labels import (
     validate_labels,
 )
 from llamaindex_rerankers.llm.tokens import tiktoken_encoding
+from llamaindex_rerankers.llm.types import GeneratedToken, TokenChoice
 
 NAMES = [lab.name for lab in DEFAULT_LABELS]
 logprob = st.floats(min_value=-30.0, max_value=0.0, allow_nan=False)

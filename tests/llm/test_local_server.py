@@ -1,10 +1,12 @@
-"""LLMReranker against a real llama.cpp server running SmolLM2-135M (about 20 LLM calls)."""
+"""LLMReranker against a real llama.cpp server running SmolLM2-135M (about 25 LLM calls)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from llamaindex_rerankers.llm.server import (
     LLM_GGUF_ENV,
     LocalLLMServer,
     LocalLLMServerError,
+    gguf_namespace,
     local_llm_server,
     resolve_model_path,
 )
@@ -130,9 +133,47 @@ async def test_sync_call_inside_a_running_event_loop(llm_server: LocalLLMServer)
     assert sorted(n.node.id_ for n in out) == ["pruning", "stock"]
     assert reranker.last_report is not None
     assert reranker.last_report.llm.calls == 2
-    # A second sync call (a new loop in a new worker thread) works as well.
+    # A second sync call works as well (both ran on the reranker's background loop).
     reranker.postprocess_nodes(nodes[:1], query_str="apple tree pruning")
     assert reranker.last_report.llm.calls == 1
+
+
+def test_gguf_namespace_is_the_file_digest_computed_once(tmp_path: Path) -> None:
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    expected = "gguf-sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    assert gguf_namespace(model) == gguf_namespace(str(model)) == expected
+    # Same path, size and mtime: the stored digest, not the file, answers.
+    stat = model.stat()
+    model.write_bytes(b"FUGG" + bytes(range(256)) * 64)
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert gguf_namespace(model) == expected
+    # Another mtime: hashed again.
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert gguf_namespace(model) != expected
+
+
+def test_the_cache_is_hit_through_a_second_server_on_another_port(
+    gguf_path: str, tmp_path: Path
+) -> None:
+    cache = str(tmp_path / "judgements.sqlite")
+    two = apple_nodes()[:2]
+    from llamaindex_rerankers.llm.server import _free_port
+
+    first_port = _free_port("127.0.0.1")
+    second_port = next(p for p in iter(lambda: _free_port("127.0.0.1"), None) if p != first_port)
+    seen = []
+    for port in (first_port, second_port):  # two starts, one after the other
+        with local_llm_server(gguf_path, port=port, startup_timeout=180) as server:
+            assert server.namespace == gguf_namespace(gguf_path)
+            reranker = reranker_for(server, cache=cache, cache_namespace=server.namespace)
+            out, report = reranker.rerank(two, QUERY)
+            seen.append((server.base_url, report.llm, [(n.node.id_, n.score) for n in out]))
+    (first_url, first, first_out), (second_url, second, second_out) = seen
+    assert first_url != second_url
+    assert first is not None and (first.calls, first.cache_hits) == (2, 0)
+    assert second is not None and (second.calls, second.cache_hits) == (0, 2)
+    assert second_out == first_out
 
 
 def test_server_process_is_stopped_on_exit(gguf_path: str) -> None:

@@ -1,28 +1,27 @@
-"""The one door to OpenAI-compatible chat endpoints: requests, retries and capability memory.
+"""The one door to OpenAI-compatible chat endpoints: requests and retries.
 
 This is the only module of the package that imports ``openai`` (lazily, on first use). It turns
-one chat request into a :class:`ChatResult` or a :class:`ChatClientError`, with our own retry
-policy (the SDK's retries are off):
+one chat request into a :class:`~llamaindex_rerankers.llm.types.ChatResult` or a
+:class:`~llamaindex_rerankers.llm.types.ChatClientError`, with our own retry policy (the SDK's
+retries are off; the maths is in :mod:`llamaindex_rerankers.llm.retry`):
 
 * **Retried**: HTTP 408, 429 and 5xx, connection errors, timeouts and malformed 200 answers (a
   body that is not a chat completion, or one without choices; proxies and overloaded servers
-  produce them). Waits grow exponentially with *full jitter*
-  (:func:`backoff_delay`); a ``Retry-After`` header (seconds or HTTP date, or OpenAI's
-  ``retry-after-ms``) replaces the jittered wait, capped by ``backoff_max``
-  (:func:`parse_retry_after`, :func:`retry_delay`).
+  produce them). Waits grow exponentially with *full jitter*; a ``Retry-After`` header (seconds
+  or HTTP date, or OpenAI's ``retry-after-ms``) replaces the jittered wait, capped by
+  ``backoff_max``.
 * **Not retried**: other 4xx answers (bad key, unknown model, bad request): retrying cannot fix
   them, so they fail at once with the server's message.
 * **Deadline**: ``achat(..., deadline=t)`` takes an absolute :func:`time.monotonic` time after
   which no new attempt starts; a wait that would end past it gives up at once, and each request's
   timeout is cut to the time left.
-* **Endpoints without logprobs**: reasoning models answer 400 to the ``logprobs`` parameter and
-  some servers silently omit them. Either way the endpoint is remembered as "unsupported" for
-  the process (:func:`logprobs_supported`, keyed by ``(base_url, model)``); after a 400 the
-  same call re-asks at once without logprobs, and later calls do not send them.
+* **Endpoints without logprobs** (:mod:`llamaindex_rerankers.llm.capabilities`): a 400 that
+  rejects the ``logprobs`` parameter switches the endpoint to text mode at once and the same
+  call re-asks without it; 200 answers without logprobs switch it only after several in a row.
 
-One ``openai.AsyncOpenAI`` is made per running event loop, because its httpx connection pool is
-bound to the loop it was first used on (the reranker's sync path runs its own loop, possibly in a
-worker thread).
+One ``openai.AsyncOpenAI`` (one connection pool) is made per event loop the client is used on,
+because an httpx pool is bound to the loop it was first used on. The LLM reranker runs all its
+requests on one background loop, so it has exactly one.
 
 Example:
     >>> import asyncio
@@ -36,21 +35,29 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import datetime
-import email.utils
 import functools
 import logging
-import math
 import os
 import random
 import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from llamaindex_rerankers._imports import require
+from llamaindex_rerankers.llm.capabilities import (
+    logprobs_supported,
+    record_logprobs_answer,
+    record_logprobs_rejected,
+)
+from llamaindex_rerankers.llm.retry import (
+    is_retryable_status,
+    rejects_logprobs,
+    retry_after_from_headers,
+    retry_delay,
+)
+from llamaindex_rerankers.llm.types import ChatClientError, ChatResult, GeneratedToken, TokenChoice
 
 logger = logging.getLogger(__name__)
 
@@ -58,272 +65,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: API key sent to a ``base_url`` that needs none (local servers ignore it; the SDK wants one).
 PLACEHOLDER_API_KEY = "not-needed"
-#: HTTP statuses worth retrying besides 5xx.
-RETRYABLE_STATUSES = frozenset({408, 429})
-
-
-@dataclass(frozen=True)
-class TokenChoice:
-    """One alternative at a generated position (an entry of ``top_logprobs``).
-
-    Example:
-        >>> TokenChoice(token="A", logprob=-0.1).logprob
-        -0.1
-    """
-
-    token: str
-    logprob: float
-
-
-@dataclass(frozen=True)
-class GeneratedToken:
-    """A generated token with its log-probability and the top alternatives at its position.
-
-    Example:
-        >>> t = GeneratedToken("A", -0.1, (TokenChoice("A", -0.1), TokenChoice("B", -2.4)))
-        >>> [c.token for c in t.top]
-        ['A', 'B']
-    """
-
-    token: str
-    logprob: float
-    top: tuple[TokenChoice, ...]
-
-
-@dataclass(frozen=True)
-class ChatResult:
-    """What one successful chat call returned.
-
-    Attributes:
-        text: the message content (``""`` if none).
-        tokens: the generated tokens with log-probabilities, or ``None`` when logprobs were not
-            asked for, or the endpoint does not give them.
-        prompt_tokens: prompt tokens as reported by the server (0 if it reports none).
-        completion_tokens: generated tokens as reported by the server (0 if none).
-        attempts: HTTP attempts made, 1 when the first one succeeded.
-
-    Example:
-        >>> ChatResult(text="A", tokens=None, prompt_tokens=50, completion_tokens=1, attempts=1)
-        ChatResult(text='A', tokens=None, prompt_tokens=50, completion_tokens=1, attempts=1)
-    """
-
-    text: str
-    tokens: tuple[GeneratedToken, ...] | None
-    prompt_tokens: int
-    completion_tokens: int
-    attempts: int
-
-
-class ChatClientError(RuntimeError):
-    """A chat call failed for good: retries spent, deadline reached or a non-retryable answer.
-
-    Attributes:
-        status: HTTP status of the last answer, ``None`` for connection errors, timeouts and
-            malformed bodies.
-        attempts: HTTP attempts made.
-
-    Example:
-        >>> str(ChatClientError("HTTP 500 three times", status=500, attempts=3))
-        'HTTP 500 three times'
-    """
-
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-        self.attempts = attempts
-
-
-@runtime_checkable
-class ChatClient(Protocol):
-    """What the LLM reranker needs from a chat endpoint; :class:`OpenAIChatClient` is one."""
-
-    @property
-    def identity(self) -> tuple[str, str]:
-        """``(base_url, model)``: the key of the score cache and of the capability memory."""
-        ...
-
-    async def achat(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        *,
-        max_tokens: int,
-        logprobs: bool,
-        top_logprobs: int,
-        deadline: float | None = None,
-    ) -> ChatResult:
-        """Send one chat request; raise :class:`ChatClientError` on final failure."""
-        ...
-
-
-# -- capability memory (process-wide) ----------------------------------------------------
-
-_LOGPROBS_SUPPORT: dict[tuple[str, str], bool] = {}
-_CAPABILITY_LOCK = threading.Lock()
-
-
-def logprobs_supported(identity: tuple[str, str]) -> bool | None:
-    """Whether the endpoint ``(base_url, model)`` gives logprobs, as learnt by this process.
-
-    Returns ``None`` while unknown (no call with logprobs made yet).
-
-    Example:
-        >>> logprobs_supported(("http://127.0.0.1:1/v1", "never-asked")) is None
-        True
-    """
-    with _CAPABILITY_LOCK:
-        return _LOGPROBS_SUPPORT.get(identity)
-
-
-def record_logprobs_support(identity: tuple[str, str], supported: bool | None) -> bool:
-    """Set (or, with ``None``, forget) what is known about an endpoint's logprobs.
-
-    Returns whether the stored value changed. The client calls this itself; it is public so that
-    tests and applications can reset or preset the memory.
-
-    Example:
-        >>> record_logprobs_support(("http://127.0.0.1:1/v1", "m"), False)
-        True
-        >>> record_logprobs_support(("http://127.0.0.1:1/v1", "m"), None)
-        True
-    """
-    with _CAPABILITY_LOCK:
-        before = _LOGPROBS_SUPPORT.get(identity)
-        if supported is None:
-            _LOGPROBS_SUPPORT.pop(identity, None)
-        else:
-            _LOGPROBS_SUPPORT[identity] = supported
-        return before != supported
-
-
-# -- retry maths (pure) ------------------------------------------------------------------
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``.
-
-    Args:
-        attempt: how many retries were already made (0 before the first retry).
-        base: the ceiling of the first wait, in seconds.
-        cap: the largest ceiling, in seconds.
-        rng: source of randomness (``random`` module's global one if ``None``).
-
-    Example:
-        >>> import random
-        >>> 0.0 <= backoff_delay(3, 0.5, 20.0, random.Random(0)) <= 4.0
-        True
-    """
-    if attempt < 0 or base < 0 or cap < 0:
-        raise ValueError(f"attempt, base and cap must be >= 0, got {attempt}, {base}, {cap}")
-    # The exponent is bounded so that a long run of retries cannot overflow a float.
-    ceiling = min(cap, base * 2.0 ** min(attempt, 64))
-    return (rng or random).uniform(0.0, ceiling)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header value: delay-seconds or an HTTP date.
-
-    Args:
-        value: the header value, e.g. ``"2"`` or ``"Wed, 21 Oct 2015 07:28:00 GMT"``.
-        now: the current Unix time (``time.time()`` if ``None``), for HTTP dates.
-
-    Returns:
-        A non-negative number of seconds (a date in the past gives 0.0), or ``None`` when the
-        value is missing or cannot be read.
-
-    Example:
-        >>> parse_retry_after("2")
-        2.0
-        >>> parse_retry_after("Thu, 01 Jan 1970 00:01:00 GMT", now=30.0)
-        30.0
-        >>> parse_retry_after("soon") is None
-        True
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; naive ones come from obsolete formats
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-def retry_delay(
-    attempt: int,
-    *,
-    retry_after: float | None,
-    base: float,
-    cap: float,
-    rng: random.Random | None = None,
-) -> float:
-    """The wait before retry number ``attempt + 1``: the server's ``Retry-After`` when given
-    (capped by ``cap``), else :func:`backoff_delay`.
-
-    Example:
-        >>> retry_delay(0, retry_after=3.0, base=0.5, cap=20.0)
-        3.0
-        >>> retry_delay(0, retry_after=60.0, base=0.5, cap=20.0)
-        20.0
-    """
-    if retry_after is not None:
-        return min(max(0.0, retry_after), cap)
-    return backoff_delay(attempt, base, cap, rng)
-
-
-def retry_after_from_headers(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait according to response headers: ``retry-after-ms`` (OpenAI) or
-    ``Retry-After``; ``None`` when neither is usable. Header names are case-insensitive.
-
-    Example:
-        >>> retry_after_from_headers({"Retry-After": "1"})
-        1.0
-        >>> retry_after_from_headers({"retry-after-ms": "250"})
-        0.25
-    """
-    lowered = {k.lower(): v for k, v in headers.items()}
-    ms = lowered.get("retry-after-ms")
-    if ms is not None:
-        try:
-            value = float(ms) / 1000.0
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value):
-            return max(0.0, value)
-    return parse_retry_after(lowered.get("retry-after"), now)
-
-
-_RANGE_WORDS = ("maximum", "minimum", "less than", "greater than", "<=", ">=", "between", "range")
-
-
-def rejects_logprobs(error_message: str) -> bool:
-    """Whether a 400 answer's message says that the endpoint does not take logprobs.
-
-    An out-of-range ``top_logprobs`` (e.g. above OpenAI's 20) is a setting to fix, not a missing
-    capability, so it does not count.
-
-    Example:
-        >>> rejects_logprobs("logprobs is not supported with this model")
-        True
-        >>> rejects_logprobs("Invalid 'top_logprobs': integer above maximum value. Expected <= 20")
-        False
-        >>> rejects_logprobs("maximum context length is 8192 tokens")
-        False
-    """
-    text = error_message.lower()
-    if "logprob" not in text:
-        return False
-    return not ("top_logprobs" in text and any(word in text for word in _RANGE_WORDS))
 
 
 # -- the client ------------------------------------------------------------------------
@@ -519,13 +260,15 @@ class OpenAIChatClient:
                     raw = await client.chat.completions.create(**kwargs)
                 except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                     if want_logprobs and rejects_logprobs(_error_text(exc)):
-                        self._mark_no_logprobs(f"HTTP {exc.status_code}: {_error_text(exc)}")
+                        record_logprobs_rejected(
+                            self.identity, f"HTTP {exc.status_code}: {_error_text(exc)}"
+                        )
                         want_logprobs = False
                         continue  # re-ask at once: this is not a transient failure
                     raise self._fatal(exc, attempts) from exc
                 except openai.APIStatusError as exc:
                     status = exc.status_code
-                    if status in RETRYABLE_STATUSES or status >= 500:
+                    if is_retryable_status(status):
                         raise _Retryable(
                             f"HTTP {status}: {_error_text(exc)}",
                             status,
@@ -573,12 +316,6 @@ class OpenAIChatClient:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _mark_no_logprobs(self, why: str) -> None:
-        if record_logprobs_support(self.identity, False):
-            logger.info(
-                "%s gives no logprobs (%s); judging from the answer text from now on", self, why
-            )
-
     def _parse(self, raw: Any, want_logprobs: bool, attempts: int) -> ChatResult:
         if isinstance(raw, (str, bytes)) or not hasattr(raw, "choices"):
             raise _Malformed(f"the body is not a chat completion: {_preview(raw)}")
@@ -598,11 +335,9 @@ class OpenAIChatClient:
         tokens: tuple[GeneratedToken, ...] | None = None
         if want_logprobs:
             tokens = _read_logprobs(getattr(choice, "logprobs", None))
-            if tokens is None or (not tokens and text):
-                self._mark_no_logprobs("a 200 answer without logprobs")
-                tokens = None
-            else:
-                record_logprobs_support(self.identity, True)
+            if tokens is not None and not tokens and text:
+                tokens = None  # an empty list for a non-empty answer: logprobs left out
+            record_logprobs_answer(self.identity, has_logprobs=tokens is not None)
         return ChatResult(
             text=text,
             tokens=tokens,

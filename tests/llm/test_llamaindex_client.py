@@ -1,0 +1,155 @@
+"""LLMReranker.from_llm: any LlamaIndex LLM judges, with logprobs where its class returns them.
+
+* a scripted CustomLLM (fixed text, no logprobs): the text path;
+* OpenAILike against the fake server: the logprobs path, and what it sends;
+* OpenAILike against the real llama.cpp server: the logprobs path end to end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fake_openai import FakeOpenAI, Request, good, logprobs_rejected
+from llama_index.core.base.llms.types import (
+    CompletionResponse,
+    CompletionResponseGen,
+    LLMMetadata,
+)
+from llama_index.core.llms import CustomLLM
+from llama_index.core.schema import NodeWithScore, TextNode
+from llama_index.llms.openai_like import OpenAILike
+
+from llamaindex_rerankers.llm import LLMReranker
+from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
+from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
+from llamaindex_rerankers.llm.server import LocalLLMServer
+
+QUERY = "how do I prune apple trees"
+TEXTS = {
+    "stock": "Apple Inc. shares fell 2% after the earnings call.",
+    "pruning": "Prune apple trees in late winter, while they are dormant.",
+    "orchard": "Orchard apple trees need full sun and well-drained soil.",
+}
+
+
+def nodes() -> list[NodeWithScore]:
+    return [NodeWithScore(node=TextNode(id_=k, text=t), score=1.0) for k, t in TEXTS.items()]
+
+
+class KeywordLLM(CustomLLM):
+    """Answers from the last passage of the prompt: 'Prune' -> C, 'Orchard' -> B, else A; or
+    raises when ``fail`` is set."""
+
+    fail: bool = False
+    prompts: list[str] = []
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="keyword-judge", is_chat_model=False)
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        assert not kwargs, "a generic LLM gets no OpenAI options"
+        self.prompts.append(prompt)
+        if self.fail:
+            raise ConnectionError("the model is down")
+        passage = re.findall(r"<passage>(.*?)</passage>", prompt, re.DOTALL)[-1]
+        code = "C" if "Prune" in passage else "B" if "Orchard" in passage else "A"
+        return CompletionResponse(text=f"{code}")
+
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        raise NotImplementedError
+
+
+def test_a_custom_llm_judges_through_the_text_path() -> None:
+    llm = KeywordLLM(prompts=[])
+    reranker = LLMReranker.from_llm(llm, cache=None)
+    assert reranker.model == "keyword-judge"
+    assert reranker.namespace == "llamaindex:KeywordLLM|keyword-judge"
+    out, report = reranker.rerank(nodes(), QUERY)
+    assert [n.node.node_id for n in out] == ["pruning", "orchard", "stock"]
+    assert [n.score for n in out] == [1.0, 0.5, 0.0]
+    assert {n.node.metadata["rerank_source"] for n in out} == {"text"}
+    assert report.llm is not None and (report.llm.calls, report.llm.failures) == (3, 0)
+    assert len(llm.prompts) == 3
+
+
+async def test_a_failing_llm_labels_unknown_and_keeps_every_node() -> None:
+    reranker = LLMReranker.from_llm(KeywordLLM(fail=True, prompts=[]), cache=None)
+    out, report = await reranker.arerank(nodes(), QUERY)
+    assert [n.node.node_id for n in out] == list(TEXTS)
+    assert all(n.score is None for n in out)
+    assert "the model is down" in out[0].node.metadata["rerank_error"]
+    assert report.llm is not None and (report.llm.failures, report.llm.unknown) == (3, 3)
+
+
+def test_an_llm_object_is_not_written_by_to_dict() -> None:
+    llm = KeywordLLM(prompts=[])
+    reranker = LLMReranker.from_llm(llm, top_n=2)
+    with pytest.raises(ValueError, match=r"llm=\.\.\."):
+        reranker.to_dict()
+    loaded = LLMReranker.from_dict(reranker.to_dict(exclude={"client"}), llm=llm)
+    assert loaded.top_n == 2 and isinstance(loaded.client, LlamaIndexChatClient)
+    with pytest.raises(ValueError, match="not both"):
+        LLMReranker(llm=llm, client=loaded.client)
+    with pytest.raises(TypeError, match="LlamaIndex LLM"):
+        LLMReranker.from_llm("gpt-4o-mini")
+
+
+def passage_of(request: Request) -> str:
+    return str(re.findall(r"<passage>(.*?)</passage>", request.prompt, re.DOTALL)[-1])
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    def judge(request: Request) -> Any:
+        passage = passage_of(request)
+        code = "C" if "Prune" in passage else "B" if "Orchard" in passage else "A"
+        others = [c for c in "ABC" if c != code]
+        return good(code, top=[(code, -0.2), (others[0], -2.0), (others[1], -3.0)])(request)
+
+    with FakeOpenAI(default=judge) as server:
+        yield server
+    record_logprobs_support(("llamaindex:OpenAILike", "fake-like"), None)
+
+
+def openai_like(base_url: str, model: str, **options: Any) -> OpenAILike:
+    return OpenAILike(model=model, api_base=base_url, api_key="none", is_chat_model=True, **options)
+
+
+def test_openai_like_gives_logprobs(fake: FakeOpenAI) -> None:
+    reranker = LLMReranker.from_llm(openai_like(fake.url + "/v1", "fake-like"), cache=None)
+    out, report = reranker.rerank(nodes(), QUERY)
+    assert [n.node.node_id for n in out] == ["pruning", "orchard", "stock"]
+    assert {n.node.metadata["rerank_source"] for n in out} == {"logprobs"}
+    assert 0.0 < out[-1].score < out[0].score < 1.0  # type: ignore[operator]
+    assert report.llm is not None and report.llm.calls == 3 and report.llm.prompt_tokens == 126
+    body = fake.chat_requests()[0].body
+    assert (body["logprobs"], body["top_logprobs"], body["max_tokens"]) == (True, 10, 1)
+    assert reranker.namespace == "llamaindex:OpenAILike|fake-like"
+
+
+def test_openai_like_on_an_endpoint_that_rejects_logprobs(fake: FakeOpenAI) -> None:
+    fake.sticky = logprobs_rejected(then=good("C"))
+    reranker = LLMReranker.from_llm(openai_like(fake.url + "/v1", "fake-like", max_retries=0))
+    out, report = reranker.rerank(nodes()[:1], QUERY)
+    assert out[0].node.metadata["rerank_source"] == "text" and out[0].score == 1.0
+    assert report.llm is not None and (report.llm.calls, report.llm.failures) == (2, 0)
+    assert logprobs_supported(("llamaindex:OpenAILike", "fake-like")) is False
+
+
+@pytest.mark.server
+def test_openai_like_on_the_real_llama_cpp_server(llm_server: LocalLLMServer) -> None:
+    llm = openai_like(llm_server.base_url, llm_server.model, timeout=120.0)
+    reranker = LLMReranker.from_llm(llm, cache=None)
+    two = nodes()[:2]
+    out, report = reranker.rerank(two, QUERY)
+    assert sorted(n.node.node_id for n in out) == ["pruning", "stock"]
+    for n in out:
+        assert n.node.metadata["rerank_source"] == "logprobs"
+        assert 0.0 <= n.score <= 1.0  # type: ignore[operator]
+    assert report.llm is not None and report.llm.calls == 2 and report.llm.prompt_tokens > 100
