@@ -47,12 +47,15 @@ def _llm(
     llm_base_url: str | None = None,
     llm_model: str | None = None,
     llm_api_key: str | None = None,
+    llm_cache_namespace: str | None = None,
     **options: Any,
 ) -> BaseReranker:
     from llamaindex_rerankers.llm import LLMReranker
 
     if llm_model:
         options["model"] = llm_model
+    if llm_cache_namespace:
+        options["cache_namespace"] = llm_cache_namespace
     return LLMReranker(top_n=top_n, base_url=llm_base_url, api_key=llm_api_key, **options)
 
 

@@ -144,3 +144,15 @@ def test_every_optional_module_maps_to_an_extra_that_pyproject_defines(
         "optional-dependencies"
     ]
     assert extra in extras
+
+
+def test_the_local_llm_server_without_its_extra_names_the_extra() -> None:
+    result = run_hidden(
+        ["llama_cpp"],
+        """
+from llamaindex_rerankers import local_llm_server
+with local_llm_server("/nonexistent.gguf"):
+    pass
+""",
+    )
+    assert "llamaindex-rerankers[local-llm]" in import_error_of(result)

@@ -21,8 +21,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from llamaindex_rerankers.llm.client import PLACEHOLDER_API_KEY
 from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+from llamaindex_rerankers.llm.openai_client import PLACEHOLDER_API_KEY
 from llamaindex_rerankers.llm.server import LLM_GGUF_ENV
 
 #: Context window of a local llama.cpp server: enough for pointwise judgements.
@@ -69,4 +69,10 @@ def llm_endpoint(
     from llamaindex_rerankers.llm.server import local_llm_server
 
     with local_llm_server(getattr(args, "llm_gguf", None), n_ctx=n_ctx) as server:
-        yield LLMEndpoint(server.base_url, server.model, PLACEHOLDER_API_KEY, local=True)
+        yield LLMEndpoint(
+            server.base_url,
+            server.model,
+            PLACEHOLDER_API_KEY,
+            local=True,
+            namespace=server.namespace,
+        )

@@ -1,9 +1,7 @@
-"""Which OpenAI-compatible endpoint the command line talks to, and its options.
+"""An OpenAI-compatible endpoint as the command line, the server and the notebooks resolve it:
+where it is, which model, and what its judgements are cached under.
 
-Resolution, first match wins: ``--llm-base-url`` (any OpenAI-compatible server: vLLM, Ollama,
-Azure, a llama.cpp server already running); ``OPENAI_API_KEY`` in the environment (OpenAI's API,
-model ``--llm-model`` or the reranker's default); otherwise a local llama.cpp server is started
-for the duration of the command on the GGUF of ``--llm-gguf`` / ``$LLAMAINDEX_RERANKERS_LLM_GGUF``.
+How the options pick one is :func:`llamaindex_rerankers.cli.llm_options.llm_endpoint`.
 """
 
 from __future__ import annotations
@@ -22,16 +20,28 @@ class LLMEndpoint:
         model: model name to request; ``None`` leaves the reranker's default.
         api_key: key; ``None`` reads ``OPENAI_API_KEY``.
         local: a llama.cpp server this process started (and stops).
+        namespace: what the LLM reranker's judgement cache files judgements under
+            (``cache_namespace``); ``None`` uses ``base_url|model``. A local server's is its
+            GGUF file's digest, so that a cache written through one server (on a random port)
+            is hit through the next.
     """
 
     base_url: str | None
     model: str | None
     api_key: str | None
     local: bool = False
+    namespace: str | None = None
 
     def reranker_options(self) -> dict[str, Any]:
         """Options for the registry's LLM-backed rerankers (``llm_base_url`` ...)."""
-        return {"llm_base_url": self.base_url, "llm_model": self.model, "llm_api_key": self.api_key}
+        options: dict[str, Any] = {
+            "llm_base_url": self.base_url,
+            "llm_model": self.model,
+            "llm_api_key": self.api_key,
+        }
+        if self.namespace is not None:
+            options["llm_cache_namespace"] = self.namespace
+        return options
 
     def as_llama_index_llm(self, **overrides: Any) -> Any:
         """This endpoint as a LlamaIndex LLM (``OpenAILike``): the response synthesizer's, and

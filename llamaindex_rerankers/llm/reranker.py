@@ -425,8 +425,13 @@ class LLMReranker(BaseReranker, PromptMixin):
 
     @property
     def prompt_key(self) -> str:
-        """The prompt part of every cache key (version + hash of prompts, labels, examples)."""
-        return prompt_key(self._templates(), self.labels, self.examples)
+        """The prompt part of every cache key (version + hash of prompts, labels, examples, and
+        the scoring mode: a text-mode judgement is a hard label, not label probabilities)."""
+        return self._prompt_key(self._templates())
+
+    def _prompt_key(self, templates: Any) -> str:
+        key = prompt_key(templates, self.labels, self.examples)
+        return key if self.use_logprobs else key + ":text"
 
     def close(self) -> None:
         """Close the client's HTTP connections (the next call opens new ones). Optional: an
@@ -513,7 +518,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         counters["truncated"] = sum(cut for _, cut in cuts)
         counters["deduplicated"] = len(texts) - len(passages)
         namespace = self.cache_namespace or default_namespace(state.identity)
-        key_prompt = prompt_key(state.templates, state.labels, state.examples)
+        key_prompt = self._prompt_key(state.templates)
         keys = [cache_key(namespace, key_prompt, query_cut, p) for p in passages]
 
         found = await self._read_cache(keys)

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamaindex_rerankers._imports import install_hint
+
 logger = logging.getLogger(__name__)
 
 #: Environment variable naming the GGUF file served when no ``model_path`` is given.
@@ -124,6 +126,18 @@ def resolve_model_path(model_path: str | None = None) -> str:
             f"GGUF model file {path!r} does not exist; fix model_path or ${LLM_GGUF_ENV}."
         )
     return str(path)
+
+
+def _require_server_package() -> None:
+    """The server runs in a child process: check here that it can, so that a missing extra is
+    one ImportError naming it, not a child that dies during start-up."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ImportError(
+            "the local LLM server needs llama-cpp-python[server]. Install it with: "
+            f"{install_hint('llama_cpp')} (it compiles llama.cpp, 3-5 min)"
+        )
 
 
 def _free_port(host: str) -> int:
@@ -248,6 +262,7 @@ def local_llm_server(
         ...     print(srv.base_url)
         http://127.0.0.1:40123/v1
     """
+    _require_server_package()
     path = resolve_model_path(model_path)
     port = port or _free_port(host)
     cmd = server_command(path, host, port, n_ctx, extra_args, cpu_extra_buffers=cpu_extra_buffers)
@@ -280,6 +295,7 @@ def serve_forever(
     Example:
         >>> serve_forever(port=8000)  # doctest: +SKIP
     """
+    _require_server_package()
     path = resolve_model_path(model_path)
     cmd = server_command(path, host, port, n_ctx, cpu_extra_buffers=cpu_extra_buffers)
     logger.info("serving %s at http://%s:%d/v1", path, host, port)

@@ -23,6 +23,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.base import BaseReranker
 from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+from llamaindex_rerankers.pipeline.query import relevant_enough
 from llamaindex_rerankers.server.limits import AdmissionGate, SessionStore
 from llamaindex_rerankers.server.metrics import Metrics
 from llamaindex_rerankers.server.settings import ServerSettings
@@ -289,7 +290,8 @@ class Backend:
         threshold = self.settings.abstain_below
         judged = self.reranker is not None
         abstained = not failed and (
-            not retrieved or (judged and threshold > 0 and not report.any_relevant(threshold))
+            not retrieved
+            or (judged and threshold > 0 and not relevant_enough(result.nodes, threshold))
         )
         search = Search(
             query, retrieved, kept, report, retrieve_seconds, rerank_seconds, abstained, failed

@@ -197,6 +197,7 @@ def _endpoint(
     """The LLM endpoint for answers (and the LLM rerankers): --llm-base-url, else OpenAI with
     $OPENAI_API_KEY, else a local llama.cpp server on a GGUF, else none (answers off)."""
     from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+    from llamaindex_rerankers.llm.openai_client import PLACEHOLDER_API_KEY
 
     needs_llm = settings.reranker in ("llm", "cascade")
     if not settings.answers and not needs_llm:
@@ -221,7 +222,9 @@ def _endpoint(
         return None, dataclasses.replace(settings, answers=False)
     print("starting a local LLM server (llama.cpp) ...", file=sys.stderr, flush=True)
     local = stack.enter_context(local_llm_server(gguf, n_ctx=LOCAL_LLM_N_CTX))
-    endpoint = LLMEndpoint(local.base_url, local.model, "not-needed", local=True)
+    endpoint = LLMEndpoint(
+        local.base_url, local.model, PLACEHOLDER_API_KEY, local=True, namespace=local.namespace
+    )
     window = settings.llm_context_window or LOCAL_LLM_N_CTX
     return endpoint, dataclasses.replace(settings, llm_context_window=window)
 

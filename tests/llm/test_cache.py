@@ -347,3 +347,16 @@ def test_the_cache_namespace_names_the_judge() -> None:
     _, report = LLMReranker(client=there, **named).rerank(nodes, "q")
     assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (0, 3)
     assert len(there.requests) == 3
+
+
+def test_text_mode_and_logprobs_mode_do_not_share_judgements() -> None:
+    # A text-mode judgement is a hard label; a logprobs reranker must not be served it as if it
+    # were its own probabilities (nor the other way round).
+    shared = MemoryCache()
+    nodes = nodes_of("good a", "bad b")
+    LLMReranker(model="scripted", client=ScriptedClient(), cache=shared).rerank(nodes, "q")
+    text = LLMReranker(model="scripted", client=ScriptedClient(), cache=shared, use_logprobs=False)
+    _, report = text.rerank(nodes, "q")
+    assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (2, 0)
+    _, report = text.rerank(nodes, "q")
+    assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (0, 2)

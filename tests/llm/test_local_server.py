@@ -209,6 +209,32 @@ def test_eval_llm_cache_is_shared_by_llm_and_cascade_and_kept_across_runs(
     assert second["llm"]["nDCG@10"] == first["llm"]["nDCG@10"]
 
 
+def test_eval_llm_cache_is_hit_across_runs_that_each_start_their_own_local_server(
+    gguf_path: str,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each run starts a llama.cpp server on a new random port: the cache key must name the
+    # model file (its digest), not the port, or the second run re-asks every passage.
+    from llamaindex_rerankers.cli import main
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+    def run(name: str) -> dict[str, Any]:
+        out = tmp_path / f"{name}.json"
+        argv = ["eval", "--dataset", str(data_dir / "trec-dl-2019"), "--queries", "1"]
+        argv += ["--top-k", "2", "--top-n", "2", "--reranker", "llm", "--llm-gguf", gguf_path]
+        argv += ["--llm-cache", str(tmp_path / "judgements.sqlite")]
+        assert main([*argv, "--output", str(out), "--no-progress"]) == 0
+        return {r["reranker"]: r for r in json.loads(out.read_text())["results"]}["llm"]
+
+    first = run("first")
+    assert (first["total_calls"], first["total_cache_hits"]) == (2, 0)
+    second = run("second")
+    assert (second["total_calls"], second["total_cache_hits"]) == (0, 2)
+
+
 def test_llm_server_command_stops_its_server_on_sigterm(gguf_path: str) -> None:
     import signal
     import subprocess
