@@ -23,9 +23,9 @@ PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 
 #: What the tests run: enough to exercise every cell, small enough for 2 CPU cores.
 SLICE = {
-    "NOTEBOOK_TOP_K": "6",  # 01: first-stage candidates
-    "NOTEBOOK_TOP_N": "2",  # 01: chunks the LLM reads
-    "NOTEBOOK_ANSWER_TOKENS": "24",  # 01: longest answer
+    "NOTEBOOK_TOP_K": "6",  # 01, 04: first-stage candidates
+    "NOTEBOOK_TOP_N": "2",  # 01, 04: chunks the LLM reads
+    "NOTEBOOK_ANSWER_TOKENS": "24",  # 01, 04: longest answer
     "NOTEBOOK_QUERIES": "3",  # 02: calibration queries; 03: evaluation queries
     "NOTEBOOK_PASSAGES": "4",  # 02: BM25 candidates per calibration query
     "NOTEBOOK_KS": "10,20",  # 03: the K sweep
@@ -72,7 +72,29 @@ EXPECTED: dict[str, list[str]] = {
         r"\| reranker \| helped \| hurt \| unchanged \|",
         r"cross-encoder vs BM25 on \d+ queries",
     ],
+    "04_chatbot_backend": [
+        r"serving the sample corpus at http://127\.0\.0\.1:\d+, ready after \d+ s",
+        r"x-vercel-ai-ui-message-stream: v1",
+        # The stream's parts in order: the sources before the answer, the report after it.
+        r"\[data-sources\] status=answered, query='best practices for pruning apple trees', "
+        r"\d+ sources\n+(\[source-document\] .+\n+)+\[start-step\] \n+\[text-start\]",
+        r"\[text-end\] after \d+ text-delta parts",
+        r"\[data-report\] status=answered, \d+ candidates reranked, \d+ returned",
+        r"\| rank \| title \| id \| rerank score \| label \| was # \| cosine \|",
+        r"\| 1 \| Pruning Apple Trees: When and How \| pruning-apple-trees\.md#0 \|",
+        r"status: answered; 2 sources",  # the non-streamed chat
+        r"\| 1 \| Apple Inc\. Shares Climb After Record Quarter \|",  # /v1/retrieve
+        r"\| index \| relevance_score \| document \|",  # /v1/rerank
+        r"cohere SDK [\d.]+: RerankResponse|cohere not installed",
+        r"status: abstained; abstained: True",
+        r"\*\*A:\*\* I found nothing relevant to this question in the documents",
+        r'llamaindex_rerankers_http_requests_total\{endpoint="/v1/chat",method="POST",'
+        r'status="200"\} 3\.0',
+        r"server stopped: exit code 0",
+    ],
 }
+#: The notebooks whose outputs are tables and text only; the others must show a PNG plot.
+NO_PLOT = {"01_quickstart", "04_chatbot_backend"}
 
 #: Strings that must not appear in any output: machine paths and secrets.
 FORBIDDEN = re.compile(r"/work/|/root/|/home/|/tmp/|\bsk-\w|Authorization")
@@ -123,7 +145,7 @@ def check_outputs(name: str, nb: Any) -> None:
     assert not leaks, f"{name}: outputs show paths or keys (print names instead): {leaks[:3]}"
     missing = [pattern for pattern in EXPECTED[name] if not re.search(pattern, text)]
     assert not missing, f"{name}: outputs lack {missing}"
-    if name != "01_quickstart":  # 01 has tables only; 02 and 03 plot
+    if name not in NO_PLOT:  # 02 and 03 plot
         pngs = _pngs(nb)
         assert pngs and all(p.startswith("iVBORw0KGgo") for p in pngs), f"{name}: no PNG plot"
 
