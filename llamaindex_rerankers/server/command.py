@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from llamaindex_rerankers.llm.server import sigterm_as_interrupt
 from llamaindex_rerankers.server.settings import SERVER_RERANKERS, ServerSettings, env_name
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,9 @@ def run_serve_command(args: argparse.Namespace) -> int:
     uvicorn = require("uvicorn")
     _quiet_third_parties()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_sigterm_raises())
+        # While loading, SIGTERM interrupts like Ctrl-C, so the local LLM server and the demo's
+        # temporary index are cleaned up instead of left behind.
+        stack.enter_context(sigterm_as_interrupt())
         endpoint, settings = _endpoint(args, settings, stack)
         if demo:
             # --demo --persist-dir D keeps the demo index in D (re-indexing is incremental).
@@ -256,24 +259,6 @@ def _quiet_third_parties() -> None:
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     # Warns once per file read that llama-index-readers-file (PDF, DOCX ...) is absent.
     logging.getLogger("llama_index.core.readers.file.base").setLevel(logging.ERROR)
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While loading, SIGTERM interrupts like Ctrl-C, so the local LLM server and the demo's
-    temporary index are cleaned up instead of left behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
