@@ -199,19 +199,24 @@ def _endpoint(
 ) -> tuple[Any, ServerSettings]:
     """The LLM endpoint for answers (and the LLM rerankers): --llm-base-url, else OpenAI with
     $OPENAI_API_KEY, else a local llama.cpp server on a GGUF, else none (answers off)."""
-    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
-    from llamaindex_rerankers.llm.openai_client import PLACEHOLDER_API_KEY
+    from llamaindex_rerankers.cli.llm_options import resolve_llm_endpoint
+    from llamaindex_rerankers.llm.server import LLM_GGUF_ENV
 
     needs_llm = settings.reranker in ("llm", "cascade")
     if not settings.answers and not needs_llm:
         return None, settings
-    gguf = getattr(args, "llm_gguf", None)
-    if settings.llm_base_url or (os.environ.get("OPENAI_API_KEY") and not gguf):
-        endpoint = LLMEndpoint(settings.llm_base_url, settings.llm_model, settings.llm_api_key)
-        return endpoint, settings
-    from llamaindex_rerankers.llm.server import LLM_GGUF_ENV, local_llm_server
-
-    if not (gguf or os.environ.get(LLM_GGUF_ENV)):
+    endpoint = stack.enter_context(
+        resolve_llm_endpoint(
+            settings.llm_base_url,
+            settings.llm_model,
+            settings.llm_api_key,
+            getattr(args, "llm_gguf", None),
+            n_ctx=LOCAL_LLM_N_CTX,
+            none_without_gguf=True,
+            announce=True,
+        )
+    )
+    if endpoint is None:
         if needs_llm:
             raise ValueError(
                 f"the {settings.reranker} reranker needs an LLM: pass --llm-base-url URL, set "
@@ -223,11 +228,8 @@ def _endpoint(
             LLM_GGUF_ENV,
         )
         return None, dataclasses.replace(settings, answers=False)
-    print("starting a local LLM server (llama.cpp) ...", file=sys.stderr, flush=True)
-    local = stack.enter_context(local_llm_server(gguf, n_ctx=LOCAL_LLM_N_CTX))
-    endpoint = LLMEndpoint(
-        local.base_url, local.model, PLACEHOLDER_API_KEY, local=True, namespace=local.namespace
-    )
+    if not endpoint.local:
+        return endpoint, settings
     window = settings.llm_context_window or LOCAL_LLM_N_CTX
     return endpoint, dataclasses.replace(settings, llm_context_window=window)
 
