@@ -200,10 +200,11 @@ def _endpoint(
     """The LLM endpoint for answers (and the LLM rerankers): --llm-base-url, else OpenAI with
     $OPENAI_API_KEY, else a local llama.cpp server on a GGUF, else none (answers off)."""
     from llamaindex_rerankers.cli.llm_options import resolve_llm_endpoint
+    from llamaindex_rerankers.cli.reranker_options import needs_llm
     from llamaindex_rerankers.llm.server import LLM_GGUF_ENV
 
-    needs_llm = settings.reranker in ("llm", "cascade")
-    if not settings.answers and not needs_llm:
+    llm_reranker = needs_llm(settings.reranker)
+    if not settings.answers and not llm_reranker:
         return None, settings
     endpoint = stack.enter_context(
         resolve_llm_endpoint(
@@ -217,7 +218,7 @@ def _endpoint(
         )
     )
     if endpoint is None:
-        if needs_llm:
+        if llm_reranker:
             raise ValueError(
                 f"the {settings.reranker} reranker needs an LLM: pass --llm-base-url URL, set "
                 f"OPENAI_API_KEY, or give a GGUF with --llm-gguf / ${LLM_GGUF_ENV}"
