@@ -69,11 +69,8 @@ class RankedSource:
         }
 
     def snippet(self) -> str:
-        """The text on one line, without its title heading."""
-        lines = self.text.strip().splitlines()
-        if lines and lines[0].lstrip().startswith("#"):
-            lines = lines[1:]
-        return " ".join(" ".join(lines).split())
+        """The text on one line, without its title heading (see :func:`text_snippet`)."""
+        return text_snippet(self.text)
 
 
 @dataclass(frozen=True)
@@ -110,9 +107,13 @@ class DemoReport:
     comparisons: list[Comparison]
 
 
-def node_title(node: NodeWithScore) -> str:
+def node_title(node: NodeWithScore, *, file_path: bool = True) -> str:
     """A display title for a retrieved node: its ``title`` metadata, else its first Markdown
-    heading, else its file name, else its id.
+    heading, else its file name (or path), else its id.
+
+    Args:
+        file_path: fall back to the ``file_path`` metadata; the server passes ``False``, since
+            the paths of its machine are nobody's business.
 
     Example:
         >>> from llama_index.core.schema import NodeWithScore, TextNode
@@ -125,10 +126,28 @@ def node_title(node: NodeWithScore) -> str:
     for line in node.node.get_content().strip().splitlines()[:3]:
         if line.lstrip().startswith("#"):
             return line.lstrip().lstrip("#").strip()
-    for key in ("file_name", "file_path", "source_id"):
+    keys = ("file_name", "file_path", "source_id") if file_path else ("file_name", "source_id")
+    for key in keys:
         if isinstance(meta.get(key), str) and meta[key]:
             return str(meta[key])
     return str(node.node.node_id)
+
+
+def text_snippet(text: str, limit: int | None = None) -> str:
+    """The text on one line without its title heading; longer than ``limit`` characters, it is
+    cut at a word and ends with " …" (``None``: never cut).
+
+    Example:
+        >>> text_snippet("# Pruning\\nCut in\\n  winter, before buds open.", limit=16)
+        'Cut in winter, …'
+    """
+    lines = text.strip().splitlines()
+    if lines and lines[0].lstrip().startswith("#"):
+        lines = lines[1:]
+    flat = " ".join(" ".join(lines).split())
+    if limit is None or len(flat) <= limit:
+        return flat
+    return flat[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def ranked_sources(result: RetrievalResult, *, top_n: int | None = None) -> list[RankedSource]:

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _configure_logging(args.verbose)
+    configure_logging(args.verbose)
     try:
         return run_command(args)
     except UsageError as exc:
@@ -72,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _configure_logging(verbose: bool) -> None:
+def configure_logging(verbose: bool) -> None:
+    """Log to stderr, at INFO with ``-v``/``--verbose`` and WARNING otherwise: the command line's
+    logging, also that of ``python -m llamaindex_rerankers.server``."""
     # The CLI is an application: it may configure logging (the library never does).
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -95,4 +97,4 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-__all__ = ["EXIT_USAGE", "PROG", "UsageError", "build_parser", "main"]
+__all__ = ["EXIT_USAGE", "PROG", "UsageError", "build_parser", "configure_logging", "main"]

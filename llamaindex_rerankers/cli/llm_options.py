@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 
 from llamaindex_rerankers.llm.endpoint import LLMEndpoint
@@ -56,19 +57,60 @@ def llm_endpoint(
 
     Yields ``None`` when no LLM is ``needed``. A local server (context window ``n_ctx``) is
     started only when neither ``--llm-base-url`` nor ``OPENAI_API_KEY`` is given, and stopped on
-    exit.
+    exit (see :func:`resolve_llm_endpoint`).
     """
     if not needed:
         yield None
         return
-    if getattr(args, "llm_base_url", None) or (
-        os.environ.get("OPENAI_API_KEY") and not getattr(args, "llm_gguf", None)
-    ):
-        yield LLMEndpoint(args.llm_base_url, args.llm_model, args.llm_api_key)
+    with resolve_llm_endpoint(
+        getattr(args, "llm_base_url", None),
+        getattr(args, "llm_model", None),
+        getattr(args, "llm_api_key", None),
+        getattr(args, "llm_gguf", None),
+        n_ctx=n_ctx,
+    ) as endpoint:
+        yield endpoint
+
+
+@contextlib.contextmanager
+def resolve_llm_endpoint(
+    base_url: str | None,
+    model: str | None,
+    api_key: str | None,
+    gguf: str | None,
+    *,
+    n_ctx: int = DEFAULT_N_CTX,
+    none_without_gguf: bool = False,
+    announce: bool = False,
+) -> Iterator[LLMEndpoint | None]:
+    """The endpoint that ``--llm-base-url`` / ``--llm-model`` / ``--llm-api-key`` / ``--llm-gguf``
+    values name, for the duration of a ``with`` block (the resolution of the module docstring).
+
+    ``base_url``, else ``OPENAI_API_KEY`` (unless a ``gguf`` is given), is used as it is;
+    otherwise a local llama.cpp server on ``gguf`` (else ``$LLAMAINDEX_RERANKERS_LLM_GGUF``) is
+    started with context window ``n_ctx`` and stopped on exit. Its endpoint is ``local`` and
+    carries the GGUF's ``namespace``, so that judgement caches are hit across runs.
+
+    Args:
+        none_without_gguf: when no GGUF is given either, yield ``None`` instead of failing to
+            start a server (``serve`` then runs without answers).
+        announce: say on stderr that a local server is starting (it takes seconds).
+
+    Raises:
+        LocalLLMServerError: the local server has no GGUF or does not start.
+        ImportError: the local server's package is missing.
+    """
+    if base_url or (os.environ.get("OPENAI_API_KEY") and not gguf):
+        yield LLMEndpoint(base_url, model, api_key)
         return
     from llamaindex_rerankers.llm.server import local_llm_server
 
-    with local_llm_server(getattr(args, "llm_gguf", None), n_ctx=n_ctx) as server:
+    if none_without_gguf and not (gguf or os.environ.get(LLM_GGUF_ENV)):
+        yield None
+        return
+    if announce:
+        print("starting a local LLM server (llama.cpp) ...", file=sys.stderr, flush=True)
+    with local_llm_server(gguf, n_ctx=n_ctx) as server:
         yield LLMEndpoint(
             server.base_url,
             server.model,

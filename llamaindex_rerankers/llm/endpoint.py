@@ -1,7 +1,8 @@
 """An OpenAI-compatible endpoint as the command line, the server and the notebooks resolve it:
 where it is, which model, and what its judgements are cached under.
 
-How the options pick one is :func:`llamaindex_rerankers.cli.llm_options.llm_endpoint`.
+How the options pick one is :func:`llamaindex_rerankers.cli.llm_options.resolve_llm_endpoint`
+(for ``query``, ``demo``, ``eval`` and ``serve`` alike).
 """
 
 from __future__ import annotations

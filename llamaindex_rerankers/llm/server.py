@@ -300,7 +300,7 @@ def serve_forever(
     cmd = server_command(path, host, port, n_ctx, cpu_extra_buffers=cpu_extra_buffers)
     logger.info("serving %s at http://%s:%d/v1", path, host, port)
     process = subprocess.Popen(cmd)
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             return process.wait()
         except KeyboardInterrupt:
@@ -309,9 +309,16 @@ def serve_forever(
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (``kill``, a service manager) like Ctrl-C, so that the server child is
-    stopped with us instead of being left running on its port (main thread only)."""
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (``kill``, a service manager) like Ctrl-C for the duration of a ``with``
+    block, so that what the block started (a server child on its port, a temporary index) is
+    cleaned up on the way out instead of being left behind. Main thread only: elsewhere it does
+    nothing, since only the main thread may set signal handlers.
+
+    Example:
+        >>> with sigterm_as_interrupt():
+        ...     pass
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return

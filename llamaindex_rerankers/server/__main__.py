@@ -7,11 +7,11 @@ or package that is missing (one line on stderr, no traceback).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from llamaindex_rerankers._models import ModelLoadError
+from llamaindex_rerankers.cli import configure_logging
 from llamaindex_rerankers.llm.server import LocalLLMServerError
 from llamaindex_rerankers.server.command import add_serve_arguments, run_serve_command
 
@@ -33,11 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose)
     try:
         return run_serve_command(args)
     except _USER_ERRORS as exc:

@@ -350,21 +350,20 @@ class Backend:
 
 
 def _build_reranker(settings: ServerSettings, endpoint: LLMEndpoint | None) -> BaseReranker:
+    from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
     from llamaindex_rerankers.registry import make_reranker
 
-    options: dict[str, Any] = {}
     name = settings.reranker
-    if settings.cross_encoder_model:
-        key = "model" if name == "cross-encoder" else "cross_encoder_model"
-        if name in ("cross-encoder", "cascade"):
-            options[key] = settings.cross_encoder_model
-    if name in ("llm", "cascade"):
-        if endpoint is None:
-            raise ValueError(
-                f"the {name} reranker needs an LLM endpoint: pass --llm-base-url URL (or set "
-                "OPENAI_API_KEY, or a GGUF for the local server)"
-            )
-        options.update(endpoint.reranker_options())
+    if needs_llm(name) and endpoint is None:
+        raise ValueError(
+            f"the {name} reranker needs an LLM endpoint: pass --llm-base-url URL (or set "
+            "OPENAI_API_KEY, or a GGUF for the local server)"
+        )
+    # The same mapping as the CLI's: --cross-encoder-model and the endpoint, per reranker.
+    options = reranker_options(
+        name, cross_encoder_model=settings.cross_encoder_model, endpoint=endpoint
+    )
+    if needs_llm(name):
         options.update(
             timeout=settings.llm_timeout,
             max_retries=settings.llm_max_retries,

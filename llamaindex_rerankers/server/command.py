@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from llamaindex_rerankers.llm.server import sigterm_as_interrupt
 from llamaindex_rerankers.server.settings import SERVER_RERANKERS, ServerSettings, env_name
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,9 @@ def run_serve_command(args: argparse.Namespace) -> int:
     uvicorn = require("uvicorn")
     _quiet_third_parties()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_sigterm_raises())
+        # While loading, SIGTERM interrupts like Ctrl-C, so the local LLM server and the demo's
+        # temporary index are cleaned up instead of left behind.
+        stack.enter_context(sigterm_as_interrupt())
         endpoint, settings = _endpoint(args, settings, stack)
         if demo:
             # --demo --persist-dir D keeps the demo index in D (re-indexing is incremental).
@@ -196,20 +199,26 @@ def _endpoint(
 ) -> tuple[Any, ServerSettings]:
     """The LLM endpoint for answers (and the LLM rerankers): --llm-base-url, else OpenAI with
     $OPENAI_API_KEY, else a local llama.cpp server on a GGUF, else none (answers off)."""
-    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
-    from llamaindex_rerankers.llm.openai_client import PLACEHOLDER_API_KEY
+    from llamaindex_rerankers.cli.llm_options import resolve_llm_endpoint
+    from llamaindex_rerankers.cli.reranker_options import needs_llm
+    from llamaindex_rerankers.llm.server import LLM_GGUF_ENV
 
-    needs_llm = settings.reranker in ("llm", "cascade")
-    if not settings.answers and not needs_llm:
+    llm_reranker = needs_llm(settings.reranker)
+    if not settings.answers and not llm_reranker:
         return None, settings
-    gguf = getattr(args, "llm_gguf", None)
-    if settings.llm_base_url or (os.environ.get("OPENAI_API_KEY") and not gguf):
-        endpoint = LLMEndpoint(settings.llm_base_url, settings.llm_model, settings.llm_api_key)
-        return endpoint, settings
-    from llamaindex_rerankers.llm.server import LLM_GGUF_ENV, local_llm_server
-
-    if not (gguf or os.environ.get(LLM_GGUF_ENV)):
-        if needs_llm:
+    endpoint = stack.enter_context(
+        resolve_llm_endpoint(
+            settings.llm_base_url,
+            settings.llm_model,
+            settings.llm_api_key,
+            getattr(args, "llm_gguf", None),
+            n_ctx=LOCAL_LLM_N_CTX,
+            none_without_gguf=True,
+            announce=True,
+        )
+    )
+    if endpoint is None:
+        if llm_reranker:
             raise ValueError(
                 f"the {settings.reranker} reranker needs an LLM: pass --llm-base-url URL, set "
                 f"OPENAI_API_KEY, or give a GGUF with --llm-gguf / ${LLM_GGUF_ENV}"
@@ -220,11 +229,8 @@ def _endpoint(
             LLM_GGUF_ENV,
         )
         return None, dataclasses.replace(settings, answers=False)
-    print("starting a local LLM server (llama.cpp) ...", file=sys.stderr, flush=True)
-    local = stack.enter_context(local_llm_server(gguf, n_ctx=LOCAL_LLM_N_CTX))
-    endpoint = LLMEndpoint(
-        local.base_url, local.model, PLACEHOLDER_API_KEY, local=True, namespace=local.namespace
-    )
+    if not endpoint.local:
+        return endpoint, settings
     window = settings.llm_context_window or LOCAL_LLM_N_CTX
     return endpoint, dataclasses.replace(settings, llm_context_window=window)
 
@@ -256,24 +262,6 @@ def _quiet_third_parties() -> None:
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     # Warns once per file read that llama-index-readers-file (PDF, DOCX ...) is absent.
     logging.getLogger("llama_index.core.readers.file.base").setLevel(logging.ERROR)
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While loading, SIGTERM interrupts like Ctrl-C, so the local LLM server and the demo's
-    temporary index are cleaned up instead of left behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from typing import Any
 from llama_index.core.schema import NodeWithScore
 
 from llamaindex_rerankers.base import RERANK_SCORE, RETRIEVAL_RANK, RETRIEVAL_SCORE
+from llamaindex_rerankers.presentation import node_title, text_snippet
 
 #: Characters of a source's text shown as its snippet.
 SNIPPET_CHARS = 280
@@ -41,8 +42,8 @@ def _record(n: NodeWithScore, rank: int) -> dict[str, Any]:
     return {
         "id": n.node.node_id,
         "rank": rank,
-        "title": title_of(n),
-        "snippet": snippet_of(text),
+        "title": node_title(n, file_path=False),
+        "snippet": text_snippet(text, SNIPPET_CHARS),
         "text": text,
         "metadata": {
             k: v
@@ -57,31 +58,6 @@ def _record(n: NodeWithScore, rank: int) -> dict[str, Any]:
         "retrieval_rank": int(meta.get(RETRIEVAL_RANK, rank)),
         "retrieval_score": _float(meta.get(RETRIEVAL_SCORE)),
     }
-
-
-def title_of(n: NodeWithScore) -> str:
-    """The ``title`` metadata, else the first Markdown heading, else the file name, else the id."""
-    meta = n.node.metadata
-    if isinstance(meta.get("title"), str) and meta["title"].strip():
-        return str(meta["title"]).strip()
-    for line in n.node.get_content().strip().splitlines()[:3]:
-        if line.lstrip().startswith("#"):
-            return line.lstrip().lstrip("#").strip()
-    for key in ("file_name", "source_id"):
-        if isinstance(meta.get(key), str) and meta[key]:
-            return str(meta[key])
-    return str(n.node.node_id)
-
-
-def snippet_of(text: str, limit: int = SNIPPET_CHARS) -> str:
-    """The text on one line without its heading, cut at a word near ``limit`` characters."""
-    lines = text.strip().splitlines()
-    if lines and lines[0].lstrip().startswith("#"):
-        lines = lines[1:]
-    flat = " ".join(" ".join(lines).split())
-    if len(flat) <= limit:
-        return flat
-    return flat[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _float(value: Any) -> float | None:

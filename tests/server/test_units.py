@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
+from llamaindex_rerankers.presentation import text_snippet
 from llamaindex_rerankers.server import streaming
 from llamaindex_rerankers.server.command import add_serve_arguments, settings_from_args
 from llamaindex_rerankers.server.errors import field_path
 from llamaindex_rerankers.server.limits import AdmissionGate, Overloaded, SessionStore
 from llamaindex_rerankers.server.settings import ServerSettings, env_name, settings_table
-from llamaindex_rerankers.server.sources import snippet_of, source_records
+from llamaindex_rerankers.server.sources import source_records
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,7 +198,7 @@ def test_source_records_hide_server_paths_and_expose_ranks_scores_and_labels() -
 
 def test_snippets_are_cut_at_a_word() -> None:
     text = "word " * 100
-    snippet = snippet_of(text, limit=22)
+    snippet = text_snippet(text, limit=22)
     assert snippet == "word word word word …"
 
 
