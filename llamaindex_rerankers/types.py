@@ -158,15 +158,6 @@ class RerankReport:
         if other.llm is not None:
             self.llm = other.llm.merged(self.llm)  # type: ignore[assignment]
 
-    def counters(self) -> dict[str, float]:
-        """The backends' figures as one flat dict (``llm_calls``, ``cross_encoder_pairs`` ...),
-        for tables; the typed fields stay the source of truth."""
-        flat: dict[str, float] = {}
-        for prefix, usage in (("cross_encoder", self.cross_encoder), ("llm", self.llm)):
-            if usage is not None:
-                flat.update({f"{prefix}_{k}": v for k, v in usage.to_dict().items()})
-        return flat
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe nested dict: the call's fields, then one dict per backend that ran."""
         return {

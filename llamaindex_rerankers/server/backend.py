@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from llama_index.core.schema import NodeWithScore, TextNode
 
-from llamaindex_rerankers.base import BaseReranker
+from llamaindex_rerankers.base import BaseReranker, _union
 from llamaindex_rerankers.llm.endpoint import LLMEndpoint
 from llamaindex_rerankers.pipeline.query import relevant_enough
 from llamaindex_rerankers.server.limits import AdmissionGate, SessionStore
@@ -379,13 +379,21 @@ def _build_reranker(settings: ServerSettings, endpoint: LLMEndpoint | None) -> B
 def _with_ranks(node: NodeWithScore, rank: int) -> NodeWithScore:
     """A copy of a retrieved node carrying its retrieval rank and score, as the rerankers'
     output does (for ``--reranker none``)."""
-    meta = {
-        **node.node.metadata,
+    added = {
         "retrieval_rank": rank,
         "retrieval_score": None if node.score is None else float(node.score),
         "rerank_score": None,
     }
-    return NodeWithScore(node=node.node.model_copy(update={"metadata": meta}), score=node.score)
+    inner = node.node
+    # As the rerankers do: these keys are bookkeeping, never text for the LLM or the embedder.
+    copy = inner.model_copy(
+        update={
+            "metadata": {**inner.metadata, **added},
+            "excluded_llm_metadata_keys": _union(inner.excluded_llm_metadata_keys, list(added)),
+            "excluded_embed_metadata_keys": _union(inner.excluded_embed_metadata_keys, list(added)),
+        }
+    )
+    return NodeWithScore(node=copy, score=node.score)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -320,3 +320,17 @@ def test_serve_fails_in_one_line_with_exit_code_2(args: list[str], words: str) -
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], out.stderr
+
+
+def test_retrieval_only_sources_keep_their_bookkeeping_out_of_the_llm_text() -> None:
+    from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
+
+    from llamaindex_rerankers.server.backend import _with_ranks
+
+    node = NodeWithScore(node=TextNode(text="Prune in winter.", metadata={"title": "T"}), score=0.7)
+    out = _with_ranks(node, 3)
+    assert out.node.metadata["retrieval_rank"] == 3 and out.score == 0.7
+    for mode in (MetadataMode.LLM, MetadataMode.EMBED):
+        text = out.node.get_content(metadata_mode=mode)
+        assert "title: T" in text and "retrieval_rank" not in text and "rerank_score" not in text
+    assert node.node.metadata == {"title": "T"}  # the caller's node is untouched
