@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.schema import NodeWithScore, TextNode
@@ -136,8 +137,11 @@ class Backend:
 
     @property
     def reranker_name(self) -> str:
-        """The reranker's model name, ``none`` without one."""
-        return self.reranker.model_name if self.reranker is not None else "none"
+        """The reranker's model name as clients see it (``none`` without one): local model
+        files by their file name, never by the server's paths."""
+        if self.reranker is None:
+            return "none"
+        return public_model_name(self.reranker.model_name)
 
     def load(self) -> None:
         """Load the models and open the index (blocking, idempotent, thread-safe).
@@ -374,6 +378,23 @@ def _build_reranker(settings: ServerSettings, endpoint: LLMEndpoint | None) -> B
     if not isinstance(reranker, BaseReranker):
         raise ValueError(f"the server needs one of this package's rerankers, got {name!r}")
     return reranker
+
+
+def public_model_name(name: str) -> str:
+    """A model name fit for responses: hub ids unchanged, local paths cut to their last part
+    (a cascade's ``"first -> second"`` part by part).
+
+    Example:
+        >>> public_model_name("/srv/models/minilm-l6-ce -> /srv/llm/SmolLM2.gguf")
+        'minilm-l6-ce -> SmolLM2.gguf'
+        >>> public_model_name("cross-encoder/ms-marco-MiniLM-L-6-v2")
+        'cross-encoder/ms-marco-MiniLM-L-6-v2'
+    """
+    parts = []
+    for part in name.split(" -> "):
+        local = part.startswith(("/", ".", "~")) or part.count("/") > 1 or "\\" in part
+        parts.append(PurePath(part).name if local else part)
+    return " -> ".join(parts)
 
 
 def _with_ranks(node: NodeWithScore, rank: int) -> NodeWithScore:

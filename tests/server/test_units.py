@@ -334,3 +334,14 @@ def test_retrieval_only_sources_keep_their_bookkeeping_out_of_the_llm_text() -> 
         text = out.node.get_content(metadata_mode=mode)
         assert "title: T" in text and "retrieval_rank" not in text and "rerank_score" not in text
     assert node.node.metadata == {"title": "T"}  # the caller's node is untouched
+
+
+def test_responses_name_local_models_without_the_servers_paths() -> None:
+    from llamaindex_rerankers.server.backend import public_model_name
+
+    assert public_model_name("/srv/models/minilm-l6-ce") == "minilm-l6-ce"
+    assert public_model_name("./models/ce -> /srv/llm/SmolLM2.gguf") == "ce -> SmolLM2.gguf"
+    assert public_model_name("cross-encoder/ms-marco-MiniLM-L-6-v2") == (
+        "cross-encoder/ms-marco-MiniLM-L-6-v2"
+    )
+    assert public_model_name("gpt-4o-mini") == "gpt-4o-mini"
