@@ -379,6 +379,8 @@ def test_retrieve_and_rerank_puts_the_pruning_guide_first(
 
     assert result.query == QUERY
     assert len(result.retrieved) == len(result.reranked) == 8
+    assert result.report is not None and result.report.n_candidates == 8  # this call's own
+    assert result.report.cross_encoder is not None and result.report.cross_encoder.pairs >= 1
     assert result.reranked[0].node.metadata[SOURCE_ID] == GUIDE
     scores = [n.score or 0.0 for n in result.reranked]
     assert scores == sorted(scores, reverse=True)

@@ -19,7 +19,7 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from llamaindex_rerankers.base import RERANK_SCORE
+from llamaindex_rerankers.base import RERANK_SCORE, BaseReranker
 from llamaindex_rerankers.pipeline.chroma import (
     ChromaConfig,
     _check_collection_model,
@@ -27,6 +27,7 @@ from llamaindex_rerankers.pipeline.chroma import (
     _vector_store,
 )
 from llamaindex_rerankers.pipeline.embeddings import _embed_model_name, make_embed_model
+from llamaindex_rerankers.types import RerankReport
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
@@ -52,6 +53,7 @@ class RetrievalResult:
         query: the query string.
         retrieved: nodes in first-stage (vector similarity) order.
         reranked: nodes after the reranker (a copy of ``retrieved`` when there is no reranker).
+        report: the rerank call's own report (one of this package's rerankers), else ``None``.
 
     Example:
         >>> RetrievalResult(query="q", retrieved=[], reranked=[]).reranked
@@ -61,6 +63,7 @@ class RetrievalResult:
     query: str
     retrieved: list[NodeWithScore]
     reranked: list[NodeWithScore]
+    report: RerankReport | None = None
 
 
 def load_index(
@@ -125,11 +128,16 @@ def retrieve_and_rerank(
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}.")
     retrieved = index.as_retriever(similarity_top_k=top_k).retrieve(query)
+    report = None
     if reranker is None:
         reranked = list(retrieved)
+    elif isinstance(reranker, BaseReranker):
+        reranked, report = reranker.rerank(retrieved, query)
     else:
         reranked = reranker.postprocess_nodes(list(retrieved), query_str=query)
-    return RetrievalResult(query=query, retrieved=list(retrieved), reranked=list(reranked))
+    return RetrievalResult(
+        query=query, retrieved=list(retrieved), reranked=list(reranked), report=report
+    )
 
 
 def build_query_engine(
