@@ -84,7 +84,8 @@ class LLMUsage(_Usage):
     """What an LLM judge did in one call.
 
     Attributes:
-        judgements: passages judged (asked, or served from the cache).
+        judgements: distinct passages judged (asked, or served from the cache); with
+            ``deduplicated`` they add up to the candidates.
         calls: HTTP requests sent, retries included.
         prompt_tokens: prompt tokens the server reported.
         completion_tokens: generated tokens the server reported.
@@ -94,7 +95,7 @@ class LLMUsage(_Usage):
         retries: HTTP requests that repeated a failed one.
         parse_failures: answers from which no label could be read.
         truncated: passages (or the query) cut to their token budget.
-        unknown: judgements that ended as ``unknown``.
+        unknown: distinct passages whose judgement ended as ``unknown``.
         max_in_flight: the most requests this call had in flight at once.
         seconds: wall-clock time of the call's judging.
     """
