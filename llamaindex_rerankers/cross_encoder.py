@@ -32,6 +32,14 @@ from llamaindex_rerankers._models import ModelLoadError, model_location
 from llamaindex_rerankers.base import BaseReranker
 from llamaindex_rerankers.scoring import sigmoid
 from llamaindex_rerankers.types import CrossEncoderUsage, Judgement, RerankReport
+from llamaindex_rerankers.windows import (
+    DEFAULT_WINDOW_OVERLAP,
+    LongText,
+    Window,
+    max_passage,
+    overlap_tokens,
+    split_windows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +93,13 @@ class CrossEncoderReranker(BaseReranker):
     metadata as ``rerank_logit``. Pairs longer than ``max_length`` tokens are truncated by the
     model; each such node gets ``rerank_truncated=True`` and one warning is logged per call.
 
+    Long passages (``long_text="windows"``): a passage whose pair would be cut is split into
+    overlapping windows that each fit ``max_length`` with the query and the special tokens
+    (counted with the model's tokenizer); every window is scored and the passage gets its best
+    window's score (MaxP). Such nodes carry ``rerank_windows`` (windows scored for it, 1 for a
+    passage that fits) and ``rerank_best_window_offset`` (character offset of the best window in
+    the passage text); ``report.cross_encoder.windows`` counts the window pairs.
+
     Models are loaded once per process and shared by every instance with the same model, device,
     max_length, trust_remote_code, revision, backend, model_kwargs and tokenizer_kwargs.
 
@@ -118,6 +133,18 @@ class CrossEncoderReranker(BaseReranker):
         ge=8,
         description="Token limit per (query, passage) pair; None uses the "
         "model's own limit. Longer pairs are truncated and flagged rerank_truncated.",
+    )
+    long_text: LongText = Field(
+        default="truncate",
+        description="What to do with a passage longer than max_length allows: 'truncate' scores "
+        "its beginning (flagged rerank_truncated); 'windows' scores overlapping windows that "
+        "each fit and keeps the best (MaxP), at one pair per window.",
+    )
+    window_overlap: float = Field(
+        default=DEFAULT_WINDOW_OVERLAP,
+        ge=0,
+        description="Tokens shared by consecutive windows (long_text='windows'): a fraction in "
+        "[0, 1) of the window's token budget, or a whole number of tokens (>= 1).",
     )
     device: str | None = Field(
         default=None, description="torch device ('cpu', 'cuda', 'mps'); None picks automatically."
@@ -203,33 +230,50 @@ class CrossEncoderReranker(BaseReranker):
         loaded = self._load()
         # Identical passages (duplicated chunks, repeated hits) are scored once.
         unique = list(dict.fromkeys(texts))
-        lengths = loaded.pair_lengths(query, unique)
+        spans = _windows_of(loaded, query, unique, self.window_overlap, self.long_text)
+        # Identical windows (of one passage or of two) are scored once too.
+        pair_texts = list(dict.fromkeys(w.text for windows in spans for w in windows))
+        lengths = loaded.pair_lengths(query, pair_texts)
         limit = loaded.model.max_seq_length
-        cut = dict(zip(unique, (limit is not None and n > limit for n in lengths), strict=True))
+        over = {
+            t: limit is not None and n > limit for t, n in zip(pair_texts, lengths, strict=True)
+        }
+        cut = {t: any(over[w.text] for w in ws) for t, ws in zip(unique, spans, strict=True)}
         n_cut = sum(cut[t] for t in texts)
         if n_cut:
             logger.warning(
                 "%d of %d (query, passage) pairs exceed max_length=%s tokens and were truncated "
-                "(see node metadata 'rerank_truncated'); raise max_length or chunk documents "
-                "smaller.",
+                "(see node metadata 'rerank_truncated'); raise max_length, chunk documents "
+                "smaller, or pass long_text='windows'.",
                 n_cut,
                 len(texts),
                 limit,
             )
         logits = _predict_logits(
-            loaded.model, query, unique, self.batch_size, self.precision, self.backend
+            loaded.model, query, pair_texts, self.batch_size, self.precision, self.backend
         )
+        by_pair = dict(zip(pair_texts, logits, strict=True))
+        split = [ws for ws in spans if len(ws) > 1]
         report.cross_encoder = CrossEncoderUsage(
-            pairs=len(unique),
+            pairs=len(pair_texts),
             deduplicated=len(texts) - len(unique),
             truncated=n_cut,
+            windowed=len(split),
+            windows=len({w.text for ws in split for w in ws}),
             seconds=time.perf_counter() - started,
         )
-        by_text = dict(zip(unique, logits, strict=True))
+        by_text = {
+            t: _best_window(ws, by_pair, self.long_text == "windows")
+            for t, ws in zip(unique, spans, strict=True)
+        }
         return [
             Judgement(
-                score=sigmoid(by_text[t]),
-                metadata={"rerank_logit": by_text[t], "rerank_truncated": cut[t]},
+                score=sigmoid(by_text[t][0]),
+                metadata={
+                    "rerank_logit": by_text[t][0],
+                    "rerank_truncated": cut[t],
+                    **by_text[t][1],
+                },
             )
             for t in texts
         ]
@@ -241,6 +285,36 @@ class CrossEncoderReranker(BaseReranker):
         context is copied, as ``asyncio.to_thread`` does."""
         call = functools.partial(contextvars.copy_context().run, self._judge, query, texts, report)
         return await asyncio.get_running_loop().run_in_executor(_pool(), call)
+
+
+def _windows_of(
+    loaded: _LoadedModel, query: str, texts: Sequence[str], overlap: float, long_text: str
+) -> list[list[Window]]:
+    """Each passage's windows: the whole passage when truncating, or when it fits."""
+    limit = loaded.model.max_seq_length
+    if long_text != "windows" or limit is None or loaded.length_tokenizer is None:
+        return [[Window(0, t)] for t in texts]
+    # What the query and the special tokens leave of max_length for the passage.
+    budget = int(limit) - loaded.pair_lengths(query, [""])[0]
+    if budget < 1:  # the query alone fills max_length: nothing to window
+        return [[Window(0, t)] for t in texts]
+    overlap_tokens(overlap, budget)  # a bad overlap raises before any work
+    return [split_windows(t, budget, loaded.count_tokens, overlap) for t in texts]
+
+
+def _best_window(
+    windows: Sequence[Window], logits: dict[str, float], windowed: bool
+) -> tuple[float, dict[str, Any]]:
+    """MaxP: the best window's logit and, when windowing, its metadata."""
+    found = max_passage([logits[w.text] for w in windows])
+    assert found is not None  # every window has a logit
+    best, logit = found
+    if not windowed:
+        return logit, {}
+    return logit, {
+        "rerank_windows": len(windows),
+        "rerank_best_window_offset": windows[best].offset,
+    }
 
 
 def _predict_logits(
@@ -323,6 +397,14 @@ class _LoadedModel:
                 [query] * len(texts), list(texts), truncation=False, padding=False, verbose=False
             )["input_ids"]
         return [len(x) for x in ids]
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` alone, without special tokens (a window's share of a pair)."""
+        with self.length_lock:
+            ids = self.length_tokenizer(
+                text, add_special_tokens=False, truncation=False, verbose=False
+            )["input_ids"]
+        return len(ids)
 
 
 _MODELS: dict[tuple[Any, ...], _LoadedModel] = {}

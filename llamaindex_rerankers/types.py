@@ -67,15 +67,21 @@ class CrossEncoderUsage(_Usage):
     """What a cross-encoder did in one call.
 
     Attributes:
-        pairs: (query, passage) pairs the model scored (after deduplication).
+        pairs: (query, text) pairs the model scored (after deduplication): one per distinct
+            passage, or with ``long_text="windows"`` one per distinct window.
         deduplicated: passages that repeated an earlier one and were not scored again.
         truncated: passages whose pair was longer than ``max_length`` tokens (cut by the model).
+        windowed: distinct passages split into more than one window (``long_text="windows"``).
+        windows: distinct windows of those passages scored (included in ``pairs``; a window
+            repeated within the call is scored once).
         seconds: wall-clock time spent in the model, tokenization included.
     """
 
     pairs: int = 0
     deduplicated: int = 0
     truncated: int = 0
+    windowed: int = 0
+    windows: int = 0
     seconds: float = 0.0
 
 
@@ -85,7 +91,8 @@ class LLMUsage(_Usage):
 
     Attributes:
         judgements: distinct passages judged (asked, or served from the cache); with
-            ``deduplicated`` they add up to the candidates.
+            ``deduplicated`` they add up to the candidates. With ``long_text="windows"``: distinct
+            texts judged, a split passage counting once per window.
         calls: HTTP requests sent, retries included.
         prompt_tokens: prompt tokens the server reported.
         completion_tokens: generated tokens the server reported.
@@ -96,6 +103,8 @@ class LLMUsage(_Usage):
         parse_failures: answers from which no label could be read.
         truncated: passages (or the query) cut to their token budget.
         unknown: distinct passages whose judgement ended as ``unknown``.
+        windowed: distinct passages split into more than one window (``long_text="windows"``).
+        windows: distinct windows of those passages judged (included in ``judgements``).
         max_in_flight: the most requests this call had in flight at once.
         seconds: wall-clock time of the call's judging.
     """
@@ -113,6 +122,8 @@ class LLMUsage(_Usage):
     parse_failures: int = 0
     truncated: int = 0
     unknown: int = 0
+    windowed: int = 0
+    windows: int = 0
     max_in_flight: int = 0
     seconds: float = 0.0
 

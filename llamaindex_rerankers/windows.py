@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
+
+#: A reranker's handling of passages longer than its token budget: cut them, or window them.
+LongText = Literal["truncate", "windows"]
+#: Default overlap of consecutive windows: a quarter of the window budget.
+DEFAULT_WINDOW_OVERLAP = 0.25
 
 #: Words with the whitespace that follows them: the places where a window may start or end.
 _PIECE = re.compile(r"\s*\S+\s*")

@@ -41,6 +41,7 @@ setting, the prompts (string fields, also read and written by ``get_prompts`` /
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -99,6 +100,13 @@ from llamaindex_rerankers.llm.prompts import (
 from llamaindex_rerankers.llm.tokens import TokenCounter
 from llamaindex_rerankers.llm.types import ChatClient, ChatClientError, ChatResult
 from llamaindex_rerankers.types import Judgement, LLMUsage, RerankReport
+from llamaindex_rerankers.windows import (
+    DEFAULT_WINDOW_OVERLAP,
+    LongText,
+    Window,
+    max_passage,
+    split_windows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +290,18 @@ class LLMReranker(BaseReranker, PromptMixin):
         ge=1,
         description="Token budget of each passage; longer passages are cut and flagged "
         "rerank_truncated. Counted with tiktoken for OpenAI models, chars/4 otherwise.",
+    )
+    long_text: LongText = Field(
+        default="truncate",
+        description="What to do with a passage longer than passage_max_tokens: 'truncate' "
+        "judges its beginning (flagged rerank_truncated); 'windows' judges overlapping windows "
+        "that each fit and keeps the best (MaxP), at one request per distinct window.",
+    )
+    window_overlap: float = Field(
+        default=DEFAULT_WINDOW_OVERLAP,
+        ge=0,
+        description="Tokens shared by consecutive windows (long_text='windows'): a fraction in "
+        "[0, 1) of passage_max_tokens, or a whole number of tokens (>= 1).",
     )
     cache: Any = Field(
         default="memory",
@@ -473,13 +493,31 @@ class LLMReranker(BaseReranker, PromptMixin):
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
         """Runs the judging on the background loop and waits for it; works in any thread,
         with or without a running event loop (Jupyter, async web handlers)."""
-        return run_sync(self._judge_on_loop(query, texts, report))
+        return run_sync(self._judge_windowed(query, texts, report))
 
     async def _ajudge(
         self, query: str, texts: Sequence[str], report: RerankReport
     ) -> list[Judgement]:
         """Awaits the judging on the background loop; cancelling the caller cancels it."""
-        return await run_async(self._judge_on_loop(query, texts, report))
+        return await run_async(self._judge_windowed(query, texts, report))
+
+    async def _judge_windowed(
+        self, query: str, texts: Sequence[str], report: RerankReport
+    ) -> list[Judgement]:
+        """With ``long_text="windows"``: judge every window of every passage (as passages of
+        their own, so that repeats are judged once and cached) and give each passage its best
+        window's judgement (MaxP). Otherwise :meth:`_judge_on_loop` itself."""
+        budget = self.passage_max_tokens
+        if self.long_text != "windows" or budget is None:
+            return await self._judge_on_loop(query, texts, report)
+        spans = _expand_windows(texts, self._token_counter(), budget, self.window_overlap)
+        judged = await self._judge_on_loop(query, [w.text for ws in spans for w in ws], report)
+        if report.llm is not None:
+            split = {t: ws for t, ws in zip(texts, spans, strict=True) if len(ws) > 1}
+            report.llm.deduplicated = len(texts) - len(set(texts))
+            report.llm.windowed = len(split)
+            report.llm.windows = len({w.text for ws in split.values() for w in ws})
+        return _aggregate_windows(spans, judged)
 
     def _limiter(self) -> asyncio.Semaphore:
         """The instance's semaphore (on the background loop; renewed if the loop or
@@ -678,6 +716,39 @@ class LLMReranker(BaseReranker, PromptMixin):
         counters["prompt_tokens"] += result.prompt_tokens
         counters["completion_tokens"] += result.completion_tokens
         return result
+
+
+def _expand_windows(
+    texts: Sequence[str], counter: TokenCounter, budget: int, overlap: float
+) -> list[list[Window]]:
+    """Each passage's windows within ``budget`` tokens (one window when it fits)."""
+    found: dict[str, list[Window]] = {}
+    for text in texts:
+        if text not in found:
+            found[text] = split_windows(text, budget, counter.count, overlap)
+    return [found[text] for text in texts]
+
+
+def _aggregate_windows(
+    spans: Sequence[Sequence[Window]], judged: Sequence[Judgement]
+) -> list[Judgement]:
+    """MaxP: per passage, the judgement of its best-scored window (its first window's when none
+    could be judged), with ``rerank_windows`` and ``rerank_best_window_offset`` added.
+    ``judged`` holds the windows' judgements, passage after passage."""
+    out: list[Judgement] = []
+    start = 0
+    for windows in spans:
+        own = judged[start : start + len(windows)]
+        start += len(windows)
+        found = max_passage([j.score for j in own])
+        best = 0 if found is None else found[0]
+        meta = {
+            **own[best].metadata,
+            "rerank_windows": len(windows),
+            "rerank_best_window_offset": windows[best].offset,
+        }
+        out.append(dataclasses.replace(own[best], metadata=meta))
+    return out
 
 
 def _read(result: ChatResult, labels: Sequence[Label]) -> CachedJudgement | None:

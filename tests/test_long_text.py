@@ -1,0 +1,157 @@
+"""Long passages: ``long_text="windows"`` (overlapping windows, MaxP) on the real offline
+cross-encoder and on the LLM reranker through a scripted chat client."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import pytest
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from llamaindex_rerankers import CrossEncoderReranker
+from llamaindex_rerankers.llm import LLMReranker
+from llamaindex_rerankers.llm.types import ChatResult, GeneratedToken, TokenChoice
+
+QUERY = "when should apple trees be pruned"
+FILLER = " ".join(
+    ["The committee met on Tuesday to discuss the annual budget and the parking rules for staff."]
+    * 8
+)
+ANSWER = "Apple trees are best pruned in late winter, while the tree is dormant."
+#: ~150 tokens: the answer sits past the cut of a 128-token pair.
+LONG = f"{FILLER} {ANSWER}"
+OTHER = "Apple trees grow in many climates and produce fruit in autumn."
+
+
+def nodes_of(*texts: str) -> list[NodeWithScore]:
+    return [
+        NodeWithScore(node=TextNode(id_=f"n{i}", text=t), score=1.0) for i, t in enumerate(texts)
+    ]
+
+
+@pytest.mark.slow
+def test_windows_find_the_answer_past_the_cut_that_truncation_misses(ce_model_path: str) -> None:
+    nodes = nodes_of(OTHER, LONG, LONG)
+    cut = CrossEncoderReranker(model=ce_model_path, device="cpu", max_length=128)
+    windowed = CrossEncoderReranker(
+        model=ce_model_path, device="cpu", max_length=128, long_text="windows"
+    )
+    truncated = cut.rerank(nodes, QUERY)
+    assert [n.node.node_id for n in truncated.nodes] == ["n0", "n1", "n2"]
+    assert truncated.nodes[1].node.metadata["rerank_truncated"] is True
+    assert "rerank_windows" not in truncated.nodes[1].node.metadata
+
+    result = windowed.rerank(nodes, QUERY)
+    assert [n.node.node_id for n in result.nodes] == ["n1", "n2", "n0"]
+    meta = {n.node.node_id: n.node.metadata for n in result.nodes}
+    assert meta["n1"]["rerank_windows"] == 2 and meta["n0"]["rerank_windows"] == 1
+    best = meta["n1"]["rerank_best_window_offset"]
+    assert 0 < best <= LONG.index(ANSWER)  # the window that holds the answer
+    assert meta["n1"]["rerank_truncated"] is False  # every window fits max_length
+    assert meta["n0"]["rerank_best_window_offset"] == 0
+    assert result.nodes[0].score == result.nodes[1].score  # duplicates score alike
+    assert result.nodes[0].score > truncated.nodes[1].score
+
+    usage = result.report.cross_encoder
+    assert usage is not None
+    # OTHER (1 pair) + LONG's 2 windows; the repeated LONG is scored once.
+    assert (usage.pairs, usage.windowed, usage.windows, usage.deduplicated) == (3, 1, 2, 1)
+    assert usage.truncated == 0
+    assert result.report.to_dict()["cross_encoder"]["windows"] == 2
+
+
+@pytest.mark.slow
+def test_windows_equal_truncation_when_every_passage_fits(ce_model_path: str) -> None:
+    nodes = nodes_of(OTHER, ANSWER)
+    cut = CrossEncoderReranker(model=ce_model_path, device="cpu").rerank(nodes, QUERY)
+    windows = CrossEncoderReranker(model=ce_model_path, device="cpu", long_text="windows")
+    out = windows.rerank(nodes, QUERY)
+    assert [n.score for n in out.nodes] == [n.score for n in cut.nodes]
+    assert out.report.cross_encoder is not None and out.report.cross_encoder.windows == 0
+
+
+@pytest.mark.slow
+def test_identical_windows_of_different_passages_are_scored_once(ce_model_path: str) -> None:
+    # Two passages that differ only after the first window share that window.
+    other_tail = f"{FILLER} Pears ripen in September."
+    r = CrossEncoderReranker(
+        model=ce_model_path, device="cpu", max_length=128, long_text="windows", window_overlap=0
+    )
+    out = r.rerank(nodes_of(LONG, other_tail), QUERY)
+    usage = out.report.cross_encoder
+    assert usage is not None and usage.windowed == 2
+    assert usage.windows == 3 and usage.pairs == 3  # 2 + 2 windows, the first one shared
+
+
+def test_long_text_settings_validate_and_round_trip() -> None:
+    r = CrossEncoderReranker(model="m", long_text="windows", window_overlap=32)
+    again = CrossEncoderReranker.from_dict(r.to_dict())
+    assert (again.long_text, again.window_overlap) == ("windows", 32)
+    with pytest.raises(ValueError):
+        CrossEncoderReranker(model="m", long_text="chunks")  # type: ignore[arg-type]
+    llm = LLMReranker(model="m", cache=None, long_text="windows", window_overlap=0.5)
+    assert LLMReranker.from_dict(llm.to_dict()).long_text == "windows"
+
+
+class WindowClient:
+    """Answers C (very likely) for a passage that mentions 'winter', B for 'apple', A otherwise;
+    records every passage it is asked about."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return ("http://scripted/v1", "scripted")
+
+    async def achat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int,
+        logprobs: bool,
+        top_logprobs: int,
+        deadline: float | None = None,
+    ) -> ChatResult:
+        passage = messages[-1]["content"].split("<passage>\n")[1].split("\n</passage>")[0]
+        self.requests.append(passage)
+        code = "C" if "winter" in passage else "B" if "Apple" in passage else "A"
+        top = (TokenChoice(code, math.log(0.9)), TokenChoice("A" if code != "A" else "B",
+                                                             math.log(0.1)))  # fmt: skip
+        return ChatResult(
+            text=code,
+            tokens=(GeneratedToken(code, math.log(0.9), top),),
+            prompt_tokens=10,
+            completion_tokens=1,
+            attempts=1,
+        )
+
+
+def test_llm_reranker_judges_every_window_and_keeps_the_best() -> None:
+    client = WindowClient()
+    # chars/4 counting: LONG (~800 characters) is several 60-token windows; OTHER is one.
+    kwargs = {"model": "scripted", "client": client, "cache": None, "passage_max_tokens": 60}
+    cut = LLMReranker(**kwargs).rerank(nodes_of(OTHER, LONG), QUERY)
+    assert [n.node.node_id for n in cut.nodes] == ["n0", "n1"]  # the cut passage says nothing
+    assert cut.nodes[1].node.metadata["rerank_truncated"] is True
+
+    client.requests.clear()
+    windowed = LLMReranker(**kwargs, long_text="windows")
+    result = windowed.rerank(nodes_of(OTHER, LONG, LONG), QUERY)
+    assert [n.node.node_id for n in result.nodes] == ["n1", "n2", "n0"]
+    meta = result.nodes[0].node.metadata
+    assert meta["rerank_label"] == "very likely" and meta["rerank_truncated"] is False
+    n_windows = meta["rerank_windows"]
+    offset = meta["rerank_best_window_offset"]
+    assert LONG.index(ANSWER) >= offset and "winter" in LONG[offset:]
+    assert result.nodes[2].node.metadata["rerank_windows"] == 1
+    # Each distinct window is asked once: the repeated passage adds no request, and the
+    # filler's repeated sentences make some windows of LONG identical (3 distinct of 5).
+    assert len(client.requests) == len(set(client.requests)) == 4
+    assert all(len(p) <= 60 * 4 for p in client.requests)
+    usage = result.report.llm
+    assert usage is not None
+    assert (n_windows, usage.windowed, usage.windows, usage.judgements) == (5, 1, 3, 4)
+    assert usage.deduplicated == 1 and usage.truncated == 0
+    assert result.report.n_judged == 3
