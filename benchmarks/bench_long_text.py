@@ -8,7 +8,7 @@ scored, windows, passages cut (truncate) or split (windows), and seconds in the 
 Run (from the repository root):
 
     .venv/bin/python benchmarks/bench_long_text.py [--settings scifact:model,nfcorpus:model,
-        scifact:128] [--queries 50] [--top-k 20] [--overlap 0.25] [--threads 1]
+        scifact:128,nfcorpus:128] [--queries 50] [--top-k 20] [--overlap 0.25] [--threads 1]
 
 or ``make bench-long-text``. ``model`` is the model's own max_length. Writes
 ``benchmarks/results/long_text.json`` and ``.md``. The model comes from ``--model`` or
@@ -159,7 +159,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--settings",
-        default="scifact:model,nfcorpus:model,scifact:128",
+        default="scifact:model,nfcorpus:model,scifact:128,nfcorpus:128",
         help="comma-separated dataset:max_length ('model' = the model's own limit)",
     )
     p.add_argument(
