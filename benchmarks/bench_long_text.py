@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     rows = [_measure(model, dataset, length, args) for dataset, length in args.settings]
+    argv = " ".join(sys.argv[1:])
     result = {
-        "command": f".venv/bin/python benchmarks/bench_long_text.py {' '.join(sys.argv[1:])}".strip(),
+        "command": f".venv/bin/python benchmarks/bench_long_text.py {argv}".strip(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "model": model,
         "queries": args.queries,

@@ -132,7 +132,8 @@ class CrossEncoderReranker(BaseReranker):
         default=None,
         ge=8,
         description="Token limit per (query, passage) pair; None uses the "
-        "model's own limit. Longer pairs are truncated and flagged rerank_truncated.",
+        "model's own limit. Longer pairs are truncated and flagged rerank_truncated, or split "
+        "into windows with long_text='windows'.",
     )
     long_text: LongText = Field(
         default="truncate",
