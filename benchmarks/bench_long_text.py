@@ -11,9 +11,9 @@ Run (from the repository root):
         scifact:128,nfcorpus:128] [--queries 50] [--top-k 20] [--overlap 0.25] [--threads 1]
 
 or ``make bench-long-text``. ``model`` is the model's own max_length. Writes
-``benchmarks/results/long_text.json`` and ``.md``. The model comes from ``--model`` or
-``$LLAMAINDEX_RERANKERS_CROSS_ENCODER``; the data from ``--data-dir`` or
-``$LLAMAINDEX_RERANKERS_DATA`` (default ``../shared/data``).
+``benchmarks/results/long_text.json`` and ``.md`` (``long_text_<tag>.*`` with ``--tag``).
+The model comes from ``--model`` or ``$LLAMAINDEX_RERANKERS_CROSS_ENCODER``; the data from
+``--data-dir`` or ``$LLAMAINDEX_RERANKERS_DATA`` (default ``../shared/data``).
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "long_text.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "long_text.md").write_text(_markdown(result))
+    name = f"long_text_{args.tag}" if args.tag else "long_text"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(_markdown(result))
     print(_markdown(result))
     return 0
 
@@ -177,6 +178,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--model", default=None, help=f"cross-encoder path (default ${CROSS_ENCODER_ENV})"
     )
     p.add_argument("--output-dir", default=str(RESULTS), help="where to write JSON + Markdown")
+    p.add_argument("--tag", default="", help="suffix of the output names: long_text_<tag>.json")
     args = p.parse_args(argv)
     if args.queries < 1 or args.top_k < 1 or args.threads < 1:
         p.error("--queries, --top-k and --threads must be at least 1")
@@ -205,7 +207,8 @@ def _markdown(r: dict[str, Any]) -> str:
         f"{m['load_avg_1min_end']} (shared machine: seconds are indicative, pairs are exact)",
         "",
         "| dataset | max_length | BM25 | truncate nDCG@10 | windows nDCG@10 | Δ | "
-        "passages cut (truncate) | passages split (windows) | pairs truncate → windows | "
+        "candidates cut (truncate) | distinct passages split (windows) | "
+        "pairs truncate → windows | "
         "model s truncate → windows |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
