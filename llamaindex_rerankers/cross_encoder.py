@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from llamaindex_rerankers._imports import require
 from llamaindex_rerankers._models import ModelLoadError, model_location
@@ -36,8 +36,8 @@ from llamaindex_rerankers.windows import (
     DEFAULT_WINDOW_OVERLAP,
     LongText,
     Window,
+    check_overlap,
     max_passage,
-    overlap_tokens,
     split_windows,
 )
 
@@ -187,6 +187,11 @@ class CrossEncoderReranker(BaseReranker):
     def class_name(cls) -> str:
         return "CrossEncoderReranker"
 
+    @field_validator("window_overlap")
+    @classmethod
+    def _check_window_overlap(cls, value: float) -> float:
+        return check_overlap(value)
+
     @model_validator(mode="after")
     def _bfloat16_needs_torch(self) -> CrossEncoderReranker:
         if self.precision == "bfloat16" and self.backend != "torch":
@@ -299,7 +304,6 @@ def _windows_of(
     budget = int(limit) - loaded.pair_lengths(query, [""])[0]
     if budget < 1:  # the query alone fills max_length: nothing to window
         return [[Window(0, t)] for t in texts]
-    overlap_tokens(overlap, budget)  # a bad overlap raises before any work
     return [split_windows(t, budget, loaded.count_tokens, overlap) for t in texts]
 
 

@@ -64,6 +64,20 @@ def overlap_tokens(overlap: float, budget: int) -> int:
     return max(0, min(tokens, budget - 1))
 
 
+def check_overlap(overlap: float) -> float:
+    """``overlap`` if :func:`overlap_tokens` accepts it (a settings validator).
+
+    Raises:
+        ValueError: as :func:`overlap_tokens`.
+
+    Example:
+        >>> check_overlap(0.25)
+        0.25
+    """
+    overlap_tokens(overlap, 2)
+    return overlap
+
+
 def split_windows(
     text: str, budget: int, count: Callable[[str], int], overlap: float = 0.25
 ) -> list[Window]:

@@ -90,6 +90,9 @@ def test_long_text_settings_validate_and_round_trip() -> None:
     assert (again.long_text, again.window_overlap) == ("windows", 32)
     with pytest.raises(ValueError):
         CrossEncoderReranker(model="m", long_text="chunks")  # type: ignore[arg-type]
+    for cls in (CrossEncoderReranker, LLMReranker):
+        with pytest.raises(ValueError, match="fraction"):
+            cls(model="m", window_overlap=2.5)
     llm = LLMReranker(model="m", cache=None, long_text="windows", window_overlap=0.5)
     assert LLMReranker.from_dict(llm.to_dict()).long_text == "windows"
 

@@ -104,6 +104,7 @@ from llamaindex_rerankers.windows import (
     DEFAULT_WINDOW_OVERLAP,
     LongText,
     Window,
+    check_overlap,
     max_passage,
     split_windows,
 )
@@ -360,6 +361,11 @@ class LLMReranker(BaseReranker, PromptMixin):
     @classmethod
     def _check_labels(cls, value: tuple[Label, ...]) -> tuple[Label, ...]:
         return validate_labels(value)
+
+    @field_validator("window_overlap")
+    @classmethod
+    def _check_window_overlap(cls, value: float) -> float:
+        return check_overlap(value)
 
     @model_validator(mode="after")
     def _check_examples_and_prompts(self) -> LLMReranker:
