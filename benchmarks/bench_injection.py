@@ -8,9 +8,12 @@ injected one), so that a defence that only falls back to the first-stage order d
 Every contestant uses the same local llama.cpp server and model (SmolLM2-135M-Instruct unless
 ``--gguf`` says otherwise). Contestants (``--contestants``, comma-separated):
 
-* ``llm``: LLMReranker with its defaults; ``llm-none``: every defence off (the old prompt);
+* ``llm``: LLMReranker with its defaults (sandwich on, detector demotes by 0.5; codes drawn
+  per query and datamarking off: alone, they made SmolLM2 worse); ``llm-none``: every
+  defence off (the old prompt);
   ``llm-codes``, ``llm-sandwich``, ``llm-datamark``, ``llm-demote``: one defence alone;
-  ``llm-all``: all of them (codes, sandwich, datamark, demotion by the detector).
+  ``llm-sandwich-demote``: the defaults spelled out; ``llm-all``: all of them (codes,
+  sandwich, datamark, demotion by the detector).
 * ``cascade``: the registry's cascade (cross-encoder keeps 6, then LLMReranker defaults,
   stage1_weight 0.5); ``cross-encoder``: the cross-encoder alone.
 * ``llmrerank``, ``structuredllmrerank``, ``rankgpt``: LlamaIndex's LLM rerankers (slow).
@@ -64,6 +67,8 @@ LLM_CONFIGS: dict[str, dict[str, Any]] = {
                      "suspected_penalty": 0.0},
     "llm-demote": {"random_codes": False, "sandwich": False, "datamark": None,
                    "suspected_penalty": 0.5},
+    "llm-sandwich-demote": {"random_codes": False, "sandwich": True, "datamark": None,
+                            "suspected_penalty": 0.5},
     "llm-all": {"random_codes": True, "sandwich": True, "datamark": "^",
                 "suspected_penalty": 0.5},
 }  # fmt: skip

@@ -326,8 +326,10 @@ class LLMReranker(BaseReranker, PromptMixin):
         "is public. Never serialised (pass it again to from_dict); its hash is in the cache key.",
     )
     sandwich: bool = Field(
-        default=False,
-        description="Repeat the instruction after the passage (prompts.SANDWICH_PROMPT).",
+        default=True,
+        description="Repeat the instruction after the passage (prompts.SANDWICH_PROMPT). On "
+        "by default: with SmolLM2-135M it cut injection success at top-1 from 38 % to 15 % on "
+        "the benchmark's train split (benchmarks/results/injection_train.md).",
     )
     datamark: str | None = Field(
         default=None,
@@ -342,11 +344,12 @@ class LLMReranker(BaseReranker, PromptMixin):
         "rerank_injection_suspected in the node metadata.",
     )
     suspected_penalty: float = Field(
-        default=0.0,
+        default=0.5,
         ge=0.0,
         le=1.0,
         description="A suspected passage's score is multiplied by (1 - penalty): 0 only flags, "
-        "1 scores it 0. Needs detect_injection.",
+        "1 scores it 0. Needs detect_injection. Default 0.5 (chosen on the injection train "
+        "split; the detector flags about 1 in 2,000 DL19 passages).",
     )
 
     _client: ChatClient | None = PrivateAttr(default=None)
