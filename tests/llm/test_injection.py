@@ -127,7 +127,7 @@ def test_reranker_draws_codes_per_query_and_keys_the_cache_on_the_defences() -> 
     codes = [lab.code for lab in drawn._labels_for("q")]
     assert codes == list(draw_codes("q", "llamaindex-rerankers/answer-codes/v1", 3))
     keys = {r.prompt_key for r in (base, drawn, salted)}
-    keys |= {LLMReranker(model="m", cache=None, sandwich=True).prompt_key}
+    keys |= {LLMReranker(model="m", cache=None, sandwich=False).prompt_key}
     keys |= {LLMReranker(model="m", cache=None, datamark="^").prompt_key}
     assert len(keys) == 5
     assert "code_salt" not in salted.to_dict()
