@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -71,6 +72,12 @@ from llamaindex_rerankers.llm.cache import (
     put_many,
 )
 from llamaindex_rerankers.llm.capabilities import logprobs_supported
+from llamaindex_rerankers.llm.injection import (
+    DEFAULT_SALT,
+    draw_codes,
+    looks_injected,
+    relabel,
+)
 from llamaindex_rerankers.llm.labels import (
     DEFAULT_LABELS,
     UNKNOWN,
@@ -174,7 +181,14 @@ class LLMReranker(BaseReranker, PromptMixin):
     Scores are expected relevance from the label log-probabilities of one generated token, in
     [0, 1]. Output metadata per node: ``rerank_label`` (most probable label, or ``unknown``),
     ``rerank_score``, ``rerank_label_probs`` (label → probability), ``rerank_source``
-    (``"logprobs"``, ``"text"`` or ``"unknown"``), ``rerank_truncated`` and ``rerank_cached``.
+    (``"logprobs"``, ``"text"`` or ``"unknown"``), ``rerank_truncated``, ``rerank_cached`` and
+    ``rerank_injection_suspected`` (with ``detect_injection``).
+
+    Prompt-injection defences (:mod:`llamaindex_rerankers.llm.injection`, measured by
+    ``benchmarks/bench_injection.py``): ``random_codes`` (answer codes drawn per query),
+    ``sandwich`` (the instruction repeated after the passage), ``datamark`` (spotlighting),
+    ``detect_injection`` / ``suspected_penalty`` (flag, and optionally demote,
+    instruction-like passages). Each one that changes the prompt is part of the cache key.
     Figures per call (LLM calls, tokens, cache hits, repeats, failures, retries, parse failures)
     are in the call's ``report.llm`` and in the end event.
 
@@ -317,6 +331,46 @@ class LLMReranker(BaseReranker, PromptMixin):
         "('gguf-sha256:...'), so that a restarted server on another port hits the cache.",
     )
     show_progress: bool = Field(default=False, description="Show a tqdm bar per rerank call.")
+    # -- prompt-injection defences (llamaindex_rerankers.llm.injection); all in the cache key.
+    random_codes: bool = Field(
+        default=False,
+        description="Draw the answer codes per query (distinct letters from "
+        "injection.CODE_POOL, seeded by a hash of the query and code_salt) instead of the "
+        "labels' fixed codes, so that 'Answer: C' inside a passage means nothing.",
+    )
+    code_salt: str | None = Field(
+        default=None,
+        exclude=True,
+        repr=False,
+        description="Secret mixed into the code draw; None uses injection.DEFAULT_SALT, which "
+        "is public. Never serialised (pass it again to from_dict); its hash is in the cache key.",
+    )
+    sandwich: bool = Field(
+        default=True,
+        description="Repeat the instruction after the passage (prompts.SANDWICH_PROMPT). On "
+        "by default: with SmolLM2-135M it cut injection success at top-1 from 38 % to 15 % on "
+        "the benchmark's train split (benchmarks/results/injection_train.md).",
+    )
+    datamark: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1,
+        description="Spotlighting by datamarking: a marker character (e.g. '^') that replaces "
+        "the whitespace of every passage, explained in the system prompt. None: off.",
+    )
+    detect_injection: bool = Field(
+        default=True,
+        description="Flag passages with instruction-like text (injection.looks_injected) as "
+        "rerank_injection_suspected in the node metadata.",
+    )
+    suspected_penalty: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="A suspected passage's score is multiplied by (1 - penalty): 0 only flags, "
+        "1 scores it 0. Needs detect_injection. Default 0.5 (chosen on the injection train "
+        "split; the detector flags about 1 in 2,000 DL19 passages).",
+    )
 
     _client: ChatClient | None = PrivateAttr(default=None)
     _client_given: bool = PrivateAttr(default=False)
@@ -456,8 +510,42 @@ class LLMReranker(BaseReranker, PromptMixin):
         return self._prompt_key(self._templates())
 
     def _prompt_key(self, templates: Any) -> str:
-        key = prompt_key(templates, self.labels, self.examples)
+        key = prompt_key(templates, self.labels, self.examples, self._defences())
         return key if self.use_logprobs else key + ":text"
+
+    def _defences(self) -> str:
+        """The injection defences that change what the model sees, for the cache key ("" with
+        none, so that keys from before they existed stay valid)."""
+        parts = []
+        if self.random_codes:
+            salt = self.code_salt if self.code_salt is not None else DEFAULT_SALT
+            parts.append(f"codes={hashlib.sha256(salt.encode()).hexdigest()[:16]}")
+        if self.sandwich:
+            parts.append("sandwich")
+        if self.datamark is not None:
+            parts.append(f"datamark={self.datamark}")
+        return ",".join(parts)
+
+    def _labels_for(self, query: str) -> tuple[Label, ...]:
+        """The labels of one query: the configured ones, or with codes drawn per query."""
+        if not self.random_codes:
+            return self.labels
+        salt = self.code_salt if self.code_salt is not None else DEFAULT_SALT
+        return relabel(self.labels, draw_codes(query, salt, len(self.labels)))
+
+    def _flag_injections(self, texts: Sequence[str], judged: list[Judgement]) -> list[Judgement]:
+        """Adds ``rerank_injection_suspected`` and applies ``suspected_penalty``."""
+        if not self.detect_injection:
+            return judged
+        out = []
+        for text, j in zip(texts, judged, strict=True):
+            suspected = looks_injected(text)
+            score = j.score
+            if suspected and score is not None and self.suspected_penalty > 0:
+                score = score * (1.0 - self.suspected_penalty)
+            meta = {**j.metadata, "rerank_injection_suspected": suspected}
+            out.append(dataclasses.replace(j, score=score, metadata=meta))
+        return out
 
     def close(self) -> None:
         """Close the client's HTTP connections (the next call opens new ones). Optional: an
@@ -499,13 +587,15 @@ class LLMReranker(BaseReranker, PromptMixin):
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
         """Runs the judging on the background loop and waits for it; works in any thread,
         with or without a running event loop (Jupyter, async web handlers)."""
-        return run_sync(self._judge_windowed(query, texts, report))
+        judged = run_sync(self._judge_windowed(query, texts, report))
+        return self._flag_injections(texts, judged)
 
     async def _ajudge(
         self, query: str, texts: Sequence[str], report: RerankReport
     ) -> list[Judgement]:
         """Awaits the judging on the background loop; cancelling the caller cancels it."""
-        return await run_async(self._judge_windowed(query, texts, report))
+        judged = await run_async(self._judge_windowed(query, texts, report))
+        return self._flag_injections(texts, judged)
 
     async def _judge_windowed(
         self, query: str, texts: Sequence[str], report: RerankReport
@@ -550,7 +640,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         state = _CallState(
             query=query_cut,
             templates=self._templates(),
-            labels=self.labels,
+            labels=self._labels_for(query_cut),
             examples=self.examples,
             client=client,
             identity=client.identity,
@@ -676,7 +766,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         for retry in (False, True):
             messages = render_messages(
                 state.templates, state.query, passage, state.labels, retry=retry,
-                examples=state.examples,
+                examples=state.examples, sandwich=self.sandwich, datamark_with=self.datamark,
             )  # fmt: skip
             parsed = _read(await self._chat(state, messages), state.labels)
             if parsed is not None:
