@@ -17,16 +17,29 @@ import math
 import time
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from llamaindex_rerankers.scoring import fuse, rank_order, rank_prior, select, usable_score
+from llamaindex_rerankers.scoring import (
+    fuse,
+    fusion_weight,
+    rank_order,
+    rank_prior,
+    select,
+    usable_score,
+)
 from llamaindex_rerankers.types import Judgement, RerankReport, RerankResult
 
 logger = logging.getLogger(__name__)
@@ -74,13 +87,13 @@ class BaseReranker(BaseNodePostprocessor):
         le=1.0,
         description="Drop judged nodes whose rerank score is below this; None keeps all.",
     )
-    retrieval_weight: float = Field(
+    retrieval_weight: float | Literal["auto"] = Field(
         default=0.0,
-        ge=0.0,
-        le=1.0,
         description="Weight w of the first-stage rank in the final score: "
         "(1 - w) * rerank score + w * rank prior, where the rank prior is 1 for the first "
-        "candidate and falls linearly to 1/K for the last. 0 ranks by the reranker alone.",
+        "candidate and falls linearly to 1/K for the last. 0 ranks by the reranker alone. "
+        "'auto' chooses w per query from how uncertain the judge was (scoring.fusion_weight); "
+        "a reranker that reports no uncertainty ranks alone (w = 0).",
     )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED,
@@ -103,6 +116,11 @@ class BaseReranker(BaseNodePostprocessor):
         super().__pydantic_init_subclass__(**kwargs)
         if "class_name" in cls.__dict__:  # only classes that name themselves are registered
             _CLASSES[cls.class_name()] = cls
+
+    @field_validator("retrieval_weight", mode="before")
+    @classmethod
+    def _check_retrieval_weight(cls, value: Any) -> Any:
+        return check_weight("retrieval_weight", value)
 
     @model_validator(mode="before")
     @classmethod
@@ -320,8 +338,10 @@ class BaseReranker(BaseNodePostprocessor):
                     i,
                 )
             model_scores.append(usable_score(j.score))
+        weight = self._weight_for(judgements, model_scores)
+        report.retrieval_weight = weight
         final: list[float | None] = [
-            None if s is None else fuse(s, rank_prior(i, total), self.retrieval_weight)
+            None if s is None else fuse(s, rank_prior(i, total), weight)
             for i, s in enumerate(model_scores)
         ]
         pruned = sorted(
@@ -348,10 +368,27 @@ class BaseReranker(BaseNodePostprocessor):
                 model_scores[i],
                 i + 1,
                 judgements[i].metadata,
-                fused=self.retrieval_weight > 0,
+                fused=weight > 0,
+                weight=weight if self.retrieval_weight == "auto" else None,
             )
             for i in chosen
         ]
+
+    def _weight_for(
+        self, judgements: Sequence[Judgement], model_scores: Sequence[float | None]
+    ) -> float:
+        """The first-stage weight of this call: the fixed one, or the ``"auto"`` choice from
+        the uncertainty of the judged (not pruned) passages."""
+        if self.retrieval_weight != "auto":
+            return float(self.retrieval_weight)
+        found = [
+            j.uncertainty
+            for j, s in zip(judgements, model_scores, strict=True)
+            if s is not None and not j.pruned and j.uncertainty is not None
+        ]
+        if not found and not any(s is not None for s in model_scores):
+            return 0.0  # nothing judged: the order is the first stage's anyway
+        return fusion_weight(found) if found else 0.0
 
 
 class _RerankEvents:
@@ -420,6 +457,30 @@ def _require_query(reranker: BaseReranker, query_bundle: QueryBundle | None) -> 
     return query_bundle
 
 
+def check_weight(name: str, value: Any) -> float | str:
+    """A fusion weight as given by a user: ``"auto"``, or a number in [0, 1] (a numeric
+    string, as from a CLI or a config file, is read as a number).
+
+    Raises:
+        ValueError: anything else, saying what is accepted.
+
+    Example:
+        >>> check_weight("retrieval_weight", "0.3"), check_weight("retrieval_weight", "auto")
+        (0.3, 'auto')
+    """
+    number: Any = value
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, int | float) or not 0 <= number <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1] or 'auto', got {value!r}")
+    return float(number)
+
+
 def _new_node(
     original: NodeWithScore,
     score: float | None,
@@ -427,12 +488,15 @@ def _new_node(
     retrieval_rank: int,
     extra: Mapping[str, Any],
     fused: bool,
+    weight: float | None = None,
 ) -> NodeWithScore:
     """A copy of ``original`` carrying the rerank score and metadata; the input is untouched."""
     meta: dict[str, Any] = dict(extra)
     meta[RERANK_SCORE] = score
     if fused:
         meta["rerank_model_score"] = model_score
+    if weight is not None:
+        meta["rerank_retrieval_weight"] = weight
     meta[RETRIEVAL_SCORE] = None if original.score is None else float(original.score)
     meta[RETRIEVAL_RANK] = retrieval_rank
     node = original.node

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, field_serializer, field_validator
 
-from llamaindex_rerankers.base import BaseReranker
-from llamaindex_rerankers.scoring import rank_order, usable_score
+from llamaindex_rerankers.base import BaseReranker, check_weight
+from llamaindex_rerankers.scoring import fusion_weight, rank_order, usable_score
 from llamaindex_rerankers.types import Judgement, RerankReport
+
+#: The first stage's weight with ``stage1_weight="auto"`` when the second stage reports no
+#: uncertainty to choose it from.
+AUTO_FALLBACK_WEIGHT = 0.5
 
 
 class CascadeReranker(BaseReranker):
@@ -37,13 +41,19 @@ class CascadeReranker(BaseReranker):
     first: BaseReranker = Field(description="Cheap first stage that prunes K candidates to keep.")
     second: BaseReranker = Field(description="Stronger second stage that orders the survivors.")
     keep: int = Field(default=10, ge=1, description="How many candidates the second stage sees.")
-    stage1_weight: float = Field(
-        default=0.5,
-        ge=0.0,
-        le=1.0,
-        description="Weight of the first stage's score in a survivor's score: (1 - w) * second "
-        "+ w * first. 0: the second stage alone orders the survivors.",
+    stage1_weight: float | Literal["auto"] = Field(
+        default="auto",
+        description="Weight w of the first stage's score in a survivor's score: (1 - w) * "
+        "second + w * first. 0: the second stage alone orders the survivors. 'auto' (default): "
+        "w chosen per query from the second stage's uncertainty (scoring.fusion_weight, the "
+        f"formula of retrieval_weight='auto'); {AUTO_FALLBACK_WEIGHT} when the second stage "
+        "reports none (a cross-encoder, text-only LLM answers).",
     )
+
+    @field_validator("stage1_weight", mode="before")
+    @classmethod
+    def _check_stage1_weight(cls, value: Any) -> Any:
+        return check_weight("stage1_weight", value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -99,16 +109,34 @@ def _usable(judgements: Sequence[Judgement]) -> list[Judgement]:
     return [dataclasses.replace(j, score=usable_score(j.score)) for j in judgements]
 
 
+def stage1_weight_for(stage1_weight: float | str, stage2: Sequence[Judgement]) -> float:
+    """The first stage's weight for one query: the fixed one, or with ``"auto"``
+    :func:`~llamaindex_rerankers.scoring.fusion_weight` of the second stage's uncertainties
+    (:data:`AUTO_FALLBACK_WEIGHT` when it reports none).
+
+    Example:
+        >>> stage1_weight_for("auto", [Judgement(0.9, uncertainty=0.1)])
+        0.0
+        >>> stage1_weight_for("auto", [Judgement(0.9)])
+        0.5
+    """
+    if stage1_weight != "auto":
+        return float(stage1_weight)
+    found = [j.uncertainty for j in stage2 if j.score is not None and j.uncertainty is not None]
+    return fusion_weight(found) if found else AUTO_FALLBACK_WEIGHT
+
+
 def _combine(
     stage1: Sequence[Judgement],
     survivors: Sequence[int],
     stage2: Sequence[Judgement],
-    stage1_weight: float,
+    stage1_weight: float | str,
 ) -> list[Judgement]:
     if len(stage2) != len(survivors):
         raise RuntimeError(
             f"second stage returned {len(stage2)} judgements for {len(survivors)} passages"
         )
+    weight = stage1_weight_for(stage1_weight, stage2)
     order1 = rank_order([j.score for j in stage1])
     out = [Judgement(None, {}, pruned=True)] * len(stage1)
     for rank, i in enumerate(order1, start=1):
@@ -117,8 +145,9 @@ def _combine(
         s1, s2 = stage1[i].score, j.score
         score = s2
         if s1 is not None and s2 is not None:
-            score = (1.0 - stage1_weight) * s2 + stage1_weight * s1
-        meta = {**out[i].metadata, **j.metadata, "rerank_stage2_score": s2}
+            score = (1.0 - weight) * s2 + weight * s1
+        meta = {**out[i].metadata, **j.metadata, "rerank_stage2_score": s2,
+                "rerank_stage1_weight": weight}  # fmt: skip
         out[i] = Judgement(score, meta)
     return out
 

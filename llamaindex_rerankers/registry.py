@@ -63,7 +63,7 @@ def _cascade(
     *,
     top_n: int | None = None,
     keep: int = 6,
-    stage1_weight: float = 0.5,
+    stage1_weight: float | str = "auto",
     cross_encoder_model: str | None = None,
     **llm_options: Any,
 ) -> BaseNodePostprocessor:

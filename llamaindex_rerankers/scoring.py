@@ -6,7 +6,7 @@ Everything here is a plain function over numbers so that it can be tested exhaus
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 def sigmoid(x: float) -> float:
@@ -102,3 +102,50 @@ def select(
     """
     kept = [i for i in order if min_score is None or scores[i] is None or scores[i] >= min_score]  # type: ignore[operator]
     return kept if top_n is None else kept[:top_n]
+
+
+def normalized_entropy(probs: Mapping[str, float]) -> float:
+    """Shannon entropy of a label distribution divided by its maximum (log of the number of
+    labels): 0 for a certain answer, 1 for the uniform one. A distribution over fewer than two
+    labels, or with no mass, is uncertain (1.0): it says nothing about the passage.
+
+    Example:
+        >>> normalized_entropy({"a": 1.0, "b": 0.0}), normalized_entropy({"a": 0.5, "b": 0.5})
+        (0.0, 1.0)
+    """
+    total = sum(max(float(v), 0.0) for v in probs.values())
+    if len(probs) < 2 or total <= 0:
+        return 1.0
+    h = -sum((v / total) * math.log(v / total) for v in probs.values() if v > 0)
+    return min(1.0, max(0.0, h / math.log(len(probs))))
+
+
+#: Mean normalised entropy at or below which the judge ranks alone (auto weight 0).
+AUTO_CONFIDENT_ENTROPY = 0.5
+#: Mean normalised entropy at or above which the first stage ranks alone (auto weight 1).
+AUTO_UNINFORMED_ENTROPY = 0.9
+
+
+def fusion_weight(
+    entropies: Sequence[float],
+    confident: float = AUTO_CONFIDENT_ENTROPY,
+    uninformed: float = AUTO_UNINFORMED_ENTROPY,
+) -> float:
+    """The first-stage weight ``w`` that ``retrieval_weight="auto"`` uses for one query.
+
+    ``H`` is the mean normalised entropy of the (calibrated) label distributions of the
+    query's judged passages; ``w = clip((H - confident) / (uninformed - confident), 0, 1)``:
+    a judge that is sure about its passages (``H <= confident``) ranks alone, one whose answers
+    are as good as uniform (``H >= uninformed``) leaves the first-stage order, and the weight
+    moves linearly in between. No judged passage at all: 1.0 (nothing to rank by).
+
+    Example:
+        >>> fusion_weight([0.1, 0.2]), fusion_weight([0.95, 1.0]), fusion_weight([0.7])
+        (0.0, 1.0, 0.5)
+    """
+    if not uninformed > confident:
+        raise ValueError(f"uninformed ({uninformed}) must be above confident ({confident})")
+    if not entropies:
+        return 1.0
+    h = sum(entropies) / len(entropies)
+    return round(min(1.0, max(0.0, (h - confident) / (uninformed - confident))), 12)

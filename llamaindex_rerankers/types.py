@@ -33,12 +33,16 @@ class Judgement:
             stage (a cascade's cut). It is not dropped: it comes after every passage the final
             stage saw, ordered by ``pruned_rank``, with ``score=None``.
         pruned_rank: the order among pruned passages (the earlier stage's rank).
+        uncertainty: how little the judge knew, in [0, 1] (the LLM reranker: the normalised
+            entropy of its calibrated label distribution); ``None`` when the reranker has no
+            such measure. ``retrieval_weight="auto"`` reads it.
     """
 
     score: float | None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     pruned: bool = False
     pruned_rank: int = 0
+    uncertainty: float | None = None
 
 
 @dataclass
@@ -105,6 +109,9 @@ class LLMUsage(_Usage):
         unknown: distinct passages whose judgement ended as ``unknown``.
         windowed: distinct passages split into more than one window (``long_text="windows"``).
         windows: distinct windows of those passages judged (included in ``judgements``).
+        calibration_judgements: content-free judgements asked for calibration (not in
+            ``judgements``; their requests are in ``calls``, cache hits in ``cache_hits``).
+        uncalibrated: judged passages left uncalibrated (no usable content-free answer).
         max_in_flight: the most requests this call had in flight at once.
         seconds: wall-clock time of the call's judging.
     """
@@ -124,6 +131,8 @@ class LLMUsage(_Usage):
     unknown: int = 0
     windowed: int = 0
     windows: int = 0
+    calibration_judgements: int = 0
+    uncalibrated: int = 0
     max_in_flight: int = 0
     seconds: float = 0.0
 
@@ -141,6 +150,8 @@ class RerankReport:
         n_unjudged: nodes the reranker could not judge (kept, never dropped).
         n_pruned: nodes a multi-stage reranker kept from its last stage (placed last).
         best_score: highest rerank score among judged nodes, ``None`` if none was judged.
+        retrieval_weight: the first-stage weight this call used (the number that
+            ``retrieval_weight="auto"`` chose, or the fixed one).
         seconds: wall-clock time of the whole call.
         cross_encoder: the cross-encoder's figures, ``None`` when no cross-encoder ran.
         llm: the LLM judge's figures, ``None`` when no LLM judge ran.
@@ -153,6 +164,7 @@ class RerankReport:
     n_unjudged: int = 0
     n_pruned: int = 0
     best_score: float | None = None
+    retrieval_weight: float | None = None
     seconds: float = 0.0
     cross_encoder: CrossEncoderUsage | None = None
     llm: LLMUsage | None = None
@@ -180,6 +192,7 @@ class RerankReport:
             "n_unjudged": self.n_unjudged,
             "n_pruned": self.n_pruned,
             "best_score": self.best_score,
+            "retrieval_weight": self.retrieval_weight,
             "seconds": self.seconds,
             "cross_encoder": None if self.cross_encoder is None else self.cross_encoder.to_dict(),
             "llm": None if self.llm is None else self.llm.to_dict(),

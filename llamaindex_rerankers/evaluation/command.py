@@ -19,6 +19,7 @@ from typing import Any
 
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 
+from llamaindex_rerankers.base import check_weight
 from llamaindex_rerankers.cli.llm_options import DEFAULT_N_CTX, add_llm_arguments, llm_endpoint
 from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
 from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV
@@ -90,10 +91,23 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cascade-weight",
-        type=float,
-        default=0.5,
-        help="weight of the cross-encoder's score in the cascade's final score (default 0.5; "
-        "0: the LLM alone orders the survivors)",
+        default="auto",
+        help="weight of the cross-encoder's score in the cascade's final score: a number in "
+        "[0, 1] (0: the LLM alone orders the survivors) or auto (default: chosen per query from "
+        "the LLM's uncertainty)",
+    )
+    parser.add_argument(
+        "--llm-weight",
+        default=None,
+        metavar="W",
+        help="the LLM reranker's retrieval_weight: a number in [0, 1] or auto (default: the "
+        "reranker's own default, auto)",
+    )
+    parser.add_argument(
+        "--llm-calibration",
+        choices=("none", "content-free"),
+        default=None,
+        help="the LLM reranker's calibration (default: the reranker's own, content-free)",
     )
     parser.add_argument(
         "--llm-cache",
@@ -112,6 +126,11 @@ def _build(name: str, args: argparse.Namespace, endpoint: LLMEndpoint | None) ->
     )
     if name in LLM_RERANKERS and args.llm_cache:  # our LLM judge's cache; the anchors have none
         options["cache"] = args.llm_cache
+    if name in LLM_RERANKERS:
+        if args.llm_calibration is not None:
+            options["calibration"] = args.llm_calibration
+        if args.llm_weight is not None and name == "llm":
+            options["retrieval_weight"] = args.llm_weight
     if name == "cascade":
         options["keep"] = args.cascade_keep
         options["stage1_weight"] = args.cascade_weight
@@ -144,11 +163,12 @@ def run_eval_command(args: argparse.Namespace) -> int:
         raise ValueError("--top-k must be at least 1")
     if args.top_n < 1 or args.top_n > max(ks):
         raise ValueError(f"--top-n must be between 1 and the largest --top-k ({max(ks)})")
-    if not 0.0 <= args.cascade_weight <= 1.0:
-        raise ValueError(
-            "--cascade-weight is the cross-encoder's share of the cascade's score: between 0 "
-            f"and 1, got {args.cascade_weight}"
-        )
+    for flag, value in (
+        ("--cascade-weight", args.cascade_weight),
+        ("--llm-weight", args.llm_weight),
+    ):
+        if value is not None:
+            check_weight(flag, value)
     if args.cascade_keep < 1:
         raise ValueError(f"--cascade-keep must be at least 1, got {args.cascade_keep}")
     dataset = load_beir(args.dataset, args.split)
@@ -211,6 +231,8 @@ def _write_json(
             "cross_encoder_model": args.cross_encoder_model or default_cross_encoder(),
             "cascade_keep": args.cascade_keep,
             "cascade_weight": args.cascade_weight,
+            "llm_weight": args.llm_weight,
+            "llm_calibration": args.llm_calibration,
             "llm_model": args.llm_model,
             "llm_cache": args.llm_cache,
         },

@@ -49,7 +49,7 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from llama_index.core.bridge.pydantic import (
     Field,
@@ -70,6 +70,11 @@ from llamaindex_rerankers.llm.cache import (
     cache_key,
     get_many,
     put_many,
+)
+from llamaindex_rerankers.llm.calibration import (
+    CONTENT_FREE_PASSAGES,
+    calibrate,
+    content_free_prior,
 )
 from llamaindex_rerankers.llm.capabilities import logprobs_supported
 from llamaindex_rerankers.llm.injection import (
@@ -106,6 +111,7 @@ from llamaindex_rerankers.llm.prompts import (
 )
 from llamaindex_rerankers.llm.tokens import TokenCounter
 from llamaindex_rerankers.llm.types import ChatClient, ChatClientError, ChatResult
+from llamaindex_rerankers.scoring import normalized_entropy
 from llamaindex_rerankers.types import Judgement, LLMUsage, RerankReport
 from llamaindex_rerankers.windows import (
     DEFAULT_WINDOW_OVERLAP,
@@ -134,6 +140,8 @@ COUNTERS = (
     "parse_failures",
     "truncated",
     "unknown",
+    "calibration_judgements",
+    "uncalibrated",
 )
 
 #: Guards the lazy creation of an instance's client and limiter: held for microseconds, so one
@@ -344,6 +352,21 @@ class LLMReranker(BaseReranker, PromptMixin):
         repr=False,
         description="Secret mixed into the code draw; None uses injection.DEFAULT_SALT, which "
         "is public. Never serialised (pass it again to from_dict); its hash is in the cache key.",
+    )
+    calibration: Literal["none", "content-free"] = Field(
+        default="content-free",
+        description="Contextual calibration (llm.calibration): 'content-free' judges the "
+        "content-free passages N/A, '' and [MASK] with each query and divides the label prior "
+        "they show out of every judgement (+3 judgements per query, cached like the others); "
+        "'none' scores the raw label probabilities.",
+    )
+    retrieval_weight: float | Literal["auto"] = Field(
+        default="auto",
+        description="Weight w of the first-stage rank in the final score: (1 - w) * LLM score "
+        "+ w * rank prior. 'auto' (default) chooses w per query from the mean normalised "
+        "entropy of the judge's calibrated label distributions (scoring.fusion_weight): a judge "
+        "that cannot tell the passages apart leaves the first-stage order, a sure one ranks "
+        "alone. A number in [0, 1] fixes it; 0 ranks by the LLM alone.",
     )
     sandwich: bool = Field(
         default=True,
@@ -636,6 +659,12 @@ class LLMReranker(BaseReranker, PromptMixin):
         query_cut, query_truncated = counter.truncate(query, self.query_max_tokens)
         cuts = [counter.truncate(text, self.passage_max_tokens) for text in texts]
         passages = list(dict.fromkeys(passage for passage, _ in cuts))
+        # Calibration's content-free passages are judged with the real ones (same prompt, same
+        # query, same cache); they are not part of the result.
+        free = []
+        if self.calibration == "content-free":
+            free = [t for t in CONTENT_FREE_PASSAGES if t not in set(passages)]
+        asked = passages + free
         client = self.client
         state = _CallState(
             query=query_cut,
@@ -651,18 +680,19 @@ class LLMReranker(BaseReranker, PromptMixin):
         counters = state.counters
         counters["truncated"] = sum(cut for _, cut in cuts)
         counters["deduplicated"] = len(texts) - len(passages)
+        counters["calibration_judgements"] = len(free)
         namespace = self.cache_namespace or default_namespace(state.identity)
         key_prompt = self._prompt_key(state.templates)
-        keys = [cache_key(namespace, key_prompt, query_cut, p) for p in passages]
+        keys = [cache_key(namespace, key_prompt, query_cut, p) for p in asked]
 
         found = await self._read_cache(keys)
         counters["cache_hits"] = len(found)
         missing = [i for i, key in enumerate(keys) if key not in found]
-        bar = _progress(len(passages), self.show_progress)
+        bar = _progress(len(asked), self.show_progress)
         try:
             if bar is not None:
                 bar.update(len(found))
-            answers = await _all([self._judge_one(state, passages[i], bar) for i in missing])
+            answers = await _all([self._judge_one(state, asked[i], bar) for i in missing])
         finally:
             if bar is not None:
                 bar.close()
@@ -671,15 +701,25 @@ class LLMReranker(BaseReranker, PromptMixin):
         await self._write_cache(fresh)
 
         outcome: dict[str, tuple[CachedJudgement | str, bool]] = {
-            passages[i]: (found[key], True) for i, key in enumerate(keys) if key in found
+            asked[i]: (found[key], True) for i, key in enumerate(keys) if key in found
         }
-        outcome.update((passages[i], (a, False)) for i, a in zip(missing, answers, strict=True))
+        outcome.update((asked[i], (a, False)) for i, a in zip(missing, answers, strict=True))
+        prior = None
+        if self.calibration == "content-free":
+            prior = content_free_prior([
+                value.probs
+                for value, _ in (outcome[t] for t in CONTENT_FREE_PASSAGES)
+                if isinstance(value, CachedJudgement) and value.source == "logprobs"
+            ])  # fmt: skip
         judgements = []
         for passage, passage_truncated in cuts:
             value, hit = outcome[passage]
             truncated = passage_truncated or query_truncated
             if isinstance(value, CachedJudgement):
-                judgements.append(_scored(value, state.labels, truncated, cached_hit=hit))
+                judged = _scored(value, state.labels, truncated, cached_hit=hit, prior=prior)
+                if prior is None and self.calibration != "none":
+                    counters["uncalibrated"] += 1
+                judgements.append(judged)
             else:
                 judgements.append(_unknown(truncated, value))
         report.llm = LLMUsage(
@@ -860,19 +900,35 @@ def _read(result: ChatResult, labels: Sequence[Label]) -> CachedJudgement | None
 
 
 def _scored(
-    judged: CachedJudgement, labels: Sequence[Label], truncated: bool, *, cached_hit: bool
+    judged: CachedJudgement,
+    labels: Sequence[Label],
+    truncated: bool,
+    *,
+    cached_hit: bool,
+    prior: Mapping[str, float] | None = None,
 ) -> Judgement:
+    """A cached answer as a judgement: calibrated by ``prior`` when there is one (log-probability
+    answers only: a text answer has no distribution to calibrate), its uncertainty the
+    normalised entropy of the distribution scored (None for a text answer: one label is not a
+    measure of confidence)."""
     names = {lab.name for lab in labels}
-    probs = {k: float(v) for k, v in judged.probs.items() if k in names}
+    raw = {k: float(v) for k, v in judged.probs.items() if k in names}
+    logprobs = judged.source == "logprobs"
+    probs = calibrate(raw, prior) if prior is not None and logprobs else raw
+    metadata: dict[str, Any] = {
+        "rerank_label": most_probable(probs, labels),
+        "rerank_label_probs": probs,
+        "rerank_source": judged.source,
+        "rerank_truncated": truncated,
+        "rerank_cached": cached_hit,
+    }
+    if probs is not raw:
+        metadata["rerank_raw_label_probs"] = raw
+    full = {lab.name: probs.get(lab.name, 0.0) for lab in labels}
     return Judgement(
         score=expected_relevance(probs, labels),
-        metadata={
-            "rerank_label": most_probable(probs, labels),
-            "rerank_label_probs": probs,
-            "rerank_source": judged.source,
-            "rerank_truncated": truncated,
-            "rerank_cached": cached_hit,
-        },
+        metadata=metadata,
+        uncertainty=normalized_entropy(full) if logprobs else None,
     )
 
 
