@@ -46,6 +46,8 @@ CACHE_ENV = "LLAMAINDEX_RERANKERS_CACHE"
 ONNX_EXTRA = "pip install 'llamaindex-rerankers[onnx]'"
 #: ONNX opset of our exports (part of the cache key).
 ONNX_OPSET = 17
+#: How ``quantize="int8"`` quantizes (part of the cache key: a new recipe is a new file).
+INT8_RECIPE = "quantize_dynamic QInt8 per_channel MatMul"
 #: CPU flags of native bfloat16 arithmetic (Intel AMX, AVX512-BF16; ARM's bf16 extension).
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 
@@ -346,11 +348,11 @@ def onnx_cache_key(
     revision: str | None,
     commit: str | None,
     settings: dict[str, Any],
-    quantize: str,
 ) -> str:
-    """The hex digest naming one export: model (path or hub id, revision, resolved commit, local
-    files' sizes and times), the loading settings, the quantization and the versions of the
-    packages that make the graph."""
+    """The hex digest naming one export folder: model (path or hub id, revision, resolved commit,
+    local files' sizes and times), the loading settings, the export and quantization recipes and
+    the versions of the packages that make the graphs. The folder holds ``model.onnx`` and, once
+    asked for, its int8 quantization ``model_int8.onnx``."""
     versions = {}
     for module in ("torch", "transformers", "onnxruntime", "onnx"):
         try:
@@ -364,8 +366,8 @@ def onnx_cache_key(
             "commit": commit,
             "files": _fingerprint(location),
             "settings": settings,
-            "quantize": quantize,
             "opset": ONNX_OPSET,
+            "int8": INT8_RECIPE,
             "versions": versions,
         },
         sort_keys=True,
@@ -396,7 +398,7 @@ def onnx_export(
     """
     require_onnx()
     commit = getattr(getattr(hf_model, "config", None), "_commit_hash", None)
-    key = onnx_cache_key(location, revision, commit, settings, quantize)
+    key = onnx_cache_key(location, revision, commit, settings)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(location).name or location)[:60]
     folder = cache_dir() / "onnx" / f"{stem}-{key}"
     target = folder / ("model_int8.onnx" if quantize == "int8" else "model.onnx")
