@@ -1,18 +1,23 @@
-"""Cross-encoder speed and quality: CrossEncoderReranker vs LlamaIndex's SentenceTransformerRerank.
+"""Cross-encoder speed and quality: CrossEncoderReranker's backends vs LlamaIndex's
+SentenceTransformerRerank.
 
-Both rerank the same BM25 top-K candidates of the same queries with the same model and the same
-max_length, alternating query by query in one process (the order rotates every query), so that
-load from other processes hits every contestant alike and the pairs/s *ratio* stays meaningful
-even when absolute speed is noisy.
+Every contestant reranks the same BM25 top-K candidates of the same queries with the same model
+and the same max_length, alternating query by query in one process (the order rotates every
+query), so that load from other processes hits every contestant alike and the pairs/s *ratio*
+stays meaningful even when absolute speed is noisy. Contestants (``--contestants``): ``sbert``
+(SentenceTransformerRerank), ``float32`` (ours, exact torch path), ``default`` (ours, default
+settings: precision="auto"), ``onnx`` (ONNX Runtime float32), ``onnx-int8`` (dynamic int8);
+BM25 is the no-reranking row. Fidelity is max |Δ| of scores and logits against ``float32``.
 
 Run (from the repository root):
 
-    .venv/bin/python benchmarks/bench_cross_encoder.py [--dataset scifact] [--queries 50]
-        [--top-k 100] [--precision float32,bfloat16] [--max-length 256]
+    .venv/bin/python benchmarks/bench_cross_encoder.py [--datasets scifact:50,trec-dl-2019]
+        [--top-k 100] [--contestants sbert,float32,default,onnx,onnx-int8] [--max-length 256]
 
-or ``make bench-cross-encoder``. Writes ``benchmarks/results/cross_encoder_<dataset>.json`` and
-``.md``. The model comes from ``--model`` or ``$LLAMAINDEX_RERANKERS_CROSS_ENCODER``; the data
-from ``--data-dir`` or ``$LLAMAINDEX_RERANKERS_DATA`` (default ``../shared/data``).
+or ``make bench-cross-encoder``. Writes ``benchmarks/results/cross_encoder_<tag>.json`` and
+``.md`` (tag: ``--tag``, default ``backends``). The model comes from ``--model`` or
+``$LLAMAINDEX_RERANKERS_CROSS_ENCODER``; the data from ``--data-dir`` or
+``$LLAMAINDEX_RERANKERS_DATA`` (default ``../shared/data``).
 """
 
 from __future__ import annotations
@@ -53,6 +58,13 @@ class Contestant:
     truncated: int = 0
     latencies: list[float] = field(default_factory=list)
     run: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    logits: dict[str, dict[str, float]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        """Forget the previous dataset's measurements."""
+        self.seconds, self.pairs, self.truncated = 0.0, 0, 0
+        self.latencies, self.run, self.logits = [], {}, {}
 
     @property
     def pairs_per_s(self) -> float:
@@ -72,23 +84,36 @@ def main(argv: list[str] | None = None) -> int:
             f"No cross-encoder given: pass --model PATH or set {CROSS_ENCODER_ENV}=PATH "
             "(e.g. ../shared/models/minilm-l6-ce)."
         )
-    data_root = Path(args.data_dir).expanduser()
-    ds = load_beir(data_root / args.dataset, split="test")
-    bm25 = load_trec_run(data_root / args.dataset / "runs" / "bm25_top100.trec")
-    qids = [q for q in ds.query_ids() if q in bm25][: args.queries]
-
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     contestants, max_length = _contestants(model, args)
-    warm_nodes = candidates(ds, bm25, qids[0], args.top_k)
-    for c in contestants:  # load models and warm up caches outside the timed loop
-        c.rerank(warm_nodes[:8], ds.queries[qids[0]])
-
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    for i, qid in enumerate(tqdm(qids, desc=f"rerank {args.dataset} top-{args.top_k}")):
+    datasets = [_race(name, n, contestants, args) for name, n in args.datasets]
+    wall = time.perf_counter() - started
+    result = _result(args, model, max_length, datasets, wall, load_before)
+    _print(result)
+    _write(result, args.tag, Path(args.output_dir))
+    return 0
+
+
+def _race(
+    dataset: str, n_queries: int | None, contestants: list[Contestant], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Every contestant on one dataset's queries, alternating; the dataset's rows."""
+    data_root = Path(args.data_dir).expanduser()
+    ds = load_beir(data_root / dataset, split="test")
+    bm25 = load_trec_run(data_root / dataset / "runs" / "bm25_top100.trec")
+    qids = [q for q in ds.query_ids() if q in bm25 and q in ds.qrels][:n_queries]
+    for c in contestants:
+        c.reset()
+    warm_nodes = candidates(ds, bm25, qids[0], args.top_k)
+    for c in contestants:  # load models, export ONNX and warm up outside the timed loop
+        c.rerank(warm_nodes[:8], ds.queries[qids[0]])
+    started = time.perf_counter()
+    for i, qid in enumerate(tqdm(qids, desc=f"rerank {dataset} top-{args.top_k}")):
         query = ds.queries[qid]
         shift = i % len(contestants)
         for c in contestants[shift:] + contestants[:shift]:
@@ -101,38 +126,54 @@ def main(argv: list[str] | None = None) -> int:
             c.pairs += len(nodes)
             c.truncated += sum(bool(n.node.metadata.get("rerank_truncated")) for n in out)
             c.run[qid] = [(n.node.node_id, float(n.score or 0.0)) for n in out]
+            c.logits[qid] = {
+                n.node.node_id: float(n.node.metadata["rerank_logit"])
+                for n in out
+                if "rerank_logit" in n.node.metadata
+            }
     wall = time.perf_counter() - started
-
     bm25_run = {q: bm25[q][: args.top_k] for q in qids}
-    result = _result(args, model, max_length, qids, ds, bm25_run, contestants, wall, load_before)
-    _print(result)
-    _write(result, args.dataset, Path(args.output_dir))
-    return 0
+    return _dataset_rows(dataset, ds, qids, bm25_run, contestants, wall)
+
+
+CONTESTANTS = {
+    # name: CrossEncoderReranker settings (None: LlamaIndex's SentenceTransformerRerank)
+    "sbert": None,
+    "float32": {"precision": "float32"},
+    "default": {},
+    "onnx": {"backend": "onnx"},
+    "onnx-int8": {"backend": "onnx", "quantize": "int8"},
+}
+REFERENCE = "float32"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", default="scifact", help="dataset folder under --data-dir")
+    p.add_argument(
+        "--datasets",
+        default="scifact:50,trec-dl-2019",
+        help="comma-separated dataset[:first N test queries] under --data-dir "
+        "(default scifact:50,trec-dl-2019: every DL19 query)",
+    )
     p.add_argument(
         "--data-dir",
         default=os.environ.get("LLAMAINDEX_RERANKERS_DATA", str(REPO.parent / "shared" / "data")),
         help="folder with BEIR-layout datasets (default: $LLAMAINDEX_RERANKERS_DATA or "
         "../shared/data)",
     )
-    p.add_argument("--queries", type=int, default=50, help="first N test queries (default 50)")
     p.add_argument("--top-k", type=int, default=100, help="BM25 candidates per query")
     p.add_argument(
-        "--precision",
-        default="float32,bfloat16",
-        help="comma-separated CrossEncoderReranker precisions to race (float32, bfloat16)",
+        "--contestants",
+        default=",".join(CONTESTANTS),
+        help=f"comma-separated, from {', '.join(CONTESTANTS)} (sbert is the ratio's anchor)",
     )
     p.add_argument(
         "--max-length",
         type=int,
         default=None,
-        help="token limit for both rerankers (default: the model's own limit)",
+        help="token limit for every reranker (default: the model's own limit)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (both)")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (all)")
     p.add_argument(
         "--model", default=None, help=f"cross-encoder path (default ${CROSS_ENCODER_ENV})"
     )
@@ -140,34 +181,47 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads for every contestant (default: torch's choice). On a "
-        "machine shared with other jobs, 1 avoids threads waiting on each other.",
+        help="intra-op threads for every contestant (torch and ONNX Runtime; default: each "
+        "library's choice, all cores).",
     )
     p.add_argument("--output-dir", default=str(RESULTS), help="where to write JSON + Markdown")
+    p.add_argument("--tag", default="backends", help="output names: cross_encoder_<tag>.json")
     args = p.parse_args(argv)
-    if args.queries < 1 or args.top_k < 1 or (args.threads is not None and args.threads < 1):
-        p.error("--queries, --top-k and --threads must be at least 1")
-    for prec in args.precision.split(","):
-        if prec not in ("float32", "bfloat16"):
-            p.error(f"unknown precision {prec!r}; use float32 and/or bfloat16")
+    if args.top_k < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--top-k and --threads must be at least 1")
+    names = args.contestants.split(",")
+    unknown = [n for n in names if n not in CONTESTANTS]
+    if unknown or "sbert" not in names or REFERENCE not in names:
+        p.error(f"--contestants: from {', '.join(CONTESTANTS)}, with sbert and {REFERENCE}")
+    args.contestants = names
+    datasets = []
+    for item in args.datasets.split(","):
+        name, _, n = item.partition(":")
+        if not name or not (n == "" or n.isdigit()):
+            p.error(f"bad dataset {item!r}: use name or name:N")
+        datasets.append((name, int(n) if n else None))
+    args.datasets = datasets
     return args
 
 
 def _contestants(model: str, args: argparse.Namespace) -> tuple[list[Contestant], int]:
     from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
 
-    ours = [
-        CrossEncoderReranker(
+    ours = {
+        name: CrossEncoderReranker(
             model=model,
             device="cpu",
             max_length=args.max_length,
             batch_size=args.batch_size,
-            precision=prec,
+            top_n=args.top_k,
+            threads=args.threads if settings.get("backend") == "onnx" else None,
+            **settings,
         )
-        for prec in args.precision.split(",")
-    ]
+        for name, settings in CONTESTANTS.items()
+        if settings is not None and name in args.contestants
+    }
     # Same max_length for the anchor: ours resolves None to the model's own limit.
-    max_length = int(ours[0].load().max_seq_length)
+    max_length = int(ours[REFERENCE].load().max_seq_length)
     sbert = SentenceTransformerRerank(
         model=model,
         device="cpu",
@@ -182,51 +236,83 @@ def _contestants(model: str, args: argparse.Namespace) -> tuple[list[Contestant]
         # predict() is called with the anchor's own defaults (batch 32); only max_length is set.
         return sbert.postprocess_nodes(nodes, query_bundle=QueryBundle(query))
 
-    out = [Contestant(f"CrossEncoderReranker ({r.precision})", run_ours(r)) for r in ours]
-    out.append(Contestant("SentenceTransformerRerank (LlamaIndex)", run_sbert))
+    out = []
+    for name in args.contestants:
+        if name == "sbert":
+            out.append(Contestant("SentenceTransformerRerank (LlamaIndex)", run_sbert))
+            continue
+        r = ours[name]
+        label = f"ours {name}: backend={r.backend}, precision={r.effective_precision}"
+        if r.quantize != "none":
+            label += f", quantize={r.quantize}"
+        c = Contestant(label, run_ours(r))
+        c.settings = {"key": name, **CONTESTANTS[name]}  # type: ignore[dict-item]
+        out.append(c)
     return out, max_length
+
+
+def _dataset_rows(
+    dataset: str,
+    ds: Any,
+    qids: list[str],
+    bm25_run: dict[str, list[tuple[str, float]]],
+    contestants: list[Contestant],
+    wall: float,
+) -> dict[str, Any]:
+    anchor = next(c for c in contestants if not c.settings)
+    reference = next(c for c in contestants if c.settings.get("key") == REFERENCE)
+    ref_scores = {q: dict(v) for q, v in reference.run.items()}
+    rows = []
+    for c in contestants:
+        row: dict[str, Any] = {
+            "reranker": c.name,
+            "key": c.settings.get("key", "sbert"),
+            "pairs": c.pairs,
+            "seconds": round(c.seconds, 3),
+            "pairs_per_s": round(c.pairs_per_s, 2),
+            "ratio_vs_sbert": round(c.pairs_per_s / anchor.pairs_per_s, 3),
+            "median_latency_s": round(statistics.median(c.latencies), 3),
+            "ndcg@10": round(evaluate(ds.qrels, c.run, [MEASURE], query_ids=qids)[MEASURE], 4),
+            "truncated_pairs": c.truncated if c is not anchor else None,
+            "max_abs_score_diff_vs_float32": round(
+                max(abs(s - ref_scores[q][d]) for q, ranked in c.run.items() for d, s in ranked),
+                6,
+            ),
+            "max_abs_logit_diff_vs_float32": _max_diff(c.logits, reference.logits),
+        }
+        rows.append(row)
+    return {
+        "dataset": dataset,
+        "queries": len(qids),
+        "wall_seconds": round(wall, 1),
+        "bm25_ndcg@10": round(evaluate(ds.qrels, bm25_run, [MEASURE], query_ids=qids)[MEASURE], 4),
+        "rows": rows,
+    }
+
+
+def _max_diff(ours: dict[str, dict[str, float]], ref: dict[str, dict[str, float]]) -> float | None:
+    """max |ours − ref| over every (query, doc) both have; None when ours has no logits."""
+    diffs = [abs(v - ref[q][d]) for q, by_doc in ours.items() for d, v in by_doc.items()]
+    return round(max(diffs), 6) if diffs else None
 
 
 def _result(
     args: argparse.Namespace,
     model: str,
     max_length: int,
-    qids: list[str],
-    ds: Any,
-    bm25_run: dict[str, list[tuple[str, float]]],
-    contestants: list[Contestant],
+    datasets: list[dict[str, Any]],
     wall: float,
     load_before: float,
 ) -> dict[str, Any]:
+    import onnxruntime
     import torch
 
-    anchor = contestants[-1]
-    rows = []
-    for c in contestants:
-        rows.append(
-            {
-                "reranker": c.name,
-                "pairs": c.pairs,
-                "seconds": round(c.seconds, 3),
-                "pairs_per_s": round(c.pairs_per_s, 2),
-                "ratio_vs_sbert": round(c.pairs_per_s / anchor.pairs_per_s, 3),
-                "median_latency_s": round(statistics.median(c.latencies), 3),
-                "ndcg@10": round(evaluate(ds.qrels, c.run, [MEASURE], query_ids=qids)[MEASURE], 4),
-                "truncated_pairs": c.truncated if c is not anchor else None,
-            }
-        )
-    bm25_ndcg = evaluate(ds.qrels, bm25_run, [MEASURE], query_ids=qids)[MEASURE]
-    anchor_scores = {q: dict(v) for q, v in anchor.run.items()}
-    agreement = {
-        c.name: max(abs(s - anchor_scores[q][d]) for q, ranked in c.run.items() for d, s in ranked)
-        for c in contestants[:-1]
-    }
+    from llamaindex_rerankers.cross_encoder_backends import BF16_CPU_FLAGS, cpu_flags
+
     argv = " ".join(sys.argv[1:])
     return {
         "command": f".venv/bin/python benchmarks/bench_cross_encoder.py {argv}".strip(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "dataset": args.dataset,
-        "queries": len(qids),
         "top_k": args.top_k,
         "max_length": max_length,
         "batch_size": args.batch_size,
@@ -234,16 +320,17 @@ def _result(
         "machine": {
             "cpu": _cpu_model(),
             "cores": os.cpu_count(),
+            "bf16_flags": sorted(cpu_flags() & BF16_CPU_FLAGS),
             "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
             "torch_threads": torch.get_num_threads(),
+            "threads_option": args.threads,
             "python": platform.python_version(),
             "load_avg_1min_start": round(load_before, 2),
             "load_avg_1min_end": round(os.getloadavg()[0], 2),
         },
         "wall_seconds": round(wall, 1),
-        "bm25_ndcg@10": round(bm25_ndcg, 4),
-        "rows": rows,
-        "max_abs_score_diff_vs_sbert": {k: round(v, 6) for k, v in agreement.items()},
+        "datasets": datasets,
     }
 
 
@@ -260,37 +347,46 @@ def _cpu_model() -> str:
 def _markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [
-        f"# Cross-encoder benchmark: {r['dataset']}",
+        "# Cross-encoder benchmark: backends and precisions",
         "",
         f"`{r['command']}`",
         "",
         f"- date: {r['date']}; wall time {r['wall_seconds']} s",
-        f"- data: first {r['queries']} test queries, BM25 top-{r['top_k']} "
-        f"({r['queries'] * r['top_k']} pairs per reranker)",
-        f"- model: `{r['model']}`, max_length {r['max_length']} (both), batch size "
-        f"{r['batch_size']}",
-        f"- machine: {m['cores']} cores, {m['cpu']}; torch {m['torch']} "
-        f"({m['torch_threads']} threads), Python {m['python']}; 1-min load average "
+        f"- model: `{r['model']}`, max_length {r['max_length']} (all), batch size "
+        f"{r['batch_size']}, BM25 top-{r['top_k']}",
+        f"- machine: {m['cores']} cores, {m['cpu']} (bf16 flags: "
+        f"{', '.join(m['bf16_flags']) or 'none'}); torch {m['torch']} ({m['torch_threads']} "
+        f"threads), onnxruntime {m['onnxruntime']}, Python {m['python']}; 1-min load average "
         f"{m['load_avg_1min_start']} → {m['load_avg_1min_end']} (shared machine)",
-        "",
-        "| reranker | pairs/s | × SentenceTransformerRerank | median s/query | nDCG@10 |",
-        "|---|---:|---:|---:|---:|",
+        "- contestants alternate query by query (order rotated every query); Δ = max |ours − "
+        "ours float32 torch| over every scored pair (score = sigmoid(logit))",
     ]
-    for row in r["rows"]:
-        lines.append(
-            f"| {row['reranker']} | {row['pairs_per_s']:.1f} | {row['ratio_vs_sbert']:.2f} | "
-            f"{row['median_latency_s']:.2f} | {row['ndcg@10']:.4f} |"
-        )
-    lines.append(f"| BM25 (no reranking) | | | | {r['bm25_ndcg@10']:.4f} |")
-    lines.append("")
-    for name, diff in r["max_abs_score_diff_vs_sbert"].items():
-        lines.append(f"- max |score − SentenceTransformerRerank score|, {name}: {diff:.2g}")
-    truncated = [row for row in r["rows"] if row["truncated_pairs"] is not None]
-    if truncated:
-        lines.append(
-            f"- pairs longer than max_length (truncated by both rerankers): "
-            f"{truncated[0]['truncated_pairs']} of {truncated[0]['pairs']}"
-        )
+    for d in r["datasets"]:
+        lines += [
+            "",
+            f"## {d['dataset']}: {d['queries']} test queries ({d['queries'] * r['top_k']} "
+            f"pairs per reranker; {d['wall_seconds']} s)",
+            "",
+            "| reranker | pairs/s | × SentenceTransformerRerank | median s/query | nDCG@10 | "
+            "max Δscore | max Δlogit |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in d["rows"]:
+            logit = row["max_abs_logit_diff_vs_float32"]
+            lines.append(
+                f"| {row['reranker']} | {row['pairs_per_s']:.1f} | {row['ratio_vs_sbert']:.2f} | "
+                f"{row['median_latency_s']:.2f} | {row['ndcg@10']:.4f} | "
+                f"{row['max_abs_score_diff_vs_float32']:.2g} | "
+                f"{'' if logit is None else f'{logit:.2g}'} |"
+            )
+        lines.append(f"| BM25 (no reranking) | | | | {d['bm25_ndcg@10']:.4f} | | |")
+        ours = [row for row in d["rows"] if row["truncated_pairs"] is not None]
+        if ours:
+            lines += [
+                "",
+                f"Pairs longer than max_length (truncated by every reranker): "
+                f"{ours[0]['truncated_pairs']} of {ours[0]['pairs']}.",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -299,11 +395,11 @@ def _print(r: dict[str, Any]) -> None:
     print(_markdown(r))
 
 
-def _write(r: dict[str, Any], dataset: str, out_dir: Path) -> None:
+def _write(r: dict[str, Any], tag: str, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"cross_encoder_{dataset}.json").write_text(json.dumps(r, indent=2) + "\n")
-    (out_dir / f"cross_encoder_{dataset}.md").write_text(_markdown(r))
-    print(f"wrote {out_dir / f'cross_encoder_{dataset}.json'} and .md")
+    (out_dir / f"cross_encoder_{tag}.json").write_text(json.dumps(r, indent=2) + "\n")
+    (out_dir / f"cross_encoder_{tag}.md").write_text(_markdown(r))
+    print(f"wrote {out_dir / f'cross_encoder_{tag}.json'} and .md")
 
 
 if __name__ == "__main__":

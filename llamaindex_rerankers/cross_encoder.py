@@ -1,19 +1,19 @@
 """Cross-encoder reranker: a sentence-transformers ``CrossEncoder`` scores (query, passage) pairs.
 
-Inference is ``CrossEncoder.predict`` itself (length-sorted batches, inference mode), asked for raw
-logits; identical passages are scored once, and ``precision="bfloat16"`` runs it under torch
-autocast. One loaded model serves every instance, thread and task of the process (see
-:class:`CrossEncoderReranker` for what that takes).
+The model is loaded by sentence-transformers; inference is ours (``cross_encoder_backends``):
+each call tokenizes its pairs once, which gives both the model inputs and the truncation flags,
+then runs length-sorted batches through the model's forward pass (torch, under inference mode;
+or ONNX Runtime on an export of the same model). ``precision="float32"`` on torch reproduces
+``CrossEncoder.predict``'s logits (to 1e-5); the default ``precision="auto"`` is bfloat16 where
+the hardware computes it natively. Identical passages are scored once. One loaded model serves
+every instance, thread and task of the process (see :class:`CrossEncoderReranker`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import copy
 import functools
-import importlib.util
 import inspect
 import json
 import logging
@@ -22,7 +22,8 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator, model_validator
@@ -30,6 +31,15 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llamaindex_rerankers._imports import require
 from llamaindex_rerankers._models import ModelLoadError, model_location
 from llamaindex_rerankers.base import BaseReranker
+from llamaindex_rerankers.cross_encoder_backends import (
+    OnnxRunner,
+    PairEncoder,
+    TorchRunner,
+    onnx_export,
+    require_onnx,
+    resolve_precision,
+    torch_threads,
+)
 from llamaindex_rerankers.scoring import sigmoid
 from llamaindex_rerankers.types import CrossEncoderUsage, Judgement, RerankReport
 from llamaindex_rerankers.windows import (
@@ -100,17 +110,35 @@ class CrossEncoderReranker(BaseReranker):
     passage that fits) and ``rerank_best_window_offset`` (character offset of the best window in
     the passage text); ``report.cross_encoder.windows`` counts the window pairs.
 
+    Speed and precision: ``precision="auto"`` (the default) runs the torch model under bfloat16
+    autocast where the hardware computes bfloat16 natively (CPUs with AMX-BF16 or AVX512-BF16,
+    CUDA GPUs that support it) and in float32 elsewhere. It was chosen by measurement (SciFact
+    and TREC DL 2019, BM25 top-100: ``benchmarks/results/cross_encoder_*.md``).
+    ``precision="float32"`` is the exact path, equal to ``CrossEncoder.predict`` to 1e-5.
+    ``backend="onnx"`` runs ONNX Runtime (CPU) on a graph exported from the same model, float32
+    or ``quantize="int8"`` (dynamic int8); it needs the ``onnx`` extra, and is exported once and
+    cached on disk (``$LLAMAINDEX_RERANKERS_CACHE``, default ``~/.cache/llamaindex-rerankers``,
+    keyed by model, revision, settings and package versions), so later runs load it offline.
+    ``backend="openvino"`` is not available: see the error it raises.
+
+    Threads: ``threads=None`` leaves torch's and ONNX Runtime's own choice (all cores).
+    ``threads=N`` sets ONNX Runtime's ``intra_op_num_threads`` (per loaded session) and, for the
+    torch backend, ``torch.set_num_threads(N)`` in the calling thread for the duration of each
+    call, restored afterwards. torch's setting is per OS thread plus a process-wide default that
+    threads started meanwhile inherit; calls running in other threads keep theirs.
+
     Models are loaded once per process and shared by every instance with the same model, device,
-    max_length, trust_remote_code, revision, backend, model_kwargs and tokenizer_kwargs.
+    max_length, trust_remote_code, revision, backend, quantize, model_kwargs and tokenizer_kwargs
+    (and, for ONNX, threads); precision is per call, not another model.
 
     Concurrency: one instance (and one loaded model) serves many threads and asyncio tasks at
-    once; each call gets exactly the result it would get alone. Inference is
-    ``CrossEncoder.predict``, whose tokenizer only ever runs with predict's own settings; the
-    untruncated lengths behind ``rerank_truncated`` are counted with a private copy of the
-    tokenizer, under its own lock. Sync calls run in the calling thread. Async calls
-    (``arerank``, ``apostprocess_nodes``) run in a process-wide pool of
-    ``$LLAMAINDEX_RERANKERS_CE_WORKERS`` threads (default 2, read when the first async call
-    starts the pool), so that 64 concurrent tasks queue for the model instead of starting 64
+    once; each call gets exactly the result it would get alone. Every call tokenizes with a
+    private copy of the model's tokenizer under its own lock (a fast tokenizer's truncation and
+    padding settings are shared state), and the forward passes run unlocked (a torch module in
+    inference mode and an ONNX Runtime session both serve concurrent callers). Sync calls run in
+    the calling thread. Async calls (``arerank``, ``apostprocess_nodes``) run in a process-wide
+    pool of ``$LLAMAINDEX_RERANKERS_CE_WORKERS`` threads (default 2, read when the first async
+    call starts the pool), so that 64 concurrent tasks queue for the model instead of starting 64
     forward passes at once; the event loop is never blocked.
 
     Example:
@@ -150,11 +178,25 @@ class CrossEncoderReranker(BaseReranker):
     device: str | None = Field(
         default=None, description="torch device ('cpu', 'cuda', 'mps'); None picks automatically."
     )
-    precision: Literal["float32", "bfloat16"] = Field(
-        default="float32",
-        description="Arithmetic for inference. 'bfloat16' runs under torch autocast: much faster "
-        "on CPUs with AMX/AVX512-BF16 and on GPUs, with scores that differ in the 2nd-3rd digit. "
-        "Torch backend only.",
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Arithmetic for inference on the torch backend. 'auto': bfloat16 autocast "
+        "where the hardware computes bfloat16 natively (AMX/AVX512-BF16 CPUs, CUDA GPUs that "
+        "support it), float32 elsewhere; 'float32': exact, equal to CrossEncoder.predict; "
+        "'bfloat16': torch autocast everywhere (logits differ in the 2nd-3rd digit).",
+    )
+    quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description="backend='onnx' only: 'int8' runs a dynamically quantized export (int8 "
+        "MatMul weights, per channel). Faster than float32 ONNX, but it moves logits far more "
+        "than bfloat16 does; see the benchmark before using it.",
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Intra-op threads: ONNX Runtime's intra_op_num_threads, and torch's "
+        "set_num_threads in the calling thread during each call (restored after). None leaves "
+        "each library's default (all cores).",
     )
     trust_remote_code: bool = Field(
         default=False, description="Allow model repositories to run their own code."
@@ -165,9 +207,10 @@ class CrossEncoderReranker(BaseReranker):
     )
     backend: Literal["torch", "onnx", "openvino"] = Field(
         default="torch",
-        description="Inference backend, passed to CrossEncoder(backend=...). 'onnx' needs "
-        "pip install 'sentence-transformers[onnx]', 'openvino' needs "
-        "pip install 'sentence-transformers[openvino]'.",
+        description="Inference backend: 'torch' (the model's forward pass), 'onnx' (ONNX Runtime "
+        "on an export of the model, cached on disk; pip install 'llamaindex-rerankers[onnx]'). "
+        "'openvino' raises: optimum-intel cannot be installed beside this package's "
+        "transformers without breaking pip check.",
     )
     model_kwargs: dict[str, Any] | None = Field(
         default=None,
@@ -193,12 +236,16 @@ class CrossEncoderReranker(BaseReranker):
         return check_overlap(value)
 
     @model_validator(mode="after")
-    def _bfloat16_needs_torch(self) -> CrossEncoderReranker:
+    def _options_fit_the_backend(self) -> CrossEncoderReranker:
         if self.precision == "bfloat16" and self.backend != "torch":
             raise ValueError(
                 f"precision='bfloat16' is torch autocast and does nothing on backend="
-                f"{self.backend!r}; use precision='float32', or pick a quantized or half-precision "
-                "export through model_kwargs={'file_name': ...}."
+                f"{self.backend!r}; use precision='float32' (or 'auto'), or quantize='int8'."
+            )
+        if self.quantize != "none" and self.backend != "onnx":
+            raise ValueError(
+                f"quantize={self.quantize!r} needs backend='onnx' (the torch backend's fast path "
+                "is precision='auto' or 'bfloat16')."
             )
         return self
 
@@ -227,9 +274,18 @@ class CrossEncoderReranker(BaseReranker):
                     backend=self.backend,
                     model_kwargs=self.model_kwargs,
                     tokenizer_kwargs=self.tokenizer_kwargs,
+                    quantize=self.quantize,
+                    # Threads belong to an ONNX Runtime session; torch's are set per call.
+                    threads=self.threads if self.backend == "onnx" else None,
                 )
             )
         return self._loaded
+
+    @property
+    def effective_precision(self) -> str:
+        """What ``precision`` resolves to on this backend and device ('float32' or 'bfloat16');
+        loads the model to learn the device."""
+        return resolve_precision(self.precision, self.backend, self._load().device_type)
 
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
         started = time.perf_counter()
@@ -239,11 +295,10 @@ class CrossEncoderReranker(BaseReranker):
         spans = _windows_of(loaded, query, unique, self.window_overlap, self.long_text)
         # Identical windows (of one passage or of two) are scored once too.
         pair_texts = list(dict.fromkeys(w.text for windows in spans for w in windows))
-        lengths = loaded.pair_lengths(query, pair_texts)
-        limit = loaded.model.max_seq_length
-        over = {
-            t: limit is not None and n > limit for t, n in zip(pair_texts, lengths, strict=True)
-        }
+        precision = resolve_precision(self.precision, self.backend, loaded.device_type)
+        with torch_threads(self.threads if self.backend == "torch" else None):
+            logits, over_flags = loaded.score(query, pair_texts, self.batch_size, precision)
+        over = dict(zip(pair_texts, over_flags, strict=True))
         cut = {t: any(over[w.text] for w in ws) for t, ws in zip(unique, spans, strict=True)}
         n_cut = sum(cut[t] for t in texts)
         if n_cut:
@@ -253,11 +308,8 @@ class CrossEncoderReranker(BaseReranker):
                 "smaller, or pass long_text='windows'.",
                 n_cut,
                 len(texts),
-                limit,
+                loaded.max_length,
             )
-        logits = _predict_logits(
-            loaded.model, query, pair_texts, self.batch_size, self.precision, self.backend
-        )
         by_pair = dict(zip(pair_texts, logits, strict=True))
         split = [ws for ws in spans if len(ws) > 1]
         report.cross_encoder = CrossEncoderUsage(
@@ -297,14 +349,14 @@ def _windows_of(
     loaded: _LoadedModel, query: str, texts: Sequence[str], overlap: float, long_text: str
 ) -> list[list[Window]]:
     """Each passage's windows: the whole passage when truncating, or when it fits."""
-    limit = loaded.model.max_seq_length
-    if long_text != "windows" or limit is None or loaded.length_tokenizer is None:
+    limit = loaded.max_length
+    if long_text != "windows" or limit is None:
         return [[Window(0, t)] for t in texts]
     # What the query and the special tokens leave of max_length for the passage.
-    budget = int(limit) - loaded.pair_lengths(query, [""])[0]
+    budget = int(limit) - loaded.encoder.pair_overhead(query)
     if budget < 1:  # the query alone fills max_length: nothing to window
         return [[Window(0, t)] for t in texts]
-    return [split_windows(t, budget, loaded.count_tokens, overlap) for t in texts]
+    return [split_windows(t, budget, loaded.encoder.count_tokens, overlap) for t in texts]
 
 
 def _best_window(
@@ -322,31 +374,6 @@ def _best_window(
     }
 
 
-def _predict_logits(
-    model: Any, query: str, texts: Sequence[str], batch_size: int, precision: str, backend: str
-) -> list[float]:
-    """The raw logit of each (query, text) pair, as Python floats in input order:
-    ``CrossEncoder.predict`` with an identity activation, under the requested precision."""
-    if not texts:
-        return []
-    torch = require("torch")
-    if backend != "torch":
-        precision_context: Any = contextlib.nullcontext()
-    elif precision == "bfloat16":
-        precision_context = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
-    else:  # also keeps a caller's own autocast out of float32 scores
-        precision_context = torch.autocast(device_type=model.device.type, enabled=False)
-    with precision_context:
-        scores = model.predict(
-            [(query, t) for t in texts],
-            batch_size=batch_size,
-            activation_fn=torch.nn.Identity(),
-            show_progress_bar=False,
-            convert_to_numpy=True,
-        )
-    return [float(x) for x in scores.reshape(-1).tolist()]
-
-
 @dataclass
 class _ModelSettings:
     """Everything that makes a different loaded model (the process-wide cache key)."""
@@ -359,6 +386,8 @@ class _ModelSettings:
     backend: str
     model_kwargs: dict[str, Any] | None
     tokenizer_kwargs: dict[str, Any] | None
+    quantize: str = "none"
+    threads: int | None = None
 
     def key(self) -> tuple[Any, ...]:
         """The settings as a hashable tuple (the option dicts as canonical JSON)."""
@@ -375,6 +404,8 @@ class _ModelSettings:
             self.backend,
             frozen(self.model_kwargs),
             frozen(self.tokenizer_kwargs),
+            self.quantize,
+            self.threads,
         )
 
 
@@ -382,34 +413,30 @@ class _ModelSettings:
 class _LoadedModel:
     """A loaded ``CrossEncoder`` with what its concurrent callers need, cached together.
 
-    The model's own tokenizer is called only by ``predict``, always with the same truncation
-    and padding, which were set once at load time (a fast tokenizer keeps them as shared state,
-    and changing them while another thread encodes lets untruncated or unpadded pairs through).
-    Untruncated lengths are counted with ``length_tokenizer``, a private copy, under
-    ``length_lock``.
+    ``model`` is the sentence-transformers ``CrossEncoder`` (torch), ``encoder`` tokenizes pairs
+    with a private, locked copy of its tokenizer, ``runner`` computes logits (the torch model's
+    forward pass, or an ONNX Runtime session on its export).
     """
 
     model: Any
-    length_tokenizer: Any
-    length_lock: threading.Lock = field(default_factory=threading.Lock)
+    encoder: PairEncoder
+    runner: TorchRunner | OnnxRunner
+    max_length: int | None
+    device_type: str
 
-    def pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
-        """Untruncated token length of each (query, text) pair."""
-        if self.length_tokenizer is None or not texts:
-            return [0] * len(texts)
-        with self.length_lock:
-            ids = self.length_tokenizer(
-                [query] * len(texts), list(texts), truncation=False, padding=False, verbose=False
-            )["input_ids"]
-        return [len(x) for x in ids]
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` alone, without special tokens (a window's share of a pair)."""
-        with self.length_lock:
-            ids = self.length_tokenizer(
-                text, add_special_tokens=False, truncation=False, verbose=False
-            )["input_ids"]
-        return len(ids)
+    def score(
+        self, query: str, texts: Sequence[str], batch_size: int, precision: str
+    ) -> tuple[list[float], list[bool]]:
+        """The raw logit of each (query, text) pair and whether the pair was truncated, in input
+        order. One tokenizer call for all pairs; length-sorted, individually padded batches."""
+        if not texts:
+            return [], []
+        encoded = self.encoder.encode(query, texts)
+        logits = [0.0] * len(texts)
+        for idx, arrays in self.encoder.batches(encoded, batch_size):
+            for i, value in zip(idx, self.runner.logits(arrays, precision), strict=True):
+                logits[i] = value
+        return logits, encoded.truncated
 
 
 _MODELS: dict[tuple[Any, ...], _LoadedModel] = {}
@@ -437,47 +464,55 @@ def _load_cross_encoder(settings: _ModelSettings) -> _LoadedModel:
             return _MODELS[key]
         model = _load_uncached(settings)
         tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise ModelLoadError(
+                f"Cross-encoder {settings.name!r} has no tokenizer; CrossEncoderReranker needs a "
+                "text cross-encoder with a Hugging Face tokenizer."
+            )
+        limit = model.max_seq_length
+        encoder = PairEncoder(tokenizer, None if limit is None else int(limit))
+        runner: TorchRunner | OnnxRunner
+        if settings.backend == "onnx":
+            path = onnx_export(
+                model.model,
+                encoder.input_names,
+                _location(settings.name),
+                revision=settings.revision,
+                settings={
+                    "trust_remote_code": settings.trust_remote_code,
+                    "model_kwargs": settings.model_kwargs,
+                },
+                quantize=settings.quantize,
+            )
+            runner = OnnxRunner(path, settings.threads)
+        else:
+            model.model.eval()
+            runner = TorchRunner(model.model, model.device)
         loaded = _LoadedModel(
-            model=model, length_tokenizer=None if tokenizer is None else copy.deepcopy(tokenizer)
+            model=model,
+            encoder=encoder,
+            runner=runner,
+            max_length=encoder.max_length,
+            device_type="cpu" if settings.backend == "onnx" else model.device.type,
         )
-        # One tiny prediction before the model is shared: predict's truncation and padding are
-        # then already set on the tokenizer, so that concurrent first calls do not all set them
-        # while another thread is encoding.
-        model.predict([("warm-up", "warm-up")], batch_size=1, show_progress_bar=False)
         _MODELS[key] = loaded
         return loaded
 
 
-#: What each non-torch backend imports, and how to install it.
-_BACKEND_PACKAGES = {
-    "onnx": (
-        ("onnxruntime", "optimum.onnxruntime"),
-        "pip install 'sentence-transformers[onnx]' (or 'sentence-transformers[onnx-gpu]')",
-    ),
-    "openvino": (
-        ("openvino", "optimum.intel"),
-        "pip install 'sentence-transformers[openvino]'",
-    ),
-}
+#: Why backend="openvino" is refused (sentence-transformers' OpenVINO backend is optimum-intel).
+OPENVINO_UNAVAILABLE = (
+    "CrossEncoderReranker(backend='openvino') is not available: sentence-transformers' OpenVINO "
+    "backend needs optimum-intel, whose newest release (2.2.0) requires transformers<5.6, and "
+    "this package needs the transformers that sentence-transformers 6 brings (5.x, newer here); "
+    "pip installs them together only by breaking one. Use backend='onnx' "
+    "(pip install 'llamaindex-rerankers[onnx]') or backend='torch' with precision='auto'."
+)
 
 
-def _require_backend(backend: str) -> None:
-    if backend not in _BACKEND_PACKAGES:
-        return
-    modules, install = _BACKEND_PACKAGES[backend]
-    missing = [m for m in modules if not _importable(m)]
-    if missing:
-        raise ModelLoadError(
-            f"CrossEncoderReranker(backend={backend!r}) needs {' and '.join(missing)}, which "
-            f"could not be imported. Install them with: {install}; or use backend='torch'."
-        )
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a missing parent package raises instead
-        return False
+def _location(name: str) -> str:
+    """A local model's absolute path, or the hub id (the ONNX cache key's model part)."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
 
 
 def _load_uncached(settings: _ModelSettings) -> Any:
@@ -486,7 +521,10 @@ def _load_uncached(settings: _ModelSettings) -> Any:
         f"Pass model='<hub id or local path>' to CrossEncoderReranker, or set "
         f"{CROSS_ENCODER_ENV}=<local path> to replace the default ({DEFAULT_CROSS_ENCODER})."
     )
-    _require_backend(settings.backend)
+    if settings.backend == "openvino":
+        raise ModelLoadError(OPENVINO_UNAVAILABLE)
+    if settings.backend == "onnx":
+        require_onnx()  # before the (slow) model load
     location = model_location(name, "Cross-encoder", how_to_fix, ModelLoadError)
     st = require("sentence_transformers")
     options: dict[str, Any] = {
@@ -494,7 +532,8 @@ def _load_uncached(settings: _ModelSettings) -> Any:
         "max_length": settings.max_length,
         "trust_remote_code": settings.trust_remote_code,
         "revision": settings.revision,
-        "backend": settings.backend,
+        # Always the torch model: the ONNX graph is exported from it (cross_encoder_backends).
+        "backend": "torch",
     }
     # Copies: sentence-transformers writes max_length into the tokenizer options it is given.
     if settings.model_kwargs:

@@ -20,6 +20,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers import cross_encoder as ce_module
 from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
+from llamaindex_rerankers.cross_encoder_backends import CACHE_ENV
 from llamaindex_rerankers.types import RerankResult
 
 pytestmark = pytest.mark.slow
@@ -94,8 +95,31 @@ def _alone(reranker: CrossEncoderReranker, cases: list[Case]) -> list[Signature]
 
 
 @pytest.fixture(scope="module")
-def reranker(ce_model_path: str) -> CrossEncoderReranker:
-    return CrossEncoderReranker(model=ce_model_path, max_length=MAX_LENGTH, batch_size=4)
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh on-disk cache of exported models for this module."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("rerankers-cache")
+        mp.setenv(CACHE_ENV, str(path))
+        yield path
+
+
+#: The paths a shared instance must serve concurrently: the exact float32 torch path, the
+#: default (precision="auto": bfloat16 on this CPU), and ONNX Runtime float32 and int8.
+CONFIGS = {
+    "float32": {"precision": "float32"},
+    "default": {},
+    "onnx": {"backend": "onnx"},
+    "onnx-int8": {"backend": "onnx", "quantize": "int8"},
+}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def reranker(
+    request: pytest.FixtureRequest, ce_model_path: str, onnx_cache: Path
+) -> CrossEncoderReranker:
+    return CrossEncoderReranker(
+        model=ce_model_path, max_length=MAX_LENGTH, batch_size=4, **CONFIGS[request.param]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +219,8 @@ async def test_64_tasks_run_at_most_the_worker_bound_of_forward_passes_at_once(
     two_workers: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    model = reranker.load()
-    real_forward = model.forward
+    runner = reranker._load().runner
+    real_forward = runner.logits
     lock = threading.Lock()
     in_flight = peak = 0
 
@@ -212,7 +236,7 @@ async def test_64_tasks_run_at_most_the_worker_bound_of_forward_passes_at_once(
             with lock:
                 in_flight -= 1
 
-    monkeypatch.setattr(model, "forward", counting_forward)
+    monkeypatch.setattr(runner, "logits", counting_forward)
     short = [(q, nodes[:2]) for q, nodes in cases]
     results = await asyncio.gather(*(reranker.arerank(n, q) for q, n in short * 8))
     assert len(results) == 64

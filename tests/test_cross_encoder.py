@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from llamaindex_rerankers.cross_encoder import (
     ModelLoadError,
     inference_workers,
 )
+from llamaindex_rerankers.cross_encoder_backends import MissingExtraError
 from llamaindex_rerankers.evaluation import candidates, load_beir, load_trec_run
 
 pytestmark = pytest.mark.slow
@@ -33,8 +35,9 @@ TOP_K = 20
 
 @pytest.fixture(scope="session")
 def reranker(ce_model_path: str) -> CrossEncoderReranker:
-    """The one model load of this module (shared through the process-wide cache)."""
-    r = CrossEncoderReranker(model=ce_model_path)
+    """The one model load of this module (shared through the process-wide cache), on the exact
+    float32 path."""
+    r = CrossEncoderReranker(model=ce_model_path, precision="float32")
     r.load()
     return r
 
@@ -228,6 +231,7 @@ def test_model_and_tokenizer_kwargs_reach_the_model_and_make_another_cache_entry
     nodes = [NodeWithScore(node=TextNode(id_="a", text="Prune in late winter."), score=1.0)]
     eager = CrossEncoderReranker(
         model=ce_model_path,
+        precision="float32",
         model_kwargs={"attn_implementation": "eager"},
         tokenizer_kwargs={"truncation_side": "left"},
     )
@@ -242,18 +246,27 @@ def test_model_and_tokenizer_kwargs_reach_the_model_and_make_another_cache_entry
     assert same == pytest.approx(want, abs=1e-4)  # eager and sdpa attention: one model
 
 
-@pytest.mark.parametrize(
-    ("backend", "extra"),
-    [("onnx", "sentence-transformers[onnx]"), ("openvino", "sentence-transformers[openvino]")],
-)
-def test_a_backend_without_its_packages_names_what_to_install(
-    ce_model_path: str, backend: str, extra: str
+def test_onnx_without_its_packages_names_the_extra(
+    ce_model_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    modules, _ = ce_module._BACKEND_PACKAGES[backend]
-    if all(ce_module._importable(m) for m in modules):
-        pytest.skip(f"the {backend} packages are installed here")
-    with pytest.raises(ModelLoadError, match=re.escape(extra)):
-        CrossEncoderReranker(model=ce_model_path, backend=backend).load()
+    # None in sys.modules makes `import onnxruntime` raise ImportError, as if not installed.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingExtraError, match=re.escape("llamaindex-rerankers[onnx]")) as info:
+        CrossEncoderReranker(model=ce_model_path, backend="onnx", max_length=77).load()
+    assert isinstance(info.value, ImportError)
+    assert isinstance(info.value, ModelLoadError)
+    assert "backend='torch'" in str(info.value)
+
+
+def test_openvino_raises_and_says_why(ce_model_path: str) -> None:
+    with pytest.raises(ModelLoadError, match="optimum-intel") as info:
+        CrossEncoderReranker(model=ce_model_path, backend="openvino").load()
+    assert "backend='onnx'" in str(info.value)
+
+
+def test_quantize_needs_the_onnx_backend() -> None:
+    with pytest.raises(ValueError, match="backend='onnx'"):
+        CrossEncoderReranker(model="m", quantize="int8")
 
 
 def test_bfloat16_on_a_non_torch_backend_raises() -> None:
@@ -269,6 +282,9 @@ def test_configuration_round_trips(ce_model_path: str) -> None:
         batch_size=4,
         revision="main",
         backend="onnx",
+        quantize="int8",
+        threads=2,
+        precision="float32",
         model_kwargs={"attn_implementation": "eager", "dtype": "float32"},
         tokenizer_kwargs={"truncation_side": "left"},
     )
@@ -282,6 +298,7 @@ def test_configuration_round_trips(ce_model_path: str) -> None:
         assert type(rebuilt) is CrossEncoderReranker
         assert rebuilt.to_dict() == config
         assert rebuilt.max_length == 64 and rebuilt.backend == "onnx"
+        assert rebuilt.quantize == "int8" and rebuilt.threads == 2
 
 
 def test_a_misspelt_argument_raises_with_the_right_name() -> None:
