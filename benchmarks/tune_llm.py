@@ -48,11 +48,7 @@ from llamaindex_rerankers.llm.calibration import (
     content_free_prior,
 )
 from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, expected_relevance
-from llamaindex_rerankers.llm.prompts import (
-    COMPACT_JUDGE_PROMPT,
-    COMPACT_SYSTEM_PROMPT,
-    DEFAULT_EXAMPLES,
-)
+from llamaindex_rerankers.llm.prompts import FEW_SHOT_EXAMPLES, V1_JUDGE_PROMPT, V1_SYSTEM_PROMPT
 from llamaindex_rerankers.llm.server import local_llm_server
 from llamaindex_rerankers.scoring import fuse, fusion_weight, normalized_entropy, rank_prior
 
@@ -62,19 +58,16 @@ DATASETS = ("scifact", "nfcorpus")
 
 #: Prompt variants: what each part of the prompt buys.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "examples3": {},  # the v1 prompt: three worked examples, long wording
-    "examples0": {"examples": ()},
-    "examples1": {"examples": DEFAULT_EXAMPLES[:1]},
-    "compact0": {
-        "examples": (),
-        "system_prompt": COMPACT_SYSTEM_PROMPT,
-        "judge_prompt": COMPACT_JUDGE_PROMPT,
-    },  # fmt: skip
-    "compact1": {
-        "examples": DEFAULT_EXAMPLES[:1],
-        "system_prompt": COMPACT_SYSTEM_PROMPT,
-        "judge_prompt": COMPACT_JUDGE_PROMPT,
-    },  # fmt: skip
+    # prompt v1: long wording and three worked examples
+    "examples3": {
+        "examples": FEW_SHOT_EXAMPLES,
+        "system_prompt": V1_SYSTEM_PROMPT,
+        "judge_prompt": V1_JUDGE_PROMPT,
+    },
+    "examples0": {"system_prompt": V1_SYSTEM_PROMPT, "judge_prompt": V1_JUDGE_PROMPT},
+    # prompt v2 (the default): compact wording, no examples
+    "compact0": {},
+    "compact1": {"examples": FEW_SHOT_EXAMPLES[:1]},
 }
 
 
@@ -167,16 +160,22 @@ def score_offline(raw: Mapping[str, Any], data_dir: Path) -> list[dict[str, Any]
                         weights.append(w)
                         entropies.append(statistics.fmean(ents))
                         scores = [expected_relevance(p, DEFAULT_LABELS) for p in probs]
-                        fused = [fuse(s, rank_prior(i, len(docs)), w) for i, s in enumerate(scores)]
+                        k = len(docs)
+                        fused = [fuse(s, rank_prior(i, k), w) for i, s in enumerate(scores)]
                         run[q] = list(zip(docs, fused, strict=True))
+                    ndcg = _mean(per_query(ds.qrels, run, ["nDCG@10"], qids))
                     rows.append({
                         "dataset": name, "prompt": variant, "calibration": calibration,
-                        "fusion": fusion, "nDCG@10": _mean(per_query(ds.qrels, run, ["nDCG@10"], qids)),
+                        "fusion": fusion, "nDCG@10": ndcg,
                         "mean w": statistics.fmean(weights) if weights else math.nan,
                         "mean entropy": statistics.fmean(entropies) if entropies else math.nan,
-                        "prompt tokens / judgement": statistics.fmean(tokens) if tokens else math.nan,
+                        "prompt tokens / judgement": _fmean(tokens),
                     })  # fmt: skip
     return rows
+
+
+def _fmean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
 
 
 def _mean(scores: Mapping[str, Mapping[str, float]]) -> float:
@@ -222,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (RESULTS / "tune_llm.json").write_text(
         json.dumps({"command": command, "date": started.isoformat(), "rows": rows}, indent=1)
     )
-    md = [f"# LLM reranker tuning split (test queries {args.offset + 1}-{args.offset + args.queries}, BM25 top-{args.top_k})", "",
+    span = f"{args.offset + 1}-{args.offset + args.queries}"
+    md = [f"# LLM reranker tuning split (test queries {span}, BM25 top-{args.top_k})", "",
           f"`{command}`", "", markdown_table(rows)]  # fmt: skip
     (RESULTS / "tune_llm.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -97,7 +97,6 @@ from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
 from llamaindex_rerankers.llm.loop import run_async, run_sync
 from llamaindex_rerankers.llm.openai_client import OpenAIChatClient
 from llamaindex_rerankers.llm.prompts import (
-    DEFAULT_EXAMPLES,
     JUDGE_KEY,
     JUDGE_PROMPT,
     RETRY_KEY,
@@ -245,9 +244,10 @@ class LLMReranker(BaseReranker, PromptMixin):
         "0, likely (B) = 0.5, very likely (C) = 1. Codes must differ at their first token.",
     )
     examples: tuple[FewShotExample, ...] = Field(
-        default=DEFAULT_EXAMPLES,
+        default=(),
         description="Worked examples (query, passage, label name) shown as earlier chat turns; "
-        "() for none. Part of the cache key.",
+        "none by default (prompt v2); prompts.FEW_SHOT_EXAMPLES are prompt v1's. Part of the "
+        "cache key.",
     )
     system_prompt: str = Field(
         default=SYSTEM_PROMPT,
