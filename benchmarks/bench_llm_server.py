@@ -198,9 +198,9 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--servers", default="lcp,ls1,ls4")
-    p.add_argument("--queries", type=int, default=2, help="queries per round")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--servers", default="lcp,ls1,ls2,ls4")
+    p.add_argument("--queries", type=int, default=1, help="queries per round")
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--gguf", default=None, help="default: $LLAMAINDEX_RERANKERS_LLM_GGUF")
     p.add_argument("--n-ctx", type=int, default=2048)
