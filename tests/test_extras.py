@@ -146,13 +146,27 @@ def test_every_optional_module_maps_to_an_extra_that_pyproject_defines(
     assert extra in extras
 
 
-def test_the_local_llm_server_without_its_extra_names_the_extra() -> None:
+@pytest.mark.parametrize(
+    "setup",
+    [
+        "kwargs = {'server': 'llama-cpp-python'}",
+        # "auto" with no llama-server to be found falls back to llama-cpp-python's server.
+        "import os, pathlib, llamaindex_rerankers.llm.server as s\n"
+        "s.LLAMA_SERVER_CACHE = pathlib.Path('/nonexistent')\n"
+        "os.environ.pop(s.LLAMA_SERVER_ENV, None); os.environ['PATH'] = '/nonexistent'\n"
+        "kwargs = {}",
+    ],
+    ids=["llama-cpp-python", "auto-without-llama-server"],
+)
+def test_the_local_llm_server_without_its_extra_names_the_extra(setup: str) -> None:
     result = run_hidden(
         ["llama_cpp"],
-        """
+        setup
+        + """
 from llamaindex_rerankers import local_llm_server
-with local_llm_server("/nonexistent.gguf"):
+with local_llm_server("/nonexistent.gguf", **kwargs):
     pass
 """,
     )
-    assert "llamaindex-rerankers[local-llm]" in import_error_of(result)
+    error = import_error_of(result)
+    assert "llamaindex-rerankers[local-llm]" in error and "make llama-server" in error

@@ -338,12 +338,16 @@ class OpenAIChatClient:
             if tokens is not None and not tokens and text:
                 tokens = None  # an empty list for a non-empty answer: logprobs left out
             record_logprobs_answer(self.identity, has_logprobs=tokens is not None)
+        prompt_tokens = _as_int(getattr(usage, "prompt_tokens", 0))
+        evaluated, cached = _prompt_cache_figures(raw, usage, prompt_tokens)
         return ChatResult(
             text=text,
             tokens=tokens,
-            prompt_tokens=_as_int(getattr(usage, "prompt_tokens", 0)),
+            prompt_tokens=prompt_tokens,
             completion_tokens=_as_int(getattr(usage, "completion_tokens", 0)),
             attempts=attempts,
+            prompt_tokens_evaluated=evaluated,
+            prompt_tokens_cached=cached,
         )
 
     def _fatal(self, exc: Any, attempts: int) -> ChatClientError:
@@ -426,6 +430,41 @@ def _read_logprobs(logprobs: Any) -> tuple[GeneratedToken, ...] | None:
     except (AttributeError, TypeError, ValueError):
         logger.debug("unreadable logprobs in a chat answer: %s", _preview(logprobs))
         return None
+
+
+def _prompt_cache_figures(
+    raw: Any, usage: Any, prompt_tokens: int
+) -> tuple[int | None, int | None]:
+    """``(evaluated, cached)`` prompt tokens of one answer, ``(None, None)`` when it says not.
+
+    llama-server adds ``timings`` to the completion (``prompt_n``: tokens computed, ``cache_n``:
+    tokens reused from the slot's cache); OpenAI and others report only
+    ``usage.prompt_tokens_details.cached_tokens``, and then the rest of the prompt was computed.
+    Extra fields of the SDK's models come back as plain values (dicts), hence ``_field``.
+    """
+    timings = _field(raw, "timings")
+    evaluated = _nonneg_int(_field(timings, "prompt_n"))
+    cached = _nonneg_int(_field(timings, "cache_n"))
+    if evaluated is not None and cached is not None:
+        return evaluated, cached
+    cached = _nonneg_int(_field(_field(usage, "prompt_tokens_details"), "cached_tokens"))
+    if cached is not None and cached <= prompt_tokens:
+        return prompt_tokens - cached, cached
+    return None, None
+
+
+def _field(value: Any, name: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return value.get(name)
+    return getattr(value, name, None)
+
+
+def _nonneg_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if value >= 0 else None
 
 
 def _error_text(exc: Any) -> str:

