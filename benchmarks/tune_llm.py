@@ -42,11 +42,7 @@ from llamaindex_rerankers.evaluation.data import candidates, load_beir, load_tre
 from llamaindex_rerankers.evaluation.harness import markdown_table
 from llamaindex_rerankers.evaluation.metrics import per_query
 from llamaindex_rerankers.llm import LLMReranker
-from llamaindex_rerankers.llm.calibration import (
-    CONTENT_FREE_PASSAGES,
-    calibrate,
-    content_free_prior,
-)
+from llamaindex_rerankers.llm.calibration import calibrate, content_free_prior
 from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, expected_relevance
 from llamaindex_rerankers.llm.prompts import FEW_SHOT_EXAMPLES, V1_JUDGE_PROMPT, V1_SYSTEM_PROMPT
 from llamaindex_rerankers.llm.server import local_llm_server
@@ -55,6 +51,11 @@ from llamaindex_rerankers.scoring import fuse, fusion_weight, normalized_entropy
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DATASETS = ("scifact", "nfcorpus")
+#: The content-free passages of "Calibrate Before Use" (Zhao et al. 2021), all judged here so that
+#: which of them calibration uses can be chosen offline; the reranker uses the empty one.
+CONTENT_FREE_PASSAGES = ("N/A", "", "[MASK]")
+#: Which of them the offline scoring calibrates with (indices into CONTENT_FREE_PASSAGES).
+CALIBRATE_WITH = (1,)
 
 #: Prompt variants: what each part of the prompt buys.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -148,12 +149,8 @@ def score_offline(raw: Mapping[str, Any], data_dir: Path) -> list[dict[str, Any]
                         probs = [judged["probs"][d] for d in docs]
                         tokens.append(judged["prompt_tokens"] / max(len(docs), 1))
                         if calibration == "content-free":
-                            prior = content_free_prior(
-                                [
-                                    judged["probs"][f"cf{i}"]
-                                    for i in range(len(CONTENT_FREE_PASSAGES))
-                                ]
-                            )
+                            free = [judged["probs"][f"cf{i}"] for i in CALIBRATE_WITH]
+                            prior = content_free_prior(free)
                             probs = [calibrate(p, prior) if prior else p for p in probs]
                         ents = [normalized_entropy(p) for p in probs]
                         w = fusion_weight(ents) if fusion == "auto" else float(fusion)

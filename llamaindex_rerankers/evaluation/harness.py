@@ -304,6 +304,8 @@ def _report_counters(report: RerankReport) -> dict[str, float]:
         counters.update({f"ce_{k}": v for k, v in usage.items() if k != "seconds"})
     if report.llm is not None:
         counters.update({k: v for k, v in report.llm.to_dict().items() if k != "seconds"})
+    if report.retrieval_weight is not None:
+        counters["retrieval_weight"] = report.retrieval_weight  # summed: mean = total / queries
     return counters
 
 
