@@ -131,10 +131,13 @@ def test_registry_builds_rerankers_by_name() -> None:
 
 
 def test_registry_builds_the_llm_rerankers_and_anchors_on_one_endpoint() -> None:
-    endpoint = {"llm_base_url": "http://127.0.0.1:9/v1", "llm_model": "m", "llm_api_key": "k"}
+    # what LLMEndpoint.reranker_options() gives for a local server, namespace included
+    endpoint = {"llm_base_url": "http://127.0.0.1:9/v1", "llm_model": "m", "llm_api_key": "k",
+                "llm_cache_namespace": "gguf-sha256:abc"}  # fmt: skip
     llm = make_reranker("llm", top_n=4, **endpoint)
     assert type(llm).__name__ == "LLMReranker"
     assert (llm.top_n, llm.base_url, llm.model) == (4, "http://127.0.0.1:9/v1", "m")
+    assert llm.cache_namespace == "gguf-sha256:abc"
     cascade = make_reranker("cascade", top_n=2, keep=5, cross_encoder_model="ce/x", **endpoint)
     assert type(cascade).__name__ == "CascadeReranker"
     assert (cascade.keep, cascade.first.model, cascade.second.base_url) == (

@@ -67,6 +67,7 @@ def _llm_anchor(cls: Callable[[], Any]) -> Factory:
         llm_base_url: str | None = None,
         llm_model: str | None = None,
         llm_api_key: str | None = None,
+        llm_cache_namespace: str | None = None,  # the endpoint's; anchors have no cache
         **options: Any,
     ) -> Any:
         llm = _openai_like(llm_base_url, llm_model, llm_api_key)

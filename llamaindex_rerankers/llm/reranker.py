@@ -735,7 +735,7 @@ class LLMReranker(BaseReranker, PromptMixin):
             logger.warning(
                 "%s: %d of %d judgements failed and were labelled %r (kept after the judged "
                 "nodes); last error: %s",
-                self.class_name(), len(state.errors), len(passages), UNKNOWN, state.errors[-1],
+                self.class_name(), len(state.errors), len(asked), UNKNOWN, state.errors[-1],
             )  # fmt: skip
         if counters["parse_failures"]:
             logger.info(

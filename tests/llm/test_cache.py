@@ -13,6 +13,7 @@ import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
@@ -121,6 +122,10 @@ def test_api_key_is_neither_serialised_nor_shown() -> None:
 
 # -- the reranker through a scripted ChatClient ---------------------------------------------
 
+#: These tests are about the cache and the accounting, not calibration or fusion
+#: (tests/llm/test_calibration.py): score by the judge alone, no content-free judgements.
+PLAIN: dict[str, Any] = {"calibration": "none", "retrieval_weight": 0.0}
+
 
 class ScriptedClient:
     """Answers by the passage text: 'good' → C, 'fair' → B, 'bad' → A, 'junk' → unparseable,
@@ -177,7 +182,7 @@ def nodes_of(*texts: str) -> list[NodeWithScore]:
 
 def test_repeated_query_is_served_from_cache_with_zero_calls() -> None:
     client = ScriptedClient()
-    reranker = LLMReranker(model="scripted", client=client)
+    reranker = LLMReranker(**PLAIN, model="scripted", client=client)
     nodes = nodes_of("bad one", "good one", "fair one")
     first = reranker.postprocess_nodes(nodes, query_str="q")
     assert [n.node.id_ for n in first] == ["n1", "n2", "n0"]
@@ -198,7 +203,7 @@ def test_failures_and_unparseable_answers_become_unknown_and_are_kept(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     client = ScriptedClient(logprobs=False)
-    reranker = LLMReranker(model="scripted", client=client)
+    reranker = LLMReranker(**PLAIN, model="scripted", client=client)
     nodes = nodes_of("fail a", "junk b", "good c", "fail d", "bad e")
     with caplog.at_level("WARNING"):
         out = reranker.postprocess_nodes(nodes, query_str="q")
@@ -220,7 +225,7 @@ def test_failures_and_unparseable_answers_become_unknown_and_are_kept(
 
 def test_concurrency_limit_is_respected() -> None:
     client = ScriptedClient()
-    reranker = LLMReranker(model="scripted", client=client, concurrency=3, cache=None)
+    reranker = LLMReranker(**PLAIN, model="scripted", client=client, concurrency=3, cache=None)
     reranker.postprocess_nodes(nodes_of(*[f"good {i}" for i in range(10)]), query_str="q")
     assert client.max_in_flight == 3
     assert reranker.last_report.llm.to_dict()["max_in_flight"] == 3  # type: ignore[union-attr]
@@ -230,10 +235,12 @@ def test_fused_scores_are_recomputed_from_the_cache_without_calls() -> None:
     client = ScriptedClient()
     cache = MemoryCache()
     nodes = nodes_of("fair first", "bad second", "good third")
-    LLMReranker(model="scripted", client=client, cache=cache).postprocess_nodes(
+    LLMReranker(**PLAIN, model="scripted", client=client, cache=cache).postprocess_nodes(
         nodes, query_str="q"
     )
-    fused = LLMReranker(model="scripted", client=client, cache=cache, retrieval_weight=0.5)
+    fused = LLMReranker(
+        **{**PLAIN, "retrieval_weight": 0.5}, model="scripted", client=client, cache=cache
+    )
     out = fused.postprocess_nodes(nodes, query_str="q")
     assert len(client.requests) == 3
     assert fused.last_report.llm.to_dict()["calls"] == 0  # type: ignore[union-attr]
@@ -243,7 +250,7 @@ def test_fused_scores_are_recomputed_from_the_cache_without_calls() -> None:
 
 def test_truncation_is_recorded_per_node() -> None:
     client = ScriptedClient()
-    reranker = LLMReranker(model="scripted", client=client, passage_max_tokens=4)
+    reranker = LLMReranker(**PLAIN, model="scripted", client=client, passage_max_tokens=4)
     out = reranker.postprocess_nodes(nodes_of("good " + "word " * 50, "good short"), query_str="q")
     flags = {n.node.id_: n.node.metadata["rerank_truncated"] for n in out}
     assert flags == {"n0": True, "n1": False}
@@ -289,7 +296,7 @@ class SingleKeyCache:
 
 def test_the_cache_is_read_once_and_written_once_per_call_off_the_loop() -> None:
     cache = RecordingCache()
-    reranker = LLMReranker(model="scripted", client=ScriptedClient(), cache=cache)
+    reranker = LLMReranker(**PLAIN, model="scripted", client=ScriptedClient(), cache=cache)
     nodes = nodes_of("good a", "bad b", "fair c", "good a")
     reranker.rerank(nodes, "q")
     reranker.rerank(nodes_of("good a", "fair d"), "q")
@@ -307,7 +314,7 @@ def test_the_cache_is_read_once_and_written_once_per_call_off_the_loop() -> None
 def test_a_cache_with_only_get_and_put_still_works() -> None:
     cache = SingleKeyCache()
     client = ScriptedClient()
-    reranker = LLMReranker(model="scripted", client=client, cache=cache)
+    reranker = LLMReranker(**PLAIN, model="scripted", client=client, cache=cache)
     reranker.rerank(nodes_of("good a", "bad b"), "q")
     _, report = reranker.rerank(nodes_of("good a", "bad b"), "q")
     assert len(cache.data) == 2 and len(client.requests) == 2
@@ -322,7 +329,7 @@ def test_a_failing_cache_is_logged_and_judging_goes_on(caplog: pytest.LogCapture
         def put(self, key: str, value: CachedJudgement) -> None:
             raise OSError("disk gone")
 
-    reranker = LLMReranker(model="scripted", client=ScriptedClient(), cache=Broken())
+    reranker = LLMReranker(**PLAIN, model="scripted", client=ScriptedClient(), cache=Broken())
     with caplog.at_level("WARNING", logger="llamaindex_rerankers"):
         nodes, report = reranker.rerank(nodes_of("good a", "bad b"), "q")
     assert [n.node.metadata["rerank_label"] for n in nodes] == ["very likely", "unlikely"]
@@ -335,16 +342,16 @@ def test_the_cache_namespace_names_the_judge() -> None:
     here = ScriptedClient(identity=("http://127.0.0.1:1111/v1", "model.gguf"))
     there = ScriptedClient(identity=("http://127.0.0.1:2222/v1", "model.gguf"))
     nodes = nodes_of("good a", "bad b", "fair c")
-    first = LLMReranker(model="model.gguf", client=here, cache=shared)
+    first = LLMReranker(**PLAIN, model="model.gguf", client=here, cache=shared)
     assert first.namespace == "http://127.0.0.1:1111/v1|model.gguf"
     first.rerank(nodes, "q")
     # By default another address is another judge: asked again.
-    _, report = LLMReranker(model="model.gguf", client=there, cache=shared).rerank(nodes, "q")
+    _, report = LLMReranker(**PLAIN, model="model.gguf", client=there, cache=shared).rerank(nodes, "q")
     assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (3, 0)
     # Named after the model itself, the cache outlives the address.
     named = {"cache": shared, "cache_namespace": "gguf-sha256:abc", "model": "model.gguf"}
-    LLMReranker(client=here, **named).rerank(nodes, "q")
-    _, report = LLMReranker(client=there, **named).rerank(nodes, "q")
+    LLMReranker(**PLAIN, client=here, **named).rerank(nodes, "q")
+    _, report = LLMReranker(**PLAIN, client=there, **named).rerank(nodes, "q")
     assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (0, 3)
     assert len(there.requests) == 3
 
@@ -354,8 +361,8 @@ def test_text_mode_and_logprobs_mode_do_not_share_judgements() -> None:
     # were its own probabilities (nor the other way round).
     shared = MemoryCache()
     nodes = nodes_of("good a", "bad b")
-    LLMReranker(model="scripted", client=ScriptedClient(), cache=shared).rerank(nodes, "q")
-    text = LLMReranker(model="scripted", client=ScriptedClient(), cache=shared, use_logprobs=False)
+    LLMReranker(**PLAIN, model="scripted", client=ScriptedClient(), cache=shared).rerank(nodes, "q")
+    text = LLMReranker(**PLAIN, model="scripted", client=ScriptedClient(), cache=shared, use_logprobs=False)
     _, report = text.rerank(nodes, "q")
     assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (2, 0)
     _, report = text.rerank(nodes, "q")

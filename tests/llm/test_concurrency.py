@@ -134,6 +134,9 @@ def make(fake: FakeOpenAI, **settings: Any) -> LLMReranker:
         "cache": None,
         "timeout": 10.0,
         "max_retries": 0,
+        # the request machinery under test, not calibration or fusion (test_calibration.py)
+        "calibration": "none",
+        "retrieval_weight": 0.0,
     }
     options.update(settings)
     return LLMReranker(**options)
@@ -285,7 +288,9 @@ class SlowForPie:
 
 def test_the_deadline_counts_the_wait_for_a_request_slot() -> None:
     client = SlowForPie()
-    reranker = LLMReranker(client=client, concurrency=1, deadline=0.5, cache=None)
+    reranker = LLMReranker(
+        client=client, concurrency=1, deadline=0.5, cache=None, calibration="none"
+    )
 
     async def main() -> tuple[Any, float]:
         busy = asyncio.ensure_future(reranker.arerank(Call(QUERIES[0], (16,)).nodes(), "q"))

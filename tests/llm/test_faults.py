@@ -110,6 +110,9 @@ def reranker(fake: FakeOpenAI, **settings: Any) -> LLMReranker:
         "timeout": 2.0,
         "max_retries": 2,
         "backoff_base": 0.01,  # retries in milliseconds; Retry-After is still honoured exactly
+        # the request machinery under test, not calibration or fusion (test_calibration.py)
+        "calibration": "none",
+        "retrieval_weight": 0.0,
     }
     options.update(settings)
     return LLMReranker(**options)
