@@ -11,6 +11,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers import CrossEncoderReranker
 from llamaindex_rerankers.llm import LLMReranker
+from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
 from llamaindex_rerankers.llm.types import ChatResult, GeneratedToken, TokenChoice
 
 QUERY = "when should apple trees be pruned"
@@ -151,7 +152,10 @@ def test_llm_reranker_judges_every_window_and_keeps_the_best() -> None:
     assert result.nodes[2].node.metadata["rerank_windows"] == 1
     # Each distinct window is asked once: the repeated passage adds no request, and the
     # filler's repeated sentences make some windows of LONG identical (3 distinct of 5).
-    assert len(client.requests) == len(set(client.requests)) == 4
+    # (Calibration's content-free passages are asked too, once each.)
+    passages = [p for p in client.requests if p not in CONTENT_FREE_PASSAGES]
+    assert len(client.requests) - len(passages) == len(CONTENT_FREE_PASSAGES)
+    assert len(passages) == len(set(passages)) == 4
     assert all(len(p) <= 60 * 4 for p in client.requests)
     usage = result.report.llm
     assert usage is not None

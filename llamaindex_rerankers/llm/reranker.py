@@ -665,7 +665,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         # Calibration's content-free passages are judged with the real ones (same prompt, same
         # query, same cache); they are not part of the result.
         free = []
-        if self.calibration == "content-free":
+        if self.calibration == "content-free" and self.use_logprobs:  # text has no prior
             free = [t for t in CONTENT_FREE_PASSAGES if t not in set(passages)]
         asked = passages + free
         client = self.client
@@ -708,7 +708,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         }
         outcome.update((asked[i], (a, False)) for i, a in zip(missing, answers, strict=True))
         prior = None
-        if self.calibration == "content-free":
+        if free or (self.calibration == "content-free" and self.use_logprobs):
             prior = content_free_prior([
                 value.probs
                 for value, _ in (outcome[t] for t in CONTENT_FREE_PASSAGES)

@@ -346,7 +346,9 @@ def test_the_cache_namespace_names_the_judge() -> None:
     assert first.namespace == "http://127.0.0.1:1111/v1|model.gguf"
     first.rerank(nodes, "q")
     # By default another address is another judge: asked again.
-    _, report = LLMReranker(**PLAIN, model="model.gguf", client=there, cache=shared).rerank(nodes, "q")
+    _, report = LLMReranker(**PLAIN, model="model.gguf", client=there, cache=shared).rerank(
+        nodes, "q"
+    )
     assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (3, 0)
     # Named after the model itself, the cache outlives the address.
     named = {"cache": shared, "cache_namespace": "gguf-sha256:abc", "model": "model.gguf"}
@@ -362,7 +364,9 @@ def test_text_mode_and_logprobs_mode_do_not_share_judgements() -> None:
     shared = MemoryCache()
     nodes = nodes_of("good a", "bad b")
     LLMReranker(**PLAIN, model="scripted", client=ScriptedClient(), cache=shared).rerank(nodes, "q")
-    text = LLMReranker(**PLAIN, model="scripted", client=ScriptedClient(), cache=shared, use_logprobs=False)
+    text = LLMReranker(
+        **PLAIN, model="scripted", client=ScriptedClient(), cache=shared, use_logprobs=False
+    )
     _, report = text.rerank(nodes, "q")
     assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (2, 0)
     _, report = text.rerank(nodes, "q")

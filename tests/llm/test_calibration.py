@@ -162,6 +162,11 @@ def test_text_answers_are_not_calibrated_and_rank_alone() -> None:
     assert [n.node.node_id for n in out] == ["x", "y"]  # auto: no uncertainty, w = 0
     assert report.retrieval_weight == 0.0
     assert out[0].node.metadata["rerank_label_probs"] == as_probs((0.0, 0.0, 1.0))
+    # asked for text only, the reranker does not judge content-free passages at all
+    client = DistributionClient(table, (0.3, 0.3, 0.4), logprobs=False)
+    _, report = reranker(client, use_logprobs=False).rerank(nodes_of("y", "x"), "q")
+    assert sorted(client.requests) == ["x", "y"]
+    assert report.llm is not None and report.llm.calibration_judgements == 0
 
 
 # -- auto fusion -------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.llm import LLMReranker
+from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
 from llamaindex_rerankers.llm.labels import DEFAULT_LABELS
+from llamaindex_rerankers.llm.prompts import FEW_SHOT_EXAMPLES, V1_JUDGE_PROMPT, V1_SYSTEM_PROMPT
 from llamaindex_rerankers.llm.server import (
     LLM_GGUF_ENV,
     LocalLLMServer,
@@ -35,6 +37,8 @@ PRUNING = (
 STOCK = "Apple Inc. shares fell 2% on Tuesday after the company reported weaker iPhone sales."
 PIE = "Apple pie recipe: mix sliced apples with sugar and cinnamon and bake in a buttery crust."
 LABEL_NAMES = {lab.name for lab in DEFAULT_LABELS}
+#: Judgements calibration adds to every call (the content-free passages).
+F = len(CONTENT_FREE_PASSAGES)
 
 
 def apple_nodes() -> list[NodeWithScore]:
@@ -54,40 +58,62 @@ def test_model_path_must_be_given(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_model_path("/nonexistent/model.gguf")
 
 
-def test_apple_pruning_logprob_path_and_cache(llm_server: LocalLLMServer) -> None:
-    reranker = reranker_for(llm_server)
+def test_apple_pruning_logprob_path_calibration_and_cache(llm_server: LocalLLMServer) -> None:
+    reranker = reranker_for(llm_server)  # the defaults: prompt v2, calibration, w = auto
     nodes = apple_nodes()
     out = reranker.postprocess_nodes(nodes, query_str=QUERY)
 
     assert sorted(n.node.id_ for n in out) == ["pie", "pruning", "stock"]
-    scores = {n.node.id_: n.score for n in out}
-    # The one passage about pruning beats the share price and the recipe.
-    assert out[0].node.id_ == "pruning"
-    assert scores["pruning"] > scores["stock"] and scores["pruning"] > scores["pie"]
-    for n in out:
+    report = reranker.last_report
+    assert report is not None and report.retrieval_weight is not None
+    w = report.retrieval_weight
+    for rank, n in enumerate(out):
         meta = n.node.metadata
         assert meta["rerank_source"] == "logprobs"
-        probs = meta["rerank_label_probs"]
-        assert set(probs) == LABEL_NAMES
+        raw, probs = meta["rerank_raw_label_probs"], meta["rerank_label_probs"]
+        assert set(probs) == set(raw) == LABEL_NAMES
         assert math.fsum(probs.values()) == pytest.approx(1.0)
+        assert math.fsum(raw.values()) == pytest.approx(1.0)
         assert meta["rerank_label"] == max(probs, key=probs.get)
         expected = sum(p * lab.value for lab in DEFAULT_LABELS for k, p in probs.items()
                        if k == lab.name)  # fmt: skip
-        assert n.score == pytest.approx(expected)
-        assert meta["rerank_score"] == n.score
-    report = reranker.last_report
-    assert report is not None
-    assert report.llm.calls == 3 and report.llm.failures == 0
+        if w > 0:
+            assert meta["rerank_model_score"] == pytest.approx(expected)
+        prior = 1.0 - meta["retrieval_rank"] / 3 + 1 / 3  # linear rank prior of 3 candidates
+        assert n.score == pytest.approx((1 - w) * expected + w * prior)
+        assert meta["rerank_retrieval_weight"] == w
+        assert rank == 0 or out[rank - 1].score >= n.score
+    # three passages and the content-free ones for calibration, one token each; SmolLM2 may
+    # answer with something that is not a code: that answer is retried once
+    assert report.llm.failures == 0 and report.llm.unknown == 0
+    assert report.llm.calls == 3 + F + report.llm.parse_failures
+    assert (report.llm.judgements, report.llm.calibration_judgements) == (3, F)
+    assert report.llm.uncalibrated == 0
     assert report.llm.prompt_tokens > 3 * 50
-    assert report.llm.completion_tokens == 3  # one generated token per passage
     # The input nodes are untouched.
     assert all(n.score == 1.0 and "rerank_score" not in n.node.metadata for n in nodes)
 
     again = reranker.postprocess_nodes(nodes, query_str=QUERY)
     assert reranker.last_report is not None
     assert reranker.last_report.llm.calls == 0
-    assert reranker.last_report.llm.cache_hits == 3
+    assert reranker.last_report.llm.cache_hits == 3 + F
     assert [(n.node.id_, n.score) for n in again] == [(n.node.id_, n.score) for n in out]
+
+
+def test_prompt_v1_with_its_examples_ranks_the_pruning_passage_first(
+    llm_server: LocalLLMServer,
+) -> None:
+    # The judge itself, uncalibrated and unfused: with prompt v1's worked examples SmolLM2 gets
+    # this easy case right (prompt v2 without examples does not; the benchmarks say the
+    # examples buy nothing on real queries once fusion is automatic).
+    reranker = reranker_for(
+        llm_server, examples=FEW_SHOT_EXAMPLES, system_prompt=V1_SYSTEM_PROMPT,
+        judge_prompt=V1_JUDGE_PROMPT, calibration="none", retrieval_weight=0.0, cache=None,
+    )  # fmt: skip
+    out = reranker.postprocess_nodes(apple_nodes(), query_str=QUERY)
+    scores = {n.node.id_: n.score for n in out}
+    assert out[0].node.id_ == "pruning"
+    assert scores["pruning"] > scores["stock"] and scores["pruning"] > scores["pie"]
 
 
 def test_text_fallback_without_logprobs(llm_server: LocalLLMServer) -> None:
@@ -109,7 +135,8 @@ def test_text_fallback_without_logprobs(llm_server: LocalLLMServer) -> None:
     unknown = [n for n in out if n.node.metadata["rerank_source"] == "unknown"]
     assert out == judged + unknown  # unjudged nodes come after every judged one
     # Each unparseable answer was retried once with the stricter instruction.
-    assert report.llm.calls == 3 + report.llm.parse_failures
+    assert report.llm.calls == 3 + report.llm.parse_failures  # no calibration without logprobs
+    assert report.llm.calibration_judgements == 0
     assert report.llm.unknown == len(unknown)
     assert report.n_unjudged == len(unknown)
 
@@ -121,7 +148,7 @@ async def test_async_judgements_overlap(llm_server: LocalLLMServer) -> None:
     assert sorted(n.node.id_ for n in out) == ["0", "1", "2", "3"]
     report = reranker.last_report
     assert report is not None
-    assert report.llm.calls == 4
+    assert report.llm.calls == 4 + F  # F: calibration's content-free passages
     assert report.llm.max_in_flight > 1
 
 
@@ -132,10 +159,10 @@ async def test_sync_call_inside_a_running_event_loop(llm_server: LocalLLMServer)
     out = reranker.postprocess_nodes(nodes, query_str="apple tree pruning")
     assert sorted(n.node.id_ for n in out) == ["pruning", "stock"]
     assert reranker.last_report is not None
-    assert reranker.last_report.llm.calls == 2
+    assert reranker.last_report.llm.calls == 2 + F
     # A second sync call works as well (both ran on the reranker's background loop).
     reranker.postprocess_nodes(nodes[:1], query_str="apple tree pruning")
-    assert reranker.last_report.llm.calls == 1
+    assert reranker.last_report.llm.calls == 1 + F
 
 
 def test_gguf_namespace_is_the_file_digest_computed_once(tmp_path: Path) -> None:
@@ -171,8 +198,8 @@ def test_the_cache_is_hit_through_a_second_server_on_another_port(
             seen.append((server.base_url, report.llm, [(n.node.id_, n.score) for n in out]))
     (first_url, first, first_out), (second_url, second, second_out) = seen
     assert first_url != second_url
-    assert first is not None and (first.calls, first.cache_hits) == (2, 0)
-    assert second is not None and (second.calls, second.cache_hits) == (0, 2)
+    assert first is not None and (first.calls, first.cache_hits) == (2 + F, 0)
+    assert second is not None and (second.calls, second.cache_hits) == (0, 2 + F)
     assert second_out == first_out
 
 
@@ -201,11 +228,11 @@ def test_eval_llm_cache_is_shared_by_llm_and_cascade_and_kept_across_runs(
         return {r["reranker"]: r for r in json.loads(out.read_text())["results"]}
 
     first = run("first")
-    assert (first["llm"]["total_calls"], first["llm"]["total_cache_hits"]) == (4, 0)
+    assert (first["llm"]["total_calls"], first["llm"]["total_cache_hits"]) == (4 + F, 0)
     # the cascade's LLM stage judges 2 of the same 4 passages: all answered by the cache
-    assert (first["cascade"]["total_calls"], first["cascade"]["total_cache_hits"]) == (0, 2)
+    assert (first["cascade"]["total_calls"], first["cascade"]["total_cache_hits"]) == (0, 2 + F)
     second = run("second")
-    assert (second["llm"]["total_calls"], second["llm"]["total_cache_hits"]) == (0, 4)
+    assert (second["llm"]["total_calls"], second["llm"]["total_cache_hits"]) == (0, 4 + F)
     assert second["llm"]["nDCG@10"] == first["llm"]["nDCG@10"]
 
 
@@ -230,9 +257,9 @@ def test_eval_llm_cache_is_hit_across_runs_that_each_start_their_own_local_serve
         return {r["reranker"]: r for r in json.loads(out.read_text())["results"]}["llm"]
 
     first = run("first")
-    assert (first["total_calls"], first["total_cache_hits"]) == (2, 0)
+    assert (first["total_calls"], first["total_cache_hits"]) == (2 + F, 0)
     second = run("second")
-    assert (second["total_calls"], second["total_cache_hits"]) == (0, 2)
+    assert (second["total_calls"], second["total_cache_hits"]) == (0, 2 + F)
 
 
 def test_llm_server_command_stops_its_server_on_sigterm(gguf_path: str) -> None:
