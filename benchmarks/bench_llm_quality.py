@@ -56,6 +56,7 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
         return None if value is None else value / n
 
     return {
+        "queries": row.get("queries"),
         "nDCG@10": row.get("nDCG@10"),
         "calls / query": per_query("calls"),
         "prompt tokens / query": per_query("prompt_tokens"),
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rerankers", default=CONTESTANTS)
     p.add_argument("--cache", default=str(REPO / ".cache" / "llm_quality.sqlite"))
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--fresh", action="store_true", help="drop earlier datasets' rows")
     args = p.parse_args(argv)
     runs = RESULTS / "llm_quality"
     runs.mkdir(parents=True, exist_ok=True)
@@ -111,21 +113,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python benchmarks/bench_llm_quality.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    record = {
+    run = {
         "command": command,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": time.monotonic() - started,
         "queries": args.queries,
-        "rows": table,
+        "datasets": args.datasets.split(","),
     }
-    (RESULTS / "llm_quality.json").write_text(json.dumps(record, indent=1))
+    # Runs of other datasets stay: a dataset's rows are replaced by its newest run.
+    path = RESULTS / "llm_quality.json"
+    old = json.loads(path.read_text()) if path.exists() and not args.fresh else {"runs": []}
+    kept = [r for r in old.get("rows", []) if r["dataset"] not in run["datasets"]]
+    runs_kept = [r for r in old.get("runs", []) if set(r["datasets"]) - set(run["datasets"])]
+    record = {"runs": [*runs_kept, run], "rows": kept + table}
+    path.write_text(json.dumps(record, indent=1))
+    table = record["rows"]
     from llamaindex_rerankers.evaluation.harness import markdown_table
 
     md = [
-        "# LLM reranking quality: SmolLM2-135M, BM25 top-20, first "
-        f"{args.queries} test queries per dataset",
+        "# LLM reranking quality: SmolLM2-135M, BM25 top-20, first test queries per dataset",
         "",
-        f"`{command}` ({record['date']}, {record['wall_s'] / 60:.0f} min)",
+        *[f"- `{r['command']}` ({r['date']}, {r['wall_s'] / 60:.0f} min)" for r in record["runs"]],
         "",
         "Option rows reuse the defaults' judgement cache: their calls count only what was "
         "new, and their latencies are not comparable.",

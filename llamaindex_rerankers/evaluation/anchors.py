@@ -29,6 +29,8 @@ from llamaindex_rerankers.registry import Factory
 #: Context window of a local server when LlamaIndex's LLM rerankers run (SmolLM2's full window):
 #: RankGPT puts all K passages in one prompt.
 ANCHOR_N_CTX = 8192
+#: Tokens an anchor may generate per call.
+ANCHOR_MAX_TOKENS = 512
 
 _ALL = 10**9  # the anchors need an int top_n; "all" for ours is None
 
@@ -51,10 +53,12 @@ def _openai_like(base_url: str | None, model: str | None, api_key: str | None) -
             "LlamaIndex's LLM rerankers need llm_base_url and llm_model (an OpenAI-compatible "
             "endpoint, e.g. the local server of `llamaindex-rerankers llm-server`)."
         )
-    # The anchors' answers (rankings, choice lists) must not be cut, and a slow local server
-    # needs time: no token cap, a long timeout.
+    # The anchors' answers (rankings of 20, choice lists of 10) fit well within 512 tokens; a
+    # cap keeps a small model that repeats itself from generating until its context is full
+    # (StructuredLLMRerank with SmolLM2 timed out on every query without one). A slow local
+    # server needs time: a long timeout.
     return LLMEndpoint(base_url, model, api_key).as_llama_index_llm(
-        max_tokens=None, timeout=120.0, max_retries=2
+        max_tokens=ANCHOR_MAX_TOKENS, timeout=120.0, max_retries=1
     )
 
 

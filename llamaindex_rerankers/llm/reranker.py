@@ -707,6 +707,8 @@ class LLMReranker(BaseReranker, PromptMixin):
             asked[i]: (found[key], True) for i, key in enumerate(keys) if key in found
         }
         outcome.update((asked[i], (a, False)) for i, a in zip(missing, answers, strict=True))
+        # Passages, not calibration's content-free ones (their failures are in ``failures``).
+        counters["unknown"] = sum(not isinstance(outcome[p][0], CachedJudgement) for p in passages)
         prior = None
         if free or (self.calibration == "content-free" and self.use_logprobs):
             prior = content_free_prior([

@@ -17,6 +17,7 @@ from test_local_server import QUERY, apple_nodes
 
 from llamaindex_rerankers.llm import LLMReranker
 from llamaindex_rerankers.llm import server as server_module
+from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
 from llamaindex_rerankers.llm.server import (
     LLAMA_SERVER_ENV,
     LocalLLMServer,
@@ -190,7 +191,7 @@ def test_real_llama_server_reuses_the_shared_prompt_prefix(
     result = reranker.rerank(apple_nodes(), QUERY)
     llm = result.report.llm
     assert llm is not None and llm.failures == 0
-    assert llm.prompt_cache_reports == llm.calls == 3
+    assert llm.prompt_cache_reports == llm.calls == 3 + len(CONTENT_FREE_PASSAGES)
     assert llm.prompt_tokens_evaluated + llm.prompt_tokens_cached == llm.prompt_tokens
     # The instructions and the query come before the passage: after the first judgement the
     # server takes them from its cache and evaluates little more than the passage.

@@ -23,6 +23,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.llms.openai_like import OpenAILike
 
 from llamaindex_rerankers.llm import LLMReranker
+from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
 from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
 from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
 from llamaindex_rerankers.llm.server import LocalLLMServer
@@ -33,6 +34,9 @@ TEXTS = {
     "pruning": "Prune apple trees in late winter, while they are dormant.",
     "orchard": "Orchard apple trees need full sun and well-drained soil.",
 }
+
+#: Judgements calibration adds to a call (its content-free passages).
+F = len(CONTENT_FREE_PASSAGES)
 
 
 def nodes() -> list[NodeWithScore]:
@@ -67,7 +71,7 @@ class KeywordLLM(CustomLLM):
 
 def test_a_custom_llm_judges_through_the_text_path() -> None:
     llm = KeywordLLM(prompts=[])
-    reranker = LLMReranker.from_llm(llm, cache=None)
+    reranker = LLMReranker.from_llm(llm, cache=None, calibration="none")
     assert reranker.model == "keyword-judge"
     assert reranker.namespace == "llamaindex:KeywordLLM|keyword-judge"
     out, report = reranker.rerank(nodes(), QUERY)
@@ -84,7 +88,9 @@ async def test_a_failing_llm_labels_unknown_and_keeps_every_node() -> None:
     assert [n.node.node_id for n in out] == list(TEXTS)
     assert all(n.score is None for n in out)
     assert "the model is down" in out[0].node.metadata["rerank_error"]
-    assert report.llm is not None and (report.llm.failures, report.llm.unknown) == (3, 3)
+    # every request failed, calibration's too; three passages ended unknown
+    assert report.llm is not None and (report.llm.failures, report.llm.unknown) == (3 + F, 3)
+    assert report.llm.uncalibrated == 0  # nothing was judged, so nothing left uncalibrated
 
 
 def test_an_llm_object_is_not_written_by_to_dict() -> None:
@@ -122,7 +128,9 @@ def openai_like(base_url: str, model: str, **options: Any) -> OpenAILike:
 
 
 def test_openai_like_gives_logprobs(fake: FakeOpenAI) -> None:
-    reranker = LLMReranker.from_llm(openai_like(fake.url + "/v1", "fake-like"), cache=None)
+    reranker = LLMReranker.from_llm(
+        openai_like(fake.url + "/v1", "fake-like"), cache=None, calibration="none"
+    )
     out, report = reranker.rerank(nodes(), QUERY)
     assert [n.node.node_id for n in out] == ["pruning", "orchard", "stock"]
     assert {n.node.metadata["rerank_source"] for n in out} == {"logprobs"}
@@ -135,7 +143,9 @@ def test_openai_like_gives_logprobs(fake: FakeOpenAI) -> None:
 
 def test_openai_like_on_an_endpoint_that_rejects_logprobs(fake: FakeOpenAI) -> None:
     fake.sticky = logprobs_rejected(then=good("C"))
-    reranker = LLMReranker.from_llm(openai_like(fake.url + "/v1", "fake-like", max_retries=0))
+    reranker = LLMReranker.from_llm(
+        openai_like(fake.url + "/v1", "fake-like", max_retries=0), calibration="none"
+    )
     out, report = reranker.rerank(nodes()[:1], QUERY)
     assert out[0].node.metadata["rerank_source"] == "text" and out[0].score == 1.0
     assert report.llm is not None and (report.llm.calls, report.llm.failures) == (2, 0)
@@ -152,4 +162,4 @@ def test_openai_like_on_the_real_llama_cpp_server(llm_server: LocalLLMServer) ->
     for n in out:
         assert n.node.metadata["rerank_source"] == "logprobs"
         assert 0.0 <= n.score <= 1.0  # type: ignore[operator]
-    assert report.llm is not None and report.llm.calls == 2 and report.llm.prompt_tokens > 100
+    assert report.llm is not None and report.llm.calls == 2 + F and report.llm.prompt_tokens > 100

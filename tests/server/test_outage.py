@@ -15,6 +15,7 @@ import httpx
 import pytest
 from serve_helpers import HOST, ServeProcess, start
 
+from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
 from llamaindex_rerankers.server import streaming
 from llamaindex_rerankers.server.chat import FAILED_MESSAGE
 
@@ -132,7 +133,9 @@ def test_retrieve_reports_an_outage_not_nothing_relevant(client: httpx.Client) -
     assert all(s["rerank_score"] is None and s["rerank_label"] == "unknown" for s in sources)
     report = body["report"]
     assert (report["n_candidates"], report["n_judged"], report["n_unjudged"]) == (4, 0, 4)
-    assert report["llm"]["failures"] == 4 and report["best_score"] is None
+    # every request failed: the 4 passages' and calibration's content-free ones
+    assert report["llm"]["failures"] == 4 + len(CONTENT_FREE_PASSAGES)
+    assert report["llm"]["unknown"] == 4 and report["best_score"] is None
 
 
 def test_chat_says_the_reranker_failed_streamed_or_not(client: httpx.Client) -> None:
