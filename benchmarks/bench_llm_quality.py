@@ -58,7 +58,14 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "queries": row.get("queries"),
         "nDCG@10": row.get("nDCG@10"),
-        "calls / query": per_query("calls"),
+        # ours: judgements asked per query whether or not the cache answered (what an uncached
+        # run sends, retries aside); the anchors have no cache: their calls
+        "LLM calls / query": (
+            per_query("calls")
+            if row.get("total_judgements") is None
+            else (row["total_judgements"] + row.get("total_calibration_judgements", 0)) / n
+        ),
+        "calls sent / query (this run)": per_query("calls"),
         "prompt tokens / query": per_query("prompt_tokens"),
         "evaluated prompt tokens / query": per_query("prompt_tokens_evaluated"),
         "median s / query": row.get("latency_median_s"),
@@ -91,9 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rerankers", default=CONTESTANTS)
     p.add_argument("--cache", default=str(REPO / ".cache" / "llm_quality.sqlite"))
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--fresh", action="store_true", help="drop earlier datasets' rows")
+    p.add_argument("--fresh", action="store_true", help="drop earlier runs' rows")
+    p.add_argument("--name", default="llm_quality", help="results: benchmarks/results/NAME.*")
     args = p.parse_args(argv)
-    runs = RESULTS / "llm_quality"
+    runs = RESULTS / args.name
     runs.mkdir(parents=True, exist_ok=True)
     Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -103,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = _eval(folder, runs / f"{name}.json", args, args.rerankers, ())
         for row in rows:
             row["contestant"] = row["reranker"]
-        for label, extra in OPTIONS:
+        for label, extra in OPTIONS if "llm" in args.rerankers.split(",") else ():
             slug = label.replace(" ", "").replace(":", "_").replace(",", "_").replace("=", "")
             (opt,) = _eval(folder, runs / f"{name}_{slug}.json", args, "llm", extra)
             opt["contestant"] = label
@@ -120,12 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "queries": args.queries,
         "datasets": args.datasets.split(","),
     }
-    # Runs of other datasets stay: a dataset's rows are replaced by its newest run.
-    path = RESULTS / "llm_quality.json"
+    # Earlier runs' rows stay unless this run measured the same contestant on the same dataset.
+    path = RESULTS / f"{args.name}.json"
     old = json.loads(path.read_text()) if path.exists() and not args.fresh else {"runs": []}
-    kept = [r for r in old.get("rows", []) if r["dataset"] not in run["datasets"]]
-    runs_kept = [r for r in old.get("runs", []) if set(r["datasets"]) - set(run["datasets"])]
-    record = {"runs": [*runs_kept, run], "rows": kept + table}
+    fresh = {(r["dataset"], r["contestant"]) for r in table}
+    kept = [r for r in old.get("rows", []) if (r["dataset"], r["contestant"]) not in fresh]
+    record = {"runs": [*old.get("runs", []), run], "rows": kept + table}
     path.write_text(json.dumps(record, indent=1))
     table = record["rows"]
     from llamaindex_rerankers.evaluation.harness import markdown_table
@@ -140,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         markdown_table(table),
     ]
-    (RESULTS / "llm_quality.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 
