@@ -10,7 +10,8 @@ Three templates, under the prompt-mixin keys used by ``get_prompts`` / ``update_
 **Prompt v2** (the default): a compact system message and question and no worked examples,
 about 130 tokens around the passage. Prompt v1 (:data:`V1_SYSTEM_PROMPT`, :data:`V1_JUDGE_PROMPT`
 and the three worked examples :data:`FEW_SHOT_EXAMPLES`, shown as earlier chat turns) cost about
-3.5 times as many prompt tokens per judgement (about 700 around the passage); on the tuning split
+about 3 times as many prompt tokens per judgement (622 per DL19 judgement against 205 for v2,
+the passage included); on the tuning split
 of ``benchmarks/tune_llm.py`` (SciFact and NFCorpus test queries after the reported 50) the
 examples did not buy nDCG@10 once calibration and automatic fusion are on
 (``benchmarks/results/tune_llm.md``). Pass ``examples=FEW_SHOT_EXAMPLES`` and the v1 templates

@@ -205,10 +205,13 @@ class LLMReranker(BaseReranker, PromptMixin):
     The endpoint is an OpenAI-compatible server (``base_url``, ``model``), any LlamaIndex
     ``LLM`` (:meth:`from_llm`), or any :class:`ChatClient` (``client=``).
 
-    Fusion with the first stage (``retrieval_weight`` = w, from the base): final score =
-    (1 − w) · LLM score + w · rank prior, the rank prior falling linearly from 1 for the first
-    retrieved candidate to 1/K for the last. With a strong model keep w = 0; with a weak one
-    (SmolLM2-135M) w ≈ 0.3-0.5 keeps reranking from hurting.
+    Calibration and fusion with the first stage: label probabilities are calibrated per query
+    against a content-free passage (``calibration``, :mod:`llamaindex_rerankers.llm.calibration`),
+    and the final score is (1 − w) · LLM score + w · rank prior, the rank prior falling linearly
+    from 1 for the first retrieved candidate to 1/K for the last. ``retrieval_weight="auto"``
+    (default) chooses w per query from the judge's uncertainty
+    (:func:`~llamaindex_rerankers.scoring.fusion_weight`): a weak judge such as SmolLM2-135M
+    falls back to the first-stage order, a sure one ranks alone.
 
     Example:
         >>> from llama_index.core.schema import NodeWithScore, TextNode
