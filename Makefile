@@ -95,9 +95,14 @@ bench-llm-server: setup llama-server
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm_server.py
 
 # LLM reranking quality on DL19, SciFact and NFCorpus (first 10 test queries each, BM25 top-20):
-# ours (defaults and each option), the cascade, the cross-encoder and LlamaIndex's LLM rerankers.
+# ours (defaults and each option), the cascade and the cross-encoder; then LlamaIndex's LLM
+# rerankers beside ours, uncached, on the first 5 DL19 queries (the published runs).
 bench-llm-quality: setup llama-server
-	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm_quality.py --queries 10
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm_quality.py --queries 10 \
+	  --rerankers none,cross-encoder,llm,cascade
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm_quality.py --name llm_speed \
+	  --datasets trec-dl-2019 --queries 5 --cache .cache/llm_speed.sqlite \
+	  --rerankers none,llm,cascade,llmrerank,structuredllmrerank,rankgpt
 
 # Where the LLM reranker's defaults were chosen: SciFact and NFCorpus test queries 51-55.
 tune-llm: setup llama-server

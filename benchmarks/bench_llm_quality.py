@@ -15,7 +15,13 @@ queries reported here are the first ones.
 
 Run (from the repository root):
 
-    .venv/bin/python benchmarks/bench_llm_quality.py --queries 10
+    .venv/bin/python benchmarks/bench_llm_quality.py                 # 50 queries per dataset
+    .venv/bin/python benchmarks/bench_llm_quality.py --queries 10 \
+        --rerankers none,cross-encoder,llm,cascade
+    .venv/bin/python benchmarks/bench_llm_quality.py --name llm_speed --datasets trec-dl-2019 \
+        --queries 5 --rerankers none,llm,cascade,llmrerank,structuredllmrerank,rankgpt
+
+(the last two are the published runs: ``results/llm_quality.md`` and ``results/llm_speed.md``).
 
 Writes ``benchmarks/results/llm_quality.{json,md}`` and one ``eval`` JSON per run under
 ``benchmarks/results/llm_quality/``.
@@ -94,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_data = os.environ.get("LLAMAINDEX_RERANKERS_DATA", str(REPO.parent / "shared" / "data"))
     p.add_argument("--data-dir", default=default_data)
     p.add_argument("--datasets", default=",".join(DATASETS))
-    p.add_argument("--queries", type=int, default=10)
+    p.add_argument("--queries", type=int, default=50, help="first N test queries per dataset")
     p.add_argument("--rerankers", default=CONTESTANTS)
     p.add_argument("--cache", default=str(REPO / ".cache" / "llm_quality.sqlite"))
     p.add_argument("--no-progress", action="store_true")
