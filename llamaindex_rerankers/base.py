@@ -386,8 +386,7 @@ class BaseReranker(BaseNodePostprocessor):
             for j, s in zip(judgements, model_scores, strict=True)
             if s is not None and not j.pruned and j.uncertainty is not None
         ]
-        if not found and not any(s is not None for s in model_scores):
-            return 0.0  # nothing judged: the order is the first stage's anyway
+        # No uncertainty to go by (nothing judged, or a reranker without the measure): rank alone.
         return fusion_weight(found) if found else 0.0
 
 

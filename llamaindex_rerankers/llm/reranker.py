@@ -713,7 +713,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         # Passages, not calibration's content-free ones (their failures are in ``failures``).
         counters["unknown"] = sum(not isinstance(outcome[p][0], CachedJudgement) for p in passages)
         prior = None
-        if free or (self.calibration == "content-free" and self.use_logprobs):
+        if self.calibration == "content-free" and self.use_logprobs:
             prior = content_free_prior([
                 value.probs
                 for value, _ in (outcome[t] for t in CONTENT_FREE_PASSAGES)
