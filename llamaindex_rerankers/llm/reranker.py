@@ -361,10 +361,11 @@ class LLMReranker(BaseReranker, PromptMixin):
     )
     calibration: Literal["none", "content-free"] = Field(
         default="content-free",
-        description="Contextual calibration (llm.calibration): 'content-free' judges the "
-        "content-free passages N/A, '' and [MASK] with each query and divides the label prior "
-        "they show out of every judgement (+3 judgements per query, cached like the others); "
-        "'none' scores the raw label probabilities.",
+        description="Contextual calibration (llm.calibration): 'content-free' also judges a "
+        "content-free passage (calibration.CONTENT_FREE_PASSAGES: an empty one) with each query "
+        "and divides the label prior it shows out of every judgement (+1 judgement per query, "
+        "cached like the others; none when judging text only); 'none' scores the raw label "
+        "probabilities.",
     )
     retrieval_weight: float | Literal["auto"] = Field(
         default="auto",
@@ -669,7 +670,8 @@ class LLMReranker(BaseReranker, PromptMixin):
         # query, same cache); they are not part of the result.
         free = []
         if self.calibration == "content-free" and self.use_logprobs:  # text has no prior
-            free = [t for t in CONTENT_FREE_PASSAGES if t not in set(passages)]
+            seen = set(passages)
+            free = [t for t in CONTENT_FREE_PASSAGES if t not in seen]
         asked = passages + free
         client = self.client
         state = _CallState(
