@@ -54,10 +54,10 @@ EXPECTED: dict[str, list[str]] = {
         r"\| logprobs \|",
         r"\| text \|",
         # The cache: a second run on the same reranker, and a new one on the same file, call
-        # the LLM 0 times and serve all 6 passages from the cache.
-        r"\| first \| 6 \| 6 \| 0 \|",
-        r"\| same reranker again \| 6 \| 0 \| 6 \| 0 \| 0 \|",
-        r"\| new reranker, same SQLite file \| 6 \| 0 \| 6 \| 0 \| 0 \|",
+        # the LLM 0 times and serve all 6 passages and the content-free one from the cache.
+        r"\| first \| 6 \| 7 \| 0 \|",
+        r"\| same reranker again \| 6 \| 0 \| 7 \| 0 \| 0 \|",
+        r"\| new reranker, same SQLite file \| 6 \| 0 \| 7 \| 0 \| 0 \|",
         r"trec-dl-2019: \d+ queries x BM25 top \d+; \d+ passages with a human grade",
         r"\| human grade \| passages \| mean P\(unlikely\) \|",
         r"\| query \| passages \| LLM calls \| cache hits \| prompt tokens \| completion tokens \|",
@@ -67,8 +67,9 @@ EXPECTED: dict[str, list[str]] = {
         r"trec-dl-2019: 4297 passages, \d+ of 43 queries",
         r"\| reranker \| top_k \| nDCG@10 \| RR\(rel=2\)@10 \|",
         r"\| cross-encoder \| 10 \|",
-        # The cascade: the LLM judges keep=6 of the K candidates, the cross-encoder all K.
-        r"\| cascade \| 20 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| 20 \| 6\.0000 \|",
+        # The cascade: the LLM judges keep=6 of the K candidates and one content-free passage,
+        # the cross-encoder all K.
+        r"\| cascade \| 20 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| 20 \| 7\.0000 \|",
         r"\| reranker \| helped \| hurt \| unchanged \|",
         r"cross-encoder vs BM25 on \d+ queries",
     ],

@@ -89,7 +89,9 @@ def nodes(n: int) -> list[NodeWithScore]:
 
 def test_rerank_report_sums_the_evaluated_and_cached_prompt_tokens(fake: FakeOpenAI) -> None:
     fake.script(*[answer(timings={"prompt_n": 10 + i, "cache_n": 30 - i}) for i in range(3)])
-    reranker = LLMReranker(model="fake", base_url=fake.url + "/v1", concurrency=1)
+    reranker = LLMReranker(  # the counters under test, not calibration
+        model="fake", base_url=fake.url + "/v1", concurrency=1, calibration="none"
+    )
     result = reranker.rerank(nodes(3), "q")
     llm = result.report.llm
     assert llm is not None
@@ -106,7 +108,9 @@ def test_rerank_report_sums_the_evaluated_and_cached_prompt_tokens(fake: FakeOpe
 
 
 def test_rerank_report_without_timings_has_no_cache_reports(fake: FakeOpenAI) -> None:
-    reranker = LLMReranker(model="fake", base_url=fake.url + "/v1", concurrency=1)
+    reranker = LLMReranker(  # the counters under test, not calibration
+        model="fake", base_url=fake.url + "/v1", concurrency=1, calibration="none"
+    )
     fake.script(*[answer() for _ in range(2)])
     llm = reranker.rerank(nodes(2), "q").report.llm
     assert llm is not None and llm.calls == 2
