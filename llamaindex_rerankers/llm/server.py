@@ -422,6 +422,8 @@ def _probe(base_url: str, model: str, process: subprocess.Popen[bytes]) -> str |
         if process.poll() is not None:
             return f"the server died (exit code {process.returncode})"
         return f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=0.5)  # a server can answer and then die of the same fault
     if process.poll() is not None:
         return f"the server died (exit code {process.returncode})"
     return None

@@ -41,7 +41,10 @@ def main(argv: list[str]) -> None:
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if mode == "crash-at-request" and extra_buffers:
-                os.kill(os.getpid(), signal.SIGSEGV)
+                # raise_signal, not os.kill: delivered to this thread before it can answer (a
+                # process-directed signal may land on another thread while this one still
+                # sends the answer, and the probe would see a working server).
+                signal.raise_signal(signal.SIGSEGV)
             top = [{"token": "B", "logprob": -0.1}, {"token": "A", "logprob": -2.5}]
             self._send(
                 {
