@@ -378,16 +378,10 @@ class BaseReranker(BaseNodePostprocessor):
         self, judgements: Sequence[Judgement], model_scores: Sequence[float | None]
     ) -> float:
         """The first-stage weight of this call: the fixed one, or the ``"auto"`` choice from
-        the uncertainty of the judged (not pruned) passages."""
-        if self.retrieval_weight != "auto":
-            return float(self.retrieval_weight)
-        found = [
-            j.uncertainty
-            for j, s in zip(judgements, model_scores, strict=True)
-            if s is not None and not j.pruned and j.uncertainty is not None
-        ]
-        # No uncertainty to go by (nothing judged, or a reranker without the measure): rank alone.
-        return fusion_weight(found) if found else 0.0
+        the uncertainty of the judged (usable score, not pruned) passages; with no uncertainty
+        to go by (nothing judged, or a reranker without the measure) it ranks alone (0)."""
+        judged = [j for j, s in zip(judgements, model_scores, strict=True) if s is not None]
+        return weight_for(self.retrieval_weight, judged, fallback=0.0)
 
 
 class _RerankEvents:
@@ -454,6 +448,27 @@ def _require_query(reranker: BaseReranker, query_bundle: QueryBundle | None) -> 
             "query_str='...') or pass query_bundle=QueryBundle('...')."
         )
     return query_bundle
+
+
+def weight_for(setting: float | str, judgements: Sequence[Judgement], fallback: float) -> float:
+    """A fusion weight for one call: ``setting`` if it is a number; with ``"auto"``,
+    :func:`~llamaindex_rerankers.scoring.fusion_weight` of the uncertainties of the judged,
+    not pruned ``judgements``, or ``fallback`` when none reports one.
+
+    Example:
+        >>> weight_for("auto", [Judgement(0.9, uncertainty=0.1)], fallback=0.5)
+        0.0
+        >>> weight_for("auto", [Judgement(0.9)], fallback=0.5), weight_for(0.3, [], fallback=0.5)
+        (0.5, 0.3)
+    """
+    if setting != "auto":
+        return float(setting)
+    found = [
+        j.uncertainty
+        for j in judgements
+        if j.score is not None and not j.pruned and j.uncertainty is not None
+    ]
+    return fusion_weight(found) if found else fallback
 
 
 def check_weight(name: str, value: Any) -> float | str:

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, field_serializer, field_validator
 
-from llamaindex_rerankers.base import BaseReranker, check_weight
-from llamaindex_rerankers.scoring import fusion_weight, rank_order, usable_score
+from llamaindex_rerankers.base import BaseReranker, check_weight, weight_for
+from llamaindex_rerankers.scoring import rank_order, usable_score
 from llamaindex_rerankers.types import Judgement, RerankReport
 
 #: The first stage's weight with ``stage1_weight="auto"`` when the second stage reports no
@@ -120,10 +120,7 @@ def stage1_weight_for(stage1_weight: float | str, stage2: Sequence[Judgement]) -
         >>> stage1_weight_for("auto", [Judgement(0.9)])
         0.5
     """
-    if stage1_weight != "auto":
-        return float(stage1_weight)
-    found = [j.uncertainty for j in stage2 if j.score is not None and j.uncertainty is not None]
-    return fusion_weight(found) if found else AUTO_FALLBACK_WEIGHT
+    return weight_for(stage1_weight, stage2, fallback=AUTO_FALLBACK_WEIGHT)
 
 
 def _combine(
