@@ -66,11 +66,11 @@ LLM_CONFIGS: dict[str, dict[str, Any]] = {
     "llm-datamark": {"random_codes": False, "sandwich": False, "datamark": "^",
                      "suspected_penalty": 0.0},
     "llm-demote": {"random_codes": False, "sandwich": False, "datamark": None,
-                   "suspected_penalty": 0.5},
+                   "suspected_penalty": 1.0},
     "llm-sandwich-demote": {"random_codes": False, "sandwich": True, "datamark": None,
-                            "suspected_penalty": 0.5},
+                            "suspected_penalty": 1.0},
     "llm-all": {"random_codes": True, "sandwich": True, "datamark": "^",
-                "suspected_penalty": 0.5},
+                "suspected_penalty": 1.0},
 }  # fmt: skip
 ANCHORS = ("llmrerank", "structuredllmrerank", "rankgpt")
 ALL = (*LLM_CONFIGS, "cascade", "cross-encoder", *ANCHORS)

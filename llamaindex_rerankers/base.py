@@ -341,8 +341,8 @@ class BaseReranker(BaseNodePostprocessor):
         weight = self._weight_for(judgements, model_scores)
         report.retrieval_weight = weight
         final: list[float | None] = [
-            None if s is None else fuse(s, rank_prior(i, total), weight)
-            for i, s in enumerate(model_scores)
+            None if s is None else fuse(s, rank_prior(i, total), weight) * (1.0 - j.penalty)
+            for i, (s, j) in enumerate(zip(model_scores, judgements, strict=True))
         ]
         pruned = sorted(
             (i for i, j in enumerate(judgements) if j.pruned),
@@ -368,7 +368,7 @@ class BaseReranker(BaseNodePostprocessor):
                 model_scores[i],
                 i + 1,
                 judgements[i].metadata,
-                fused=weight > 0,
+                fused=weight > 0 or judgements[i].penalty > 0,
                 weight=weight if self.retrieval_weight == "auto" else None,
             )
             for i in chosen

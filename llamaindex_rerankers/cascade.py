@@ -145,7 +145,7 @@ def _combine(
             score = (1.0 - weight) * s2 + weight * s1
         meta = {**out[i].metadata, **j.metadata, "rerank_stage2_score": s2,
                 "rerank_stage1_weight": weight}  # fmt: skip
-        out[i] = Judgement(score, meta)
+        out[i] = Judgement(score, meta, penalty=j.penalty)
     return out
 
 

@@ -36,6 +36,10 @@ class Judgement:
         uncertainty: how little the judge knew, in [0, 1] (the LLM reranker: the normalised
             entropy of its calibrated label distribution); ``None`` when the reranker has no
             such measure. ``retrieval_weight="auto"`` reads it.
+        penalty: the fraction in [0, 1] taken off the passage's *final* score, after any
+            fusion with the first stage (the LLM reranker's suspected prompt injections). It is
+            applied last so that no blend can undo it: a passage retrieved first still sinks
+            when the judge defers to the first-stage order.
     """
 
     score: float | None
@@ -43,6 +47,7 @@ class Judgement:
     pruned: bool = False
     pruned_rank: int = 0
     uncertainty: float | None = None
+    penalty: float = 0.0
 
 
 @dataclass

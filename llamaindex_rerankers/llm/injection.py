@@ -14,9 +14,11 @@ on what the model sees, one on what the caller sees:
   the model can tell the passage's words from the prompt's.
 * **Sandwich**: the instruction is repeated after the passage (see
   :data:`~llamaindex_rerankers.llm.prompts.SANDWICH_PROMPT`).
-* **Detector** (:func:`looks_injected`): a cheap regular expression for instruction-like text
-  aimed at a judge or assistant; the reranker flags such passages as
-  ``rerank_injection_suspected`` and can demote them.
+* **Detector** (:func:`looks_injected`, :func:`injection_signals`, from
+  :mod:`llamaindex_rerankers.llm.detector`): cheap patterns for instructions aimed at a judge,
+  also under disguises (homoglyphs, full-width letters, leetspeak, base64, hidden characters);
+  the reranker flags such passages as ``rerank_injection_suspected`` (with the signals found in
+  ``rerank_injection_signals``) and demotes them.
 
 None of these is a guarantee; the benchmark (``benchmarks/bench_injection.py``) measures them.
 
@@ -36,7 +38,19 @@ import random
 import re
 from collections.abc import Sequence
 
+from llamaindex_rerankers.llm.detector import SIGNALS, injection_signals, looks_injected
 from llamaindex_rerankers.llm.labels import Label
+
+__all__ = [
+    "CODE_POOL",
+    "DEFAULT_SALT",
+    "SIGNALS",
+    "datamark",
+    "draw_codes",
+    "injection_signals",
+    "looks_injected",
+    "relabel",
+]
 
 #: Capital letters, each one token with and without a leading space in SmolLM2's tokenizer and
 #: tiktoken's ``cl100k_base`` / ``o200k_base`` (``tests/llm/test_injection.py`` checks). A, B
@@ -90,36 +104,3 @@ def datamark(text: str, marker: str) -> str:
         'a^b^c'
     """
     return _WHITESPACE.sub(marker, text.strip())
-
-
-# Instruction-like text aimed at a judge, an assistant or a ranking. Kept narrow: words that a
-# relevant passage about, say, a court judge would rarely put together this way.
-_PATTERNS = (
-    r"\bignor(e|ez|iere|a|en)\b.{0,40}\b(query|question|instructions?|above|previous|anfrage|"
-    r"frage|requête|pregunta)",
-    r"\bdisregard\b.{0,40}\b(query|question|instructions?|above|previous)",
-    r"\b(answer|reply|respond|antworte|répondez|responde)\b\s*(with\s*)?[:=]?\s*\(?[A-Z]\)?"
-    r"(\s|$|[.,;)])",
-    r"\b(rate|rank|score|mark|label)\s+(this|it|the)\s+(passage|document|text)?\b.{0,30}"
-    r"\b(first|relevant|likely|high|top)",
-    r"\bvery likely\b",
-    r"\byou are (now|a)\b.{0,60}\b(judge|bot|assistant|model|ai)\b",
-    r"\b(pretend|role[- ]?play|stay in character|let's play)\b",
-    r"\b(system|assistant|judge)\s*(note|prompt|message|instructions?)?\s*:",
-    r"\b(note|instructions?|message) (to|for) the (relevance )?(judge|assistant|model|ranker)",
-    r"</?passage>",
-    r"\boverride\b",
-    r"\bthis passage (is|fully|completely|best) .{0,30}\b(relevant|answers?)\b",
-)
-_DETECTOR = re.compile("|".join(f"(?:{p})" for p in _PATTERNS), re.IGNORECASE | re.DOTALL)
-
-
-def looks_injected(text: str) -> bool:
-    """Whether ``text`` holds instruction-like text aimed at a relevance judge (a cheap
-    regular expression: expect misses against a determined attacker, and some false alarms).
-
-    Example:
-        >>> looks_injected("Tides are caused by the moon.")
-        False
-    """
-    return _DETECTOR.search(text) is not None

@@ -80,7 +80,7 @@ from llamaindex_rerankers.llm.capabilities import logprobs_supported
 from llamaindex_rerankers.llm.injection import (
     DEFAULT_SALT,
     draw_codes,
-    looks_injected,
+    injection_signals,
     relabel,
 )
 from llamaindex_rerankers.llm.labels import (
@@ -390,16 +390,16 @@ class LLMReranker(BaseReranker, PromptMixin):
     )
     detect_injection: bool = Field(
         default=True,
-        description="Flag passages with instruction-like text (injection.looks_injected) as "
+        description="Flag passages with instruction-like text (detector.injection_signals) as "
         "rerank_injection_suspected in the node metadata.",
     )
     suspected_penalty: float = Field(
-        default=0.5,
+        default=1.0,
         ge=0.0,
         le=1.0,
-        description="A suspected passage's score is multiplied by (1 - penalty): 0 only flags, "
-        "1 scores it 0. Needs detect_injection. Default 0.5 (chosen on the injection train "
-        "split; the detector flags about 1 in 2,000 DL19 passages).",
+        description="A suspected passage's final score (after fusion with the first stage) is "
+        "multiplied by (1 - penalty): 0 only flags, 1 (the default) scores it 0, after every "
+        "unsuspected passage the judge gave any relevance. Needs detect_injection.",
     )
 
     _client: ChatClient | None = PrivateAttr(default=None)
@@ -564,17 +564,19 @@ class LLMReranker(BaseReranker, PromptMixin):
         return relabel(self.labels, draw_codes(query, salt, len(self.labels)))
 
     def _flag_injections(self, texts: Sequence[str], judged: list[Judgement]) -> list[Judgement]:
-        """Adds ``rerank_injection_suspected`` and applies ``suspected_penalty``."""
+        """Adds ``rerank_injection_suspected``, and ``suspected_penalty`` as the judgement's
+        penalty: the base (or a cascade around this reranker) takes it off the final score,
+        after fusion, so that deferring to the first-stage order cannot undo it."""
         if not self.detect_injection:
             return judged
         out = []
         for text, j in zip(texts, judged, strict=True):
-            suspected = looks_injected(text)
-            score = j.score
-            if suspected and score is not None and self.suspected_penalty > 0:
-                score = score * (1.0 - self.suspected_penalty)
-            meta = {**j.metadata, "rerank_injection_suspected": suspected}
-            out.append(dataclasses.replace(j, score=score, metadata=meta))
+            signals = injection_signals(text)
+            penalty = self.suspected_penalty if signals and j.score is not None else 0.0
+            meta = {**j.metadata, "rerank_injection_suspected": bool(signals)}
+            if signals:
+                meta["rerank_injection_signals"] = list(signals)
+            out.append(dataclasses.replace(j, penalty=penalty, metadata=meta))
         return out
 
     def close(self) -> None:

@@ -3,13 +3,11 @@ label probabilities are set per passage (the reranker, its cache and the base ar
 
 from __future__ import annotations
 
-import asyncio
-import math
-from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
+from llama_index.core.schema import MetadataMode
+from scripted_judge import CODES, Dist, DistributionClient, nodes_of
 from table_reranker import TableReranker
 
 from llamaindex_rerankers.cascade import CascadeReranker
@@ -21,59 +19,11 @@ from llamaindex_rerankers.llm.calibration import (
     content_free_prior,
 )
 from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, expected_relevance
-from llamaindex_rerankers.llm.types import ChatClientError, ChatResult, GeneratedToken, TokenChoice
 from llamaindex_rerankers.scoring import fusion_weight, normalized_entropy
-
-CODES = {"unlikely": "A", "likely": "B", "very likely": "C"}
-Dist = tuple[float, float, float]  # p(A), p(B), p(C)
-
-
-class DistributionClient:
-    """Answers each passage with the label distribution ``table[passage]`` (as logprobs of the
-    three codes); a passage missing from the table fails with HTTP 500. Content-free passages
-    get ``prior`` (None: they fail too)."""
-
-    def __init__(
-        self, table: Mapping[str, Dist], prior: Dist | None, logprobs: bool = True
-    ) -> None:
-        self.table = dict(table)
-        self.prior = prior
-        self.logprobs = logprobs
-        self.requests: list[str] = []
-
-    @property
-    def identity(self) -> tuple[str, str]:
-        return ("http://scripted/v1", "scripted")
-
-    async def achat(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        *,
-        max_tokens: int,
-        logprobs: bool,
-        top_logprobs: int,
-        deadline: float | None = None,
-    ) -> ChatResult:
-        passage = messages[-1]["content"].split("<passage>\n")[1].split("\n</passage>")[0]
-        self.requests.append(passage)
-        await asyncio.sleep(0.001)
-        dist = self.prior if passage in CONTENT_FREE_PASSAGES else self.table.get(passage)
-        if dist is None:
-            raise ChatClientError("HTTP 500", status=500, attempts=1)
-        best = max(range(3), key=lambda i: dist[i])
-        code = "ABC"[best]
-        top = tuple(TokenChoice(c, math.log(p)) for c, p in zip("ABC", dist, strict=True) if p > 0)
-        tokens = (GeneratedToken(code, math.log(dist[best]), top),) if self.logprobs else None
-        return ChatResult(text=code, tokens=tokens, prompt_tokens=10, completion_tokens=1,
-                          attempts=1)  # fmt: skip
 
 
 def as_probs(d: Dist) -> dict[str, float]:
     return dict(zip(CODES, d, strict=True))
-
-
-def nodes_of(*texts: str) -> list[NodeWithScore]:
-    return [NodeWithScore(node=TextNode(text=t, id_=t), score=1.0) for t in texts]
 
 
 def reranker(client: DistributionClient, **kwargs: object) -> LLMReranker:
