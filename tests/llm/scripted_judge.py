@@ -44,6 +44,8 @@ class DistributionClient:
         deadline: float | None = None,
     ) -> ChatResult:
         passage = messages[-1]["content"].split("<passage>\n")[1].split("\n</passage>")[0]
+        # the prompt shows tags a passage forges as [passage] / [/passage]
+        passage = passage.replace("[/passage]", "</passage>").replace("[passage]", "<passage>")
         self.requests.append(passage)
         await asyncio.sleep(0.001)
         dist = self.prior if passage in CONTENT_FREE_PASSAGES else self.table.get(passage)
