@@ -39,6 +39,7 @@ class ScriptedReranker(BaseReranker):
     """Scores a passage from a table keyed by its exact text; a missing text is unjudged."""
 
     scores: dict[str, float | None] = Field(default_factory=dict)
+    penalties: dict[str, float] = Field(default_factory=dict)
 
     @classmethod
     def class_name(cls) -> str:
@@ -49,7 +50,7 @@ class ScriptedReranker(BaseReranker):
         return "scripted"
 
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
-        return [Judgement(self.scores.get(t)) for t in texts]
+        return [Judgement(self.scores.get(t), penalty=self.penalties.get(t, 0.0)) for t in texts]
 
 
 # -- strategies ------------------------------------------------------------------------------
@@ -110,13 +111,15 @@ def expected_order(
     top_n: int | None,
     min_score: float | None,
     weight: float,
+    penalties: dict[str, float] | None = None,
 ) -> list[tuple[str, float | None]]:
     """The documented behaviour, written out independently of the base's code."""
     total = len(nodes)
     final: list[float | None] = []
     for i, n in enumerate(nodes):
         s = usable(table[n.node.get_content()])
-        final.append(None if s is None else fuse(s, rank_prior(i, total), weight))
+        cut = 1.0 - (penalties or {}).get(n.node.get_content(), 0.0)
+        final.append(None if s is None else fuse(s, rank_prior(i, total), weight) * cut)
     judged = sorted((i for i in range(total) if final[i] is not None), key=lambda i: -final[i])  # type: ignore[operator]
     unjudged = [i for i in range(total) if final[i] is None]
     order = judged + unjudged
@@ -174,6 +177,32 @@ def test_base_output_is_exactly_the_documented_selection(
     assert [(n.node.node_id, n.score, n.node.metadata) for n in again] == [
         (n.node.node_id, n.score, n.node.metadata) for n in out
     ]
+
+
+@MANY
+@given(candidates(), st.data(), top_ns, weights)
+def test_penalties_come_off_the_fused_score(
+    case: tuple[list[NodeWithScore], dict[str, Any]],
+    data: st.DataObject,
+    top_n: int | None,
+    weight: float,
+) -> None:
+    nodes, table = case
+    penalties = {
+        t: data.draw(st.sampled_from([0.0, 0.5, 1.0]) | st.floats(0.0, 1.0)) for t in table
+    }
+    reranker = ScriptedReranker(
+        scores=table,
+        penalties=penalties,
+        top_n=top_n,
+        retrieval_weight=weight,
+        metadata_mode=MetadataMode.NONE,
+    )
+    out = reranker.rerank(nodes, "q").nodes
+    assert [(n.node.node_id, n.score) for n in out] == expected_order(
+        nodes, table, top_n=top_n, min_score=None, weight=weight, penalties=penalties
+    )
+    check_scores_and_tail(out)
 
 
 @MANY
