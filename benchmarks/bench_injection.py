@@ -1,31 +1,39 @@
 """Prompt-injection benchmark: how often an irrelevant passage carrying instructions to the judge
 reaches top-1 and top-3.
 
-Cases from ``benchmarks/data/injection_cases.jsonl`` (60 hand-written cases, 8 attack styles;
-``split`` is ``train`` or ``validation``). Each case is reranked twice, the injected passage
-placed first and then last among the four candidates (relevant, two on-topic distractors, the
-injected one), so that a defence that only falls back to the first-stage order does not count.
+Cases: ``benchmarks/data/injection_cases.jsonl`` (60 hand-written cases, 8 attack styles;
+``split`` is ``train`` or ``validation``) and ``benchmarks/data/injection_holdout.jsonl`` (60
+cases, 13 styles, split ``holdout``: written by someone who had not seen the detector, and run
+once, after the defaults were fixed). Each case is reranked twice, the injected passage placed
+first and then last among the four candidates (relevant, two on-topic distractors, the injected
+one; the three clean ones in an order drawn per case), so that a defence that only falls back
+to the first-stage order does not count.
 Every contestant uses the same local llama.cpp server and model (SmolLM2-135M-Instruct unless
 ``--gguf`` says otherwise). Contestants (``--contestants``, comma-separated):
 
-* ``llm``: LLMReranker with its defaults (sandwich on, detector demotes by 0.5; codes drawn
-  per query and datamarking off: alone, they made SmolLM2 worse); ``llm-none``: every
+* ``llm``: LLMReranker with its defaults (sandwich on, the detector's flagged passages
+  demoted to the end; codes drawn per query and datamarking off: alone, they made SmolLM2
+  worse); ``llm-none``: every
   defence off (the old prompt);
   ``llm-codes``, ``llm-sandwich``, ``llm-datamark``, ``llm-demote``: one defence alone;
   ``llm-sandwich-demote``: the defaults spelled out; ``llm-all``: all of them (codes,
   sandwich, datamark, demotion by the detector).
-* ``cascade``: the registry's cascade (cross-encoder keeps 6, then LLMReranker defaults,
-  stage1_weight 0.5); ``cross-encoder``: the cross-encoder alone.
+* ``cascade``: the registry's cascade with its defaults (cross-encoder keeps 6, then
+  LLMReranker defaults, stage1_weight "auto"); ``cascade-nodetect``: the same with the LLM
+  stage's detector off; ``ce-fusion``: fusion with a cross-encoder score for untrusted corpora
+  (the cascade keeping every candidate, stage1_weight 0.5); ``cross-encoder``: the
+  cross-encoder alone.
 * ``llmrerank``, ``structuredllmrerank``, ``rankgpt``: LlamaIndex's LLM rerankers (slow).
 
 Reported: attack success at top-1 and top-3 (over cases x 2 placements), the same per
 placement, the relevant passage at top-1, mean nodes returned (an anchor that returns nothing
-is not "defended"), and errors.
+is not "defended"), how often the injected and the clean passages were flagged, and errors.
 
 Run (from the repository root, after ``source scripts/offline-env.sh``):
 
     .venv/bin/python benchmarks/bench_injection.py --split train --contestants llm-none,llm
     .venv/bin/python benchmarks/bench_injection.py --split validation --tag validation
+    .venv/bin/python benchmarks/bench_injection.py --split holdout --tag holdout
 
 Writes ``benchmarks/results/injection_<tag>.json`` and ``.md``.
 """
@@ -38,6 +46,7 @@ import json
 import logging
 import os
 import platform
+import random
 import signal
 import sys
 import time
@@ -48,7 +57,10 @@ from typing import Any
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = REPO / "benchmarks" / "data" / "injection_cases.jsonl"
+CASE_FILES = (
+    REPO / "benchmarks" / "data" / "injection_cases.jsonl",
+    REPO / "benchmarks" / "data" / "injection_holdout.jsonl",
+)
 RESULTS = REPO / "benchmarks" / "results"
 CROSS_ENCODER = os.environ.get(
     "LLAMAINDEX_RERANKERS_CE_MODEL", str(REPO.parent / "shared" / "models" / "minilm-l6-ce")
@@ -73,12 +85,22 @@ LLM_CONFIGS: dict[str, dict[str, Any]] = {
                 "suspected_penalty": 1.0},
 }  # fmt: skip
 ANCHORS = ("llmrerank", "structuredllmrerank", "rankgpt")
-ALL = (*LLM_CONFIGS, "cascade", "cross-encoder", *ANCHORS)
+CASCADES: dict[str, dict[str, Any]] = {
+    "cascade": {},
+    "cascade-nodetect": {"detect_injection": False},
+    "ce-fusion": {"keep": 1000, "stage1_weight": 0.5},
+}
+ALL = (*LLM_CONFIGS, *CASCADES, "cross-encoder", *ANCHORS)
 INJECTED = "INJECTED"
 
 
 def load_cases(split: str, limit: int | None) -> list[dict[str, Any]]:
-    cases = [json.loads(line) for line in CASES.read_text(encoding="utf-8").splitlines()]
+    cases = [
+        json.loads(line)
+        for path in CASE_FILES
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     if split != "all":
         cases = [c for c in cases if c["split"] == split]
     return cases[:limit] if limit else cases
@@ -88,6 +110,9 @@ def candidates(case: Mapping[str, Any], injected_first: bool) -> list[NodeWithSc
     plain = [("RELEVANT", case["relevant"])] + [
         (f"D{i}", d) for i, d in enumerate(case["distractors"])
     ]
+    # The clean passages in an order drawn per case (the same in both placements), so that
+    # "relevant top-1" measures the judge, not where the relevant passage was put.
+    random.Random(case["id"]).shuffle(plain)
     items = [(INJECTED, case["injected"]), *plain] if injected_first else [
         *plain, (INJECTED, case["injected"])]  # fmt: skip
     n = len(items)
@@ -108,12 +133,13 @@ def build(name: str, base_url: str, model: str, namespace: str, args: argparse.N
         from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
 
         return CrossEncoderReranker(model=CROSS_ENCODER)
-    if name == "cascade":
+    if name in CASCADES:
         from llamaindex_rerankers.registry import make_reranker
 
         return make_reranker(
             "cascade", cross_encoder_model=CROSS_ENCODER, llm_base_url=base_url,
             llm_model=model, cache_namespace=namespace, cache=MemoryCache(),
+            timeout=args.timeout, concurrency=args.concurrency, **CASCADES[name],
         )  # fmt: skip
     if name in ANCHORS:
         from llamaindex_rerankers.evaluation.anchors import make_anchor
@@ -129,6 +155,7 @@ def evaluate(reranker: Any, cases: Sequence[Mapping[str, Any]]) -> dict[str, Any
     returned = 0
     errors: list[str] = []
     flagged = 0
+    clean_flagged = 0
     started = time.monotonic()
     for case in cases:
         for first in (True, False):
@@ -143,10 +170,10 @@ def evaluate(reranker: Any, cases: Sequence[Mapping[str, Any]]) -> dict[str, Any
             top1[first] += ids[:1] == [INJECTED]
             top3[first] += INJECTED in ids[:3]
             relevant1 += ids[:1] == ["RELEVANT"]
-            flagged += any(
-                n.node.node_id == INJECTED and n.node.metadata.get("rerank_injection_suspected")
-                for n in out
-            )
+            suspected = {n.node.node_id for n in out
+                         if n.node.metadata.get("rerank_injection_suspected")}  # fmt: skip
+            flagged += INJECTED in suspected
+            clean_flagged += len(suspected - {INJECTED})
     trials = 2 * len(cases)
     return {
         "cases": len(cases),
@@ -160,6 +187,7 @@ def evaluate(reranker: Any, cases: Sequence[Mapping[str, Any]]) -> dict[str, Any
         "relevant top-1": relevant1 / trials,
         "nodes returned": returned / trials,
         "injected flagged": flagged / trials,
+        "clean flagged": clean_flagged / (3 * trials),
         "errors": len(errors),
         "seconds": round(time.monotonic() - started, 1),
         "error_examples": errors[:3],
@@ -169,7 +197,7 @@ def evaluate(reranker: Any, cases: Sequence[Mapping[str, Any]]) -> dict[str, Any
 def table(rows: Sequence[Mapping[str, Any]]) -> str:
     cols = ["contestant", "trials", "injected top-1", "injected top-3", "top-1 (inj. first)",
             "top-1 (inj. last)", "top-3 (inj. first)", "top-3 (inj. last)", "relevant top-1",
-            "nodes returned", "injected flagged", "errors", "seconds"]  # fmt: skip
+            "nodes returned", "injected flagged", "clean flagged", "errors", "seconds"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [f"{r[c]:.0%}" if c not in ("contestant", "trials", "nodes returned", "errors",
@@ -201,7 +229,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], model: str, t0: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--contestants", default=",".join(ALL))
-    p.add_argument("--split", default="train", choices=("train", "validation", "all"))
+    p.add_argument("--split", default="train", choices=("train", "validation", "holdout", "all"))
     p.add_argument("--cases", type=int, default=None, help="first N cases of the split")
     p.add_argument("--gguf", default=None)
     p.add_argument("--n-ctx", type=int, default=8192)
