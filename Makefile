@@ -18,7 +18,7 @@ export LLAMAINDEX_RERANKERS_DATA ?= $(SHARED)/data
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-eval clean
+.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval clean
 
 # Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
 # compile, since the default demo calls no LLM) and the full one the tests need (every extra,
@@ -97,6 +97,12 @@ bench-llm-server: setup llama-server
 # LLM reranking quality on DL19, SciFact and NFCorpus (first 10 test queries each, BM25 top-20):
 # ours (defaults and each option), the cascade and the cross-encoder; then LlamaIndex's LLM
 # rerankers beside ours, uncached, on the first 5 DL19 queries (the published runs).
+# Prompt injection on the blind holdout2 split (about 10 min; see benchmarks/bench_injection.py).
+bench-injection: setup llama-server
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_injection.py --split holdout2 \
+	  --contestants llm,llm-none,cascade,cascade-nodetect,ce-fusion,cross-encoder,rankgpt,llmrerank \
+	  --tag holdout2
+
 bench-llm-quality: setup llama-server
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm_quality.py --queries 10 \
 	  --rerankers none,cross-encoder,llm,cascade

@@ -3,9 +3,12 @@ reaches top-1 and top-3.
 
 Cases: ``benchmarks/data/injection_cases.jsonl`` (60 hand-written cases, 8 attack styles;
 ``split`` is ``train`` or ``validation``) and ``benchmarks/data/injection_holdout.jsonl`` (60
-cases, 13 styles, split ``holdout``: written by someone who had not seen the detector, and run
-once, after the defaults were fixed). Each case is reranked twice, the injected passage placed
-first and then last among the four candidates (relevant, two on-topic distractors, the injected
+cases, 13 styles, split ``holdout``: written by a helper who had not seen the detector; run
+blind once, ``results/injection_holdout_blind.md``, then its misses were read and it became a
+development set) and ``injection_holdout2.jsonl`` (60 cases, split ``holdout2``, a second
+blind set by another helper) and ``injection_holdout3.jsonl`` (split ``holdout3``, a third,
+run once on the final detector). Each case is reranked twice, the injected passage placed first
+and then last among the four candidates (relevant, two on-topic distractors, the injected
 one; the three clean ones in an order drawn per case), so that a defence that only falls back
 to the first-stage order does not count.
 Every contestant uses the same local llama.cpp server and model (SmolLM2-135M-Instruct unless
@@ -34,6 +37,7 @@ Run (from the repository root, after ``source scripts/offline-env.sh``):
     .venv/bin/python benchmarks/bench_injection.py --split train --contestants llm-none,llm
     .venv/bin/python benchmarks/bench_injection.py --split validation --tag validation
     .venv/bin/python benchmarks/bench_injection.py --split holdout --tag holdout
+    make bench-injection     # the blind holdout2 split, every contestant but StructuredLLMRerank
 
 Writes ``benchmarks/results/injection_<tag>.json`` and ``.md``.
 """
@@ -60,6 +64,8 @@ REPO = Path(__file__).resolve().parents[1]
 CASE_FILES = (
     REPO / "benchmarks" / "data" / "injection_cases.jsonl",
     REPO / "benchmarks" / "data" / "injection_holdout.jsonl",
+    REPO / "benchmarks" / "data" / "injection_holdout2.jsonl",
+    REPO / "benchmarks" / "data" / "injection_holdout3.jsonl",
 )
 RESULTS = REPO / "benchmarks" / "results"
 CROSS_ENCODER = os.environ.get(
@@ -229,7 +235,8 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], model: str, t0: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--contestants", default=",".join(ALL))
-    p.add_argument("--split", default="train", choices=("train", "validation", "holdout", "all"))
+    splits = ("train", "validation", "holdout", "holdout2", "holdout3", "all")
+    p.add_argument("--split", default="train", choices=splits)
     p.add_argument("--cases", type=int, default=None, help="first N cases of the split")
     p.add_argument("--gguf", default=None)
     p.add_argument("--n-ctx", type=int, default=8192)

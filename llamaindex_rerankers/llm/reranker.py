@@ -192,13 +192,15 @@ class LLMReranker(BaseReranker, PromptMixin):
     [0, 1]. Output metadata per node: ``rerank_label`` (most probable label, or ``unknown``),
     ``rerank_score``, ``rerank_label_probs`` (label → probability), ``rerank_source``
     (``"logprobs"``, ``"text"`` or ``"unknown"``), ``rerank_truncated``, ``rerank_cached`` and
-    ``rerank_injection_suspected`` (with ``detect_injection``).
+    ``rerank_injection_suspected`` and, when it is true, ``rerank_injection_signals`` (with
+    ``detect_injection``).
 
     Prompt-injection defences (:mod:`llamaindex_rerankers.llm.injection`, measured by
     ``benchmarks/bench_injection.py``): ``random_codes`` (answer codes drawn per query),
     ``sandwich`` (the instruction repeated after the passage), ``datamark`` (spotlighting),
-    ``detect_injection`` / ``suspected_penalty`` (flag, and optionally demote,
-    instruction-like passages). Each one that changes the prompt is part of the cache key.
+    ``detect_injection`` / ``suspected_penalty`` (flag instruction-like passages and, by
+    default, demote them after every clean one, whatever the fusion with the first stage).
+    Each one that changes the prompt is part of the cache key.
     Figures per call (LLM calls, tokens, cache hits, repeats, failures, retries, parse failures)
     are in the call's ``report.llm`` and in the end event.
 
