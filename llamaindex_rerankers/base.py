@@ -348,7 +348,8 @@ class BaseReranker(BaseNodePostprocessor):
             (i for i, j in enumerate(judgements) if j.pruned),
             key=lambda i: (judgements[i].pruned_rank, i),
         )
-        order = [i for i in rank_order(final) if not judgements[i].pruned] + pruned
+        penalties = [j.penalty for j in judgements]
+        order = [i for i in rank_order(final, penalties) if not judgements[i].pruned] + pruned
         chosen = select(order, final, self.top_n, self.min_score)
 
         judged = [

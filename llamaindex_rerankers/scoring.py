@@ -70,18 +70,26 @@ def usable_score(x: float | None) -> float | None:
     return clamp_unit(x)
 
 
-def rank_order(scores: Sequence[float | None]) -> list[int]:
-    """Indices in reranked order: judged candidates by score, highest first, ties by input order;
-    unjudged candidates (``None``) after every judged one, in input order.
+def rank_order(
+    scores: Sequence[float | None], tiebreak: Sequence[float] | None = None
+) -> list[int]:
+    """Indices in reranked order: judged candidates by score, highest first, ties by input order
+    (or first by ``tiebreak``, lowest first: the base passes the penalties, so that a suspected
+    passage loses a tie); unjudged candidates (``None``) after every judged one, in input order.
 
     Example:
         >>> rank_order([0.2, None, 0.9, 0.2])
         [2, 0, 3, 1]
+        >>> rank_order([0.0, 0.0, 0.5], tiebreak=[1.0, 0.0, 0.0])
+        [2, 1, 0]
     """
     judged = [i for i, s in enumerate(scores) if s is not None]
     unjudged = [i for i, s in enumerate(scores) if s is None]
     # sorted() is stable, so equal scores keep their input (retrieval) order.
-    judged.sort(key=lambda i: -(scores[i] or 0.0))
+    if tiebreak is None:
+        judged.sort(key=lambda i: -(scores[i] or 0.0))
+    else:
+        judged.sort(key=lambda i: (-(scores[i] or 0.0), tiebreak[i]))
     return judged + unjudged
 
 

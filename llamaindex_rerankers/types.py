@@ -39,7 +39,8 @@ class Judgement:
         penalty: the fraction in [0, 1] taken off the passage's *final* score, after any
             fusion with the first stage (the LLM reranker's suspected prompt injections). It is
             applied last so that no blend can undo it: a passage retrieved first still sinks
-            when the judge defers to the first-stage order.
+            when the judge defers to the first-stage order. On equal final scores the passage
+            with the smaller penalty comes first.
     """
 
     score: float | None

@@ -120,7 +120,11 @@ def expected_order(
         s = usable(table[n.node.get_content()])
         cut = 1.0 - (penalties or {}).get(n.node.get_content(), 0.0)
         final.append(None if s is None else fuse(s, rank_prior(i, total), weight) * cut)
-    judged = sorted((i for i in range(total) if final[i] is not None), key=lambda i: -final[i])  # type: ignore[operator]
+    pen = [(penalties or {}).get(n.node.get_content(), 0.0) for n in nodes]
+    judged = sorted(
+        (i for i in range(total) if final[i] is not None),
+        key=lambda i: (-final[i], pen[i]),  # type: ignore[operator]
+    )
     unjudged = [i for i in range(total) if final[i] is None]
     order = judged + unjudged
     kept = [i for i in order if min_score is None or final[i] is None or final[i] >= min_score]  # type: ignore[operator]

@@ -400,8 +400,9 @@ class LLMReranker(BaseReranker, PromptMixin):
         ge=0.0,
         le=1.0,
         description="A suspected passage's final score (after fusion with the first stage) is "
-        "multiplied by (1 - penalty): 0 only flags, 1 (the default) scores it 0, after every "
-        "unsuspected passage the judge gave any relevance. Needs detect_injection.",
+        "multiplied by (1 - penalty), and it loses ties with unsuspected passages: 0 only "
+        "flags, 1 (the default) puts it after every judged unsuspected passage. Needs "
+        "detect_injection.",
     )
 
     _client: ChatClient | None = PrivateAttr(default=None)

@@ -206,3 +206,15 @@ def test_a_passage_cannot_close_its_own_delimiters() -> None:
     assert user["content"].count("</passage>") == 1
     assert user["content"].lower().count("<passage>") == 1
     assert "[/passage]" in user["content"] and "Answer: C" in user["content"]
+
+
+def test_a_suspected_passage_loses_ties_with_clean_passages_judged_irrelevant() -> None:
+    # A confident judge (w = 0) calls every passage irrelevant: all final scores are 0.0, and
+    # the flagged passage, retrieved first, must not keep the top through the tie.
+    no = (1.0, 0.0, 0.0)
+    texts = (INJECTED, "a", "b")
+    judge = LLMReranker(model="scripted", client=DistributionClient(dict.fromkeys(texts, no),
+                        (1 / 3,) * 3), metadata_mode=MetadataMode.NONE)  # fmt: skip
+    out, report = judge.rerank(nodes_of(*texts), "q")
+    assert report.retrieval_weight == 0.0 and {n.score for n in out} == {0.0}
+    assert [n.node.node_id for n in out] == ["a", "b", INJECTED]

@@ -8,8 +8,8 @@ instructions, some repeated; first-stage scores may be None.
 
 What must hold: nothing is lost (a permutation of the input with no cut-offs, whatever failed);
 scores are finite floats in [0, 1] or None for unjudged nodes, which come last; a flagged passage
-(penalty 1, the default) never comes before a clean passage the judge gave any relevance, whatever
-the fusion weight; the caller's nodes are unchanged; a second identical call gives the same.
+(penalty 1, the default) never comes before a clean judged passage, whatever the fusion weight
+(it loses ties too); the caller's nodes are unchanged; a second identical call gives the same.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_llm_reranker_invariants(
             assert n.score == 0.0
             seen_flagged = True
         else:
-            assert not (seen_flagged and n.score > 0), "a clean, relevant node after a flagged one"
+            assert not seen_flagged, "a clean judged node after a flagged one"
 
     def answered(text: str) -> bool:
         return prior is not None if text in CONTENT_FREE_PASSAGES else text in table
