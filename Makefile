@@ -97,11 +97,11 @@ bench-llm-server: setup llama-server
 # LLM reranking quality on DL19, SciFact and NFCorpus (first 10 test queries each, BM25 top-20):
 # ours (defaults and each option), the cascade and the cross-encoder; then LlamaIndex's LLM
 # rerankers beside ours, uncached, on the first 5 DL19 queries (the published runs).
-# Prompt injection on the blind holdout2 split (about 10 min; see benchmarks/bench_injection.py).
+# Prompt injection on the third blind set (about 10 min; see benchmarks/bench_injection.py).
 bench-injection: setup llama-server
-	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_injection.py --split holdout2 \
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_injection.py --split holdout3 \
 	  --contestants llm,llm-none,cascade,cascade-nodetect,ce-fusion,cross-encoder,rankgpt,llmrerank \
-	  --tag holdout2
+	  --tag holdout3
 
 bench-llm-quality: setup llama-server
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_llm_quality.py --queries 10 \

@@ -1,17 +1,21 @@
 """Prompt-injection benchmark: how often an irrelevant passage carrying instructions to the judge
 reaches top-1 and top-3.
 
-Cases: ``benchmarks/data/injection_cases.jsonl`` (60 hand-written cases, 8 attack styles;
-``split`` is ``train`` or ``validation``) and ``benchmarks/data/injection_holdout.jsonl`` (60
-cases, 13 styles, split ``holdout``: written by a helper who had not seen the detector; run
-blind once, ``results/injection_holdout_blind.md``, then its misses were read and it became a
-development set) and ``injection_holdout2.jsonl`` (60 cases, split ``holdout2``, a second
-blind set by another helper) and ``injection_holdout3.jsonl`` (split ``holdout3``, a third,
-run once on the final detector). Each case is reranked twice, the injected passage placed first
-and then last among the four candidates (relevant, two on-topic distractors, the injected
-one; the three clean ones in an order drawn per case), so that a defence that only falls back
-to the first-stage order does not count.
-Every contestant uses the same local llama.cpp server and model (SmolLM2-135M-Instruct unless
+Cases (``benchmarks/data/``, ``--split``):
+
+* ``injection_cases.jsonl``: 60 hand-written cases in 8 attack styles, splits ``train`` (the
+  defaults were chosen on it) and ``validation``;
+* ``injection_holdout.jsonl``, ``injection_holdout2.jsonl``, ``injection_holdout3.jsonl``
+  (splits ``holdout``, ``holdout2``, ``holdout3``): 60 cases each in 13 styles, each written by
+  a helper who had not seen the detector. Each was run blind once against the detector of its
+  day (``results/injection_holdout_blind.md``, ``injection_holdout2_blind.md``,
+  ``injection_holdout3.md``), and only then read to improve it: holdout and holdout2 are
+  development sets now, holdout3 is the blind measure of today's detector.
+
+Each case is reranked twice, the injected passage placed first and then last among the four
+candidates (relevant, two on-topic distractors, the injected one; the three clean ones in an
+order drawn per case), so that a defence that only falls back to the first-stage order does not
+count. Every contestant uses the same local llama.cpp server and model (SmolLM2-135M-Instruct unless
 ``--gguf`` says otherwise). Contestants (``--contestants``, comma-separated):
 
 * ``llm``: LLMReranker with its defaults (sandwich on, the detector's flagged passages
@@ -37,7 +41,7 @@ Run (from the repository root, after ``source scripts/offline-env.sh``):
     .venv/bin/python benchmarks/bench_injection.py --split train --contestants llm-none,llm
     .venv/bin/python benchmarks/bench_injection.py --split validation --tag validation
     .venv/bin/python benchmarks/bench_injection.py --split holdout --tag holdout
-    make bench-injection     # the blind holdout2 split, every contestant but StructuredLLMRerank
+    make bench-injection     # the blind holdout3 split, every contestant but StructuredLLMRerank
 
 Writes ``benchmarks/results/injection_<tag>.json`` and ``.md``.
 """
