@@ -19,8 +19,7 @@ count. Every contestant uses the same local llama.cpp server and model (SmolLM2-
 ``--gguf`` says otherwise). Contestants (``--contestants``, comma-separated):
 
 * ``llm``: LLMReranker with its defaults (sandwich on, the detector's flagged passages
-  demoted to the end; codes drawn per query and datamarking off: alone, they made SmolLM2
-  worse); ``llm-none``: every
+  demoted to the end; codes drawn per query and datamarking off); ``llm-none``: every
   defence off (the old prompt);
   ``llm-codes``, ``llm-sandwich``, ``llm-datamark``, ``llm-demote``: one defence alone;
   ``llm-sandwich-demote``: the defaults spelled out; ``llm-all``: all of them (codes,

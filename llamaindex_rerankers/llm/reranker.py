@@ -380,8 +380,10 @@ class LLMReranker(BaseReranker, PromptMixin):
     sandwich: bool = Field(
         default=True,
         description="Repeat the instruction after the passage (prompts.SANDWICH_PROMPT). On "
-        "by default: with SmolLM2-135M it cut injection success at top-1 from 38 % to 15 % on "
-        "the benchmark's train split (benchmarks/results/injection_train.md).",
+        "by default: with SmolLM2-135M and a fixed weight of 0 it cut injection success at "
+        "top-1 from 38 % to 15 % on the benchmark's train split; with retrieval_weight='auto' "
+        "that judge defers to the first stage and the sandwich changes nothing there "
+        "(benchmarks/results/injection_train.md). It is meant for judges that do read.",
     )
     datamark: str | None = Field(
         default=None,
