@@ -630,9 +630,10 @@ class LLMReranker(BaseReranker, PromptMixin):
     async def _ajudge(
         self, query: str, texts: Sequence[str], report: RerankReport
     ) -> list[Judgement]:
-        """Awaits the judging on the background loop; cancelling the caller cancels it."""
+        """Awaits the judging on the background loop; cancelling the caller cancels it. The
+        detector (milliseconds per passage) runs in a worker thread, off the caller's loop."""
         judged = await run_async(self._judge_windowed(query, texts, report))
-        return self._flag_injections(texts, judged)
+        return await asyncio.to_thread(self._flag_injections, texts, judged)
 
     async def _judge_windowed(
         self, query: str, texts: Sequence[str], report: RerankReport

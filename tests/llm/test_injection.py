@@ -218,3 +218,28 @@ def test_a_suspected_passage_loses_ties_with_clean_passages_judged_irrelevant() 
     out, report = judge.rerank(nodes_of(*texts), "q")
     assert report.retrieval_weight == 0.0 and {n.score for n in out} == {0.0}
     assert [n.node.node_id for n in out] == ["a", "b", INJECTED]
+
+
+async def test_the_detector_runs_off_the_callers_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Detection costs milliseconds per passage; an async caller's loop (a chat server's) must not
+    # stall on it while other requests wait.
+    import threading
+
+    import llamaindex_rerankers.llm.reranker as module
+
+    threads: list[int] = []
+    real = module.injection_signals
+
+    def recording(text: str) -> tuple[str, ...]:
+        threads.append(threading.get_ident())
+        return real(text)
+
+    monkeypatch.setattr(module, "injection_signals", recording)
+    prior = (0.2, 0.3, 0.5)
+    judge = LLMReranker(model="scripted", client=DistributionClient(
+        {"a": prior, INJECTED: prior}, prior), metadata_mode=MetadataMode.NONE)  # fmt: skip
+    out = (await judge.arerank(nodes_of("a", INJECTED), "q")).nodes
+    assert out[-1].node.node_id == INJECTED
+    assert threads and threading.get_ident() not in threads
