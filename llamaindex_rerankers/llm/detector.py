@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import html
 import re
 import unicodedata
@@ -505,45 +506,41 @@ def _views(text: str) -> Iterator[tuple[str, bool]]:
         yield spaced, True
     decoded = []
     for m in list(_BASE64.finditer(norm))[:_MAX_DECODES]:
-        blob = m.group(0)
-        if len(blob) % 4:
-            blob += "=" * (-len(blob) % 4)
+        blob = m.group(0) + "=" * (-len(m.group(0)) % 4)
         try:
             plain = base64.b64decode(blob, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             continue
-        if plain.isprintable() or all(c.isprintable() or c.isspace() for c in plain):
+        if all(c.isprintable() or c.isspace() for c in plain):
             decoded.append(plain)
     decoded += ["".join(chr(ord(c) - 0xE0000) for c in m.group(0)) for m in _TAGS.finditer(text)]
     if decoded:
         yield "\n".join(decoded), True
     if re.search(r"\brot-?13\b", norm, re.IGNORECASE):
-        import codecs
-
         yield codecs.decode(norm, "rot13"), True
 
 
+#: Each pattern and the signal it reports.
+_PATTERN_SIGNALS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("override", _OVERRIDE),
+    ("persona", _PERSONA),
+    ("template", _TEMPLATE),
+    ("fake_answer", _FAKE_ANSWER),
+    ("self_promotion", _SELF_PROMOTION),
+    ("self_promotion", _SEO),
+    ("placement", _PLACEMENT),
+    ("override", _INDIFFERENT),
+    ("order", _ADDRESSED),
+    ("fake_answer", _LABEL_WORDS),
+    ("threat", _THREAT),
+    ("hidden", _HIDDEN),
+    ("foreign_order", _FOREIGN),
+    ("encoded", _ENCODED_REQUEST),
+)
+
+
 def _signals_of(text: str) -> set[str]:
-    found = set()
-    for name, pattern in (
-        ("override", _OVERRIDE),
-        ("persona", _PERSONA),
-        ("template", _TEMPLATE),
-        ("fake_answer", _FAKE_ANSWER),
-        ("self_promotion", _SELF_PROMOTION),
-        ("self_promotion", _SEO),
-        ("placement", _PLACEMENT),
-        ("override", _INDIFFERENT),
-        ("order", _ADDRESSED),
-        ("fake_answer", _LABEL_WORDS),
-        ("threat", _THREAT),
-        ("hidden", _HIDDEN),
-        ("foreign_order", _FOREIGN),
-    ):
-        if pattern.search(text):
-            found.add(name)
-    if _ENCODED_REQUEST.search(text):
-        found.add("encoded")
+    found = {name for name, pattern in _PATTERN_SIGNALS if pattern.search(text)}
     if meta_talk(text) >= META_TALK_THRESHOLD:
         found.add("meta_talk")
     # An order in the same sentence as a reference to the ranking task; HTML comments are
