@@ -31,6 +31,8 @@ class CascadeReranker(BaseReranker):
     order, with ``rerank_score=None`` (counted as ``n_pruned``). Nothing is dropped, so with
     ``top_n`` larger than ``keep`` the tail is filled in first-stage order. The stages' own
     ``top_n``, ``min_score`` and ``retrieval_weight`` are not used: set them on the cascade.
+    A stage's injection penalty (``detect_injection``) is kept: the first stage's orders the cut,
+    and the larger of the two is taken off a survivor's final score.
 
     Example:
         >>> cascade = CascadeReranker(  # doctest: +SKIP
@@ -96,7 +98,7 @@ class CascadeReranker(BaseReranker):
         return _combine(stage1, survivors, stage2, self.stage1_weight)
 
     def _survivors(self, stage1: Sequence[Judgement]) -> list[int]:
-        return rank_order([j.score for j in stage1])[: self.keep]
+        return _stage1_order(stage1)[: self.keep]
 
 
 def _run_stage(report: RerankReport, n: int) -> RerankReport:
@@ -134,7 +136,7 @@ def _combine(
             f"second stage returned {len(stage2)} judgements for {len(survivors)} passages"
         )
     weight = stage1_weight_for(stage1_weight, stage2)
-    order1 = rank_order([j.score for j in stage1])
+    order1 = _stage1_order(stage1)
     out = [Judgement(None, {}, pruned=True)] * len(stage1)
     for rank, i in enumerate(order1, start=1):
         out[i] = Judgement(None, _stage1_meta(stage1[i], rank), pruned=True, pruned_rank=rank)
@@ -145,8 +147,16 @@ def _combine(
             score = (1.0 - weight) * s2 + weight * s1
         meta = {**out[i].metadata, **j.metadata, "rerank_stage2_score": s2,
                 "rerank_stage1_weight": weight}  # fmt: skip
-        out[i] = Judgement(score, meta, penalty=j.penalty)
+        out[i] = Judgement(score, meta, penalty=max(stage1[i].penalty, j.penalty))
     return out
+
+
+def _stage1_order(stage1: Sequence[Judgement]) -> list[int]:
+    """The first stage's order, its penalties applied as the base applies them (a first stage
+    that flags injections, ``CrossEncoderReranker(detect_injection=True)``, demotes a suspected
+    passage in the cut too, so that it reaches the second stage only if there is room)."""
+    scores = [None if j.score is None else j.score * (1.0 - j.penalty) for j in stage1]
+    return rank_order(scores, [j.penalty for j in stage1])
 
 
 def _stage1_meta(j: Judgement, rank: int | None) -> dict[str, Any]:

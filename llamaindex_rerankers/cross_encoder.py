@@ -40,6 +40,7 @@ from llamaindex_rerankers.cross_encoder_backends import (
     resolve_precision,
     torch_threads,
 )
+from llamaindex_rerankers.llm.detector import flag_injections
 from llamaindex_rerankers.scoring import sigmoid
 from llamaindex_rerankers.types import CrossEncoderUsage, Judgement, RerankReport
 from llamaindex_rerankers.windows import (
@@ -109,6 +110,13 @@ class CrossEncoderReranker(BaseReranker):
     window's score (MaxP). Such nodes carry ``rerank_windows`` (windows scored for it, 1 for a
     passage that fits) and ``rerank_best_window_offset`` (character offset of the best window in
     the passage text); ``report.cross_encoder.windows`` counts the window pairs.
+
+    Untrusted corpora (``detect_injection=True``, off by default): passages with instructions
+    aimed at a judge (:func:`~llamaindex_rerankers.llm.detector.injection_signals`) get
+    ``rerank_injection_suspected`` (and ``rerank_injection_signals``) in their metadata, and
+    with ``suspected_penalty=1.0`` go after every clean passage. The model itself does not obey
+    instructions; this is for what reads the top passages next (a response synthesizer, or the
+    LLM stage of a cascade, which a demoted passage reaches only if there is room).
 
     Speed and precision: ``precision="auto"`` (the default) runs the torch model under bfloat16
     autocast where the hardware computes bfloat16 natively (CPUs with AMX-BF16 or AVX512-BF16,
@@ -197,6 +205,21 @@ class CrossEncoderReranker(BaseReranker):
         description="Intra-op threads: ONNX Runtime's intra_op_num_threads, and torch's "
         "set_num_threads in the calling thread during each call (restored after). None leaves "
         "each library's default (all cores).",
+    )
+    detect_injection: bool = Field(
+        default=False,
+        description="Flag passages with instruction-like text (llm.detector.injection_signals) "
+        "as rerank_injection_suspected in the node metadata, for untrusted corpora whose top "
+        "passages go on to an LLM. Off by default: a cross-encoder does not obey instructions, "
+        "and the detector costs about 4 ms per 1,000 characters.",
+    )
+    suspected_penalty: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="A suspected passage's final score is multiplied by (1 - penalty), and it "
+        "loses ties with unsuspected passages: 0 only flags, 1 (the default) puts it after "
+        "every unsuspected passage. Needs detect_injection.",
     )
     trust_remote_code: bool = Field(
         default=False, description="Allow model repositories to run their own code."
@@ -324,7 +347,7 @@ class CrossEncoderReranker(BaseReranker):
             t: _best_window(ws, by_pair, self.long_text == "windows")
             for t, ws in zip(unique, spans, strict=True)
         }
-        return [
+        judged = [
             Judgement(
                 score=sigmoid(by_text[t][0]),
                 metadata={
@@ -335,6 +358,9 @@ class CrossEncoderReranker(BaseReranker):
             )
             for t in texts
         ]
+        if not self.detect_injection:
+            return judged
+        return flag_injections(texts, judged, self.suspected_penalty)
 
     async def _ajudge(
         self, query: str, texts: Sequence[str], report: RerankReport

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Sequence
 
 import pytest
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 from table_reranker import TableReranker
 
 from llamaindex_rerankers.cascade import CascadeReranker
+from llamaindex_rerankers.types import Judgement, RerankReport
 
 TEXTS = ["a", "b", "c", "d", "e"]
 FIRST = {"a": 0.1, "b": 0.8, "c": 0.6, "d": 0.9, "e": 0.3}  # order: d b c e a
@@ -83,3 +86,36 @@ def test_keep_larger_than_k_prunes_nothing_and_async_matches_sync() -> None:
     async_out = asyncio.run(reranker.apostprocess_nodes(nodes(), query_str="q"))
     assert [n.node.node_id for n in async_out] == sync_ids == ["c", "d", "b", "a", "e"]
     assert reranker.last_report is not None and reranker.last_report.n_pruned == 0
+
+
+class FlaggingTable(TableReranker):
+    """A first stage that flags some texts as suspected, as the detector of
+    ``CrossEncoderReranker(detect_injection=True)`` would."""
+
+    suspected: set[str] = set()
+
+    def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
+        judged = super()._judge(query, texts, report)
+        return [
+            dataclasses.replace(j, penalty=1.0 if t in self.suspected else 0.0)
+            for t, j in zip(texts, judged, strict=True)
+        ]
+
+
+@pytest.mark.parametrize("keep", [3, 5])
+def test_a_first_stage_penalty_demotes_in_the_cut_and_in_the_final_order(keep: int) -> None:
+    # d is the first stage's best and would survive any cut; flagged, it is cut first (keep=3),
+    # and when everything survives (keep=5) it still goes after every clean survivor.
+    reranker = CascadeReranker(
+        first=FlaggingTable(table=FIRST, suspected={"d"}, metadata_mode=MetadataMode.NONE),
+        second=TableReranker(table={**SECOND, "a": 0.1, "e": 0.4}, metadata_mode=MetadataMode.NONE),
+        keep=keep,
+        stage1_weight=0.0,
+        metadata_mode=MetadataMode.NONE,
+    )
+    out = [n.node.node_id for n in reranker.postprocess_nodes(nodes(), query_str="q")]
+    assert out == ["c", "e", "b", "a", "d"]
+    seen = reranker.second.seen  # type: ignore[attr-defined]
+    assert seen == (["b", "c", "e"] if keep == 3 else ["b", "c", "e", "a", "d"])
+    again = asyncio.run(reranker.apostprocess_nodes(nodes(), query_str="q"))
+    assert [n.node.node_id for n in again] == out

@@ -77,12 +77,8 @@ from llamaindex_rerankers.llm.calibration import (
     content_free_prior,
 )
 from llamaindex_rerankers.llm.capabilities import logprobs_supported
-from llamaindex_rerankers.llm.injection import (
-    DEFAULT_SALT,
-    draw_codes,
-    injection_signals,
-    relabel,
-)
+from llamaindex_rerankers.llm.detector import flag_injections
+from llamaindex_rerankers.llm.injection import DEFAULT_SALT, draw_codes, relabel
 from llamaindex_rerankers.llm.labels import (
     DEFAULT_LABELS,
     UNKNOWN,
@@ -569,20 +565,12 @@ class LLMReranker(BaseReranker, PromptMixin):
         return relabel(self.labels, draw_codes(query, salt, len(self.labels)))
 
     def _flag_injections(self, texts: Sequence[str], judged: list[Judgement]) -> list[Judgement]:
-        """Adds ``rerank_injection_suspected``, and ``suspected_penalty`` as the judgement's
-        penalty: the base (or a cascade around this reranker) takes it off the final score,
-        after fusion, so that deferring to the first-stage order cannot undo it."""
+        """:func:`~llamaindex_rerankers.llm.detector.flag_injections` when ``detect_injection``
+        is on: the base (or a cascade around this reranker) takes ``suspected_penalty`` off the
+        final score, after fusion, so that deferring to the first-stage order cannot undo it."""
         if not self.detect_injection:
             return judged
-        out = []
-        for text, j in zip(texts, judged, strict=True):
-            signals = injection_signals(text)
-            penalty = self.suspected_penalty if signals and j.score is not None else 0.0
-            meta = {**j.metadata, "rerank_injection_suspected": bool(signals)}
-            if signals:
-                meta["rerank_injection_signals"] = list(signals)
-            out.append(dataclasses.replace(j, penalty=penalty, metadata=meta))
-        return out
+        return flag_injections(texts, judged, self.suspected_penalty)
 
     def close(self) -> None:
         """Close the client's HTTP connections (the next call opens new ones). Optional: an

@@ -227,7 +227,7 @@ async def test_the_detector_runs_off_the_callers_event_loop(
     # stall on it while other requests wait.
     import threading
 
-    import llamaindex_rerankers.llm.reranker as module
+    import llamaindex_rerankers.llm.detector as module
 
     threads: list[int] = []
     real = module.injection_signals
