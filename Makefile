@@ -100,7 +100,7 @@ bench-llm-server: setup llama-server
 # Prompt injection on the third blind set (about 10 min; see benchmarks/bench_injection.py).
 bench-injection: setup llama-server
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_injection.py --split holdout3 \
-	  --contestants llm,llm-none,cascade,cascade-nodetect,ce-fusion,cross-encoder,rankgpt,llmrerank \
+	  --contestants llm,llm-none,cascade,cascade-nodetect,ce-fusion,cross-encoder,cross-encoder-detect,rankgpt,llmrerank \
 	  --tag holdout3
 
 bench-llm-quality: setup llama-server

@@ -28,7 +28,8 @@ count. Every contestant uses the same local llama.cpp server and model (SmolLM2-
   LLMReranker defaults, stage1_weight "auto"); ``cascade-nodetect``: the same with the LLM
   stage's detector off; ``ce-fusion``: fusion with a cross-encoder score for untrusted corpora
   (the cascade keeping every candidate, stage1_weight 0.5); ``cross-encoder``: the
-  cross-encoder alone.
+  cross-encoder alone; ``cross-encoder-detect``: the same with its detector on
+  (``detect_injection=True``, flagged passages demoted to the end).
 * ``llmrerank``, ``structuredllmrerank``, ``rankgpt``: LlamaIndex's LLM rerankers (slow).
 
 Reported: attack success at top-1 and top-3 (over cases x 2 placements), the same per
@@ -99,7 +100,7 @@ CASCADES: dict[str, dict[str, Any]] = {
     "cascade-nodetect": {"detect_injection": False},
     "ce-fusion": {"keep": 1000, "stage1_weight": 0.5},
 }
-ALL = (*LLM_CONFIGS, *CASCADES, "cross-encoder", *ANCHORS)
+ALL = (*LLM_CONFIGS, *CASCADES, "cross-encoder", "cross-encoder-detect", *ANCHORS)
 INJECTED = "INJECTED"
 
 
@@ -138,10 +139,10 @@ def build(name: str, base_url: str, model: str, namespace: str, args: argparse.N
               "timeout": args.timeout, "concurrency": args.concurrency}  # fmt: skip
     if name in LLM_CONFIGS:
         return LLMReranker(**common, **LLM_CONFIGS[name], cache=MemoryCache())
-    if name == "cross-encoder":
+    if name in ("cross-encoder", "cross-encoder-detect"):
         from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
 
-        return CrossEncoderReranker(model=CROSS_ENCODER)
+        return CrossEncoderReranker(model=CROSS_ENCODER, detect_injection=name.endswith("detect"))
     if name in CASCADES:
         from llamaindex_rerankers.registry import make_reranker
 
