@@ -66,6 +66,9 @@ SIGNALS: dict[str, str] = {
 
 #: How much of a passage :func:`injection_signals` examines by default.
 MAX_CHARS = 100_000
+#: Node metadata keys :func:`flag_injections` writes.
+SUSPECTED_KEY = "rerank_injection_suspected"
+SIGNALS_KEY = "rerank_injection_signals"
 
 _F = re.IGNORECASE | re.MULTILINE
 
@@ -615,9 +618,9 @@ def flag_injections(
     out = []
     for text, j in zip(texts, judgements, strict=True):
         signals = found[text]
-        meta = {**j.metadata, "rerank_injection_suspected": bool(signals)}
+        meta = {**j.metadata, SUSPECTED_KEY: bool(signals)}
         if signals:
-            meta["rerank_injection_signals"] = list(signals)
+            meta[SIGNALS_KEY] = list(signals)
         judged = signals and j.score is not None
         out.append(dataclasses.replace(j, penalty=penalty if judged else 0.0, metadata=meta))
     return out

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.base import BaseReranker, _union
+from llamaindex_rerankers.llm.detector import SUSPECTED_KEY
 from llamaindex_rerankers.llm.endpoint import LLMEndpoint
 from llamaindex_rerankers.pipeline.query import relevant_enough
 from llamaindex_rerankers.server.limits import AdmissionGate, SessionStore
@@ -267,6 +268,9 @@ class Backend:
         else:
             result = await reranker.arerank(list(nodes), query)
         self.metrics.observe_report(result.report)
+        flagged = sum(bool(n.node.metadata.get(SUSPECTED_KEY)) for n in result.nodes)
+        if flagged:
+            self.metrics.injection_suspected.inc(flagged)
         return result
 
     async def rerank_texts(self, query: str, texts: Sequence[str]) -> RerankResult:
@@ -367,6 +371,9 @@ def _build_reranker(settings: ServerSettings, endpoint: LLMEndpoint | None) -> B
     options = reranker_options(
         name, cross_encoder_model=settings.cross_encoder_model, endpoint=endpoint
     )
+    if name != "none":
+        # The cascade's goes to its LLM stage: the sources it keeps are that stage's survivors.
+        options["detect_injection"] = settings.detect_injection
     if needs_llm(name):
         options.update(
             timeout=settings.llm_timeout,

@@ -6,7 +6,9 @@ through the :class:`~llamaindex_rerankers.server.backend.Backend` and keeps that
 so every response carries its own report (a node postprocessor inside the engine would hand back
 nodes only). When nothing is relevant (abstain) or nothing could be judged (an outage), the
 retriever stops the engine before it calls the LLM: no answer is invented from junk, and an
-outage is never reported as "nothing relevant".
+outage is never reported as "nothing relevant". Sources the reranker's injection detector
+flagged are listed (marked) but not given to the answer LLM; when every relevant source is
+flagged, no answer is written.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llamaindex_rerankers.server import streaming
 from llamaindex_rerankers.server.backend import Backend, Search
 from llamaindex_rerankers.server.errors import ApiError
-from llamaindex_rerankers.server.sources import source_records
+from llamaindex_rerankers.server.sources import source_records, suspected
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,12 @@ FAILED_MESSAGE = (
     "The reranker could not judge any of the retrieved sources (its LLM did not answer), so I "
     "cannot tell which of them are relevant and have not written an answer. Please try again "
     "later."
+)
+#: The answer when every source kept was flagged by the injection detector.
+SUSPECTED_MESSAGE = (
+    "Every source found for this question was flagged as carrying instructions aimed at an AI "
+    "(possible prompt injection), so I have not written an answer from them. The sources are "
+    "listed, marked as suspected."
 )
 SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly, using only the documents given."
 CONTEXT_PROMPT = (
@@ -72,9 +80,14 @@ class _RerankingRetriever(BaseRetriever):
         self.search = await self._backend.search(
             query_bundle.query_str, top_k=self._top_k, top_n=self._top_n
         )
-        if self.search.failed or self.search.abstained:
+        if self.search.failed or self.search.abstained or _withheld(self.search):
             raise _Answerless
-        return self.search.nodes
+        return [n for n in self.search.nodes if not suspected(n)]
+
+
+def _withheld(search: Search) -> bool:
+    """Every source kept is suspected: the answer LLM gets nothing to read."""
+    return bool(search.nodes) and all(suspected(n) for n in search.nodes)
 
 
 @dataclass
@@ -96,11 +109,16 @@ class ChatTurn:
     def sources(self) -> list[dict[str, Any]]:
         return source_records(self.search.nodes)
 
+    @property
+    def abstained(self) -> bool:
+        """No answer was written for want of a relevant (and unsuspected) source."""
+        return self.status == "abstained"
+
     def sources_event(self) -> dict[str, Any]:
         return {
             "query": self.search.query,
             "status": self.status,
-            "abstained": self.search.abstained,
+            "abstained": self.abstained,
             "reranker_failed": self.search.failed,
             "sources": self.sources(),
         }
@@ -131,7 +149,7 @@ class ChatTurn:
             "status": self.status,
             "answer": self.answer,
             "query": self.search.query,
-            "abstained": self.search.abstained,
+            "abstained": self.abstained,
             "reranker_failed": self.search.failed,
             "sources": self.sources(),
             "report": self.search.report.to_dict(),
@@ -190,12 +208,21 @@ async def begin_turn(
     search = retriever.search
     assert search is not None and retriever.started is not None
     condense = retriever.started - started if history else None
-    status = "reranker_failed" if search.failed else "abstained" if search.abstained else "answered"
+    withheld = not search.failed and not search.abstained and _withheld(search)
+    status = (
+        "reranker_failed"
+        if search.failed
+        else "abstained"
+        if search.abstained or withheld
+        else "answered"
+    )
     turn = ChatTurn(message_id, session_id, question, search, status, started, condense)
     if search.failed:
         turn.answer = FAILED_MESSAGE
     elif search.abstained:
         turn.answer = ABSTAIN_MESSAGE
+    elif withheld:
+        turn.answer = SUSPECTED_MESSAGE
     elif stream:
         turn.stream = response
     else:

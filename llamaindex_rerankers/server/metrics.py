@@ -8,6 +8,7 @@ Names, all prefixed ``llamaindex_rerankers_``:
 - ``llm_judge_calls_total``, ``llm_judge_tokens_total{kind}``, ``llm_judge_cache_hits_total``,
   ``llm_judge_failures_total``: the LLM reranker's work;
 - ``rerank_outcomes_total{outcome}``: ok, abstained, reranker_failed;
+- ``injection_suspected_total``: candidates the reranker's injection detector flagged;
 - ``rejected_requests_total{endpoint,reason}``: every error answer by its code (overloaded,
   timeout, unauthorized, invalid_request, payload_too_large, not_ready ...);
 - ``in_flight{gate}``, ``queued{gate}``: requests running and waiting (search, chat);
@@ -68,6 +69,11 @@ class Metrics:
         )
         self.outcomes = Counter(
             _P + "rerank_outcomes", "Reranked requests by outcome", ["outcome"], registry=r
+        )
+        self.injection_suspected = Counter(
+            _P + "injection_suspected",
+            "Candidates the injection detector flagged (possible prompt injection)",
+            registry=r,
         )
         self.rejected = Counter(
             _P + "rejected_requests",

@@ -142,6 +142,18 @@ class SourceOut(BaseModel):
         description="LLM reranker only: the label probabilities.",
         examples=[{"unlikely": 0.02, "likely": 0.18, "very likely": 0.8}],
     )
+    rerank_injection_suspected: bool | None = Field(
+        description="The reranker's detector found instructions aimed at an LLM in this source "
+        "(possible prompt injection): it is ranked after the clean sources and the answer LLM "
+        "does not read it. null when no detector runs (--no-detect-injection, --reranker "
+        "none).",
+        examples=[False],
+    )
+    rerank_injection_signals: list[str] = Field(
+        description="What the detector found (override, persona, order, hidden, ...); empty "
+        "for a clean source.",
+        examples=[[]],
+    )
     retrieval_rank: int = Field(
         description="1-based position in the first-stage (embedding) order.", examples=[3]
     )
@@ -352,7 +364,8 @@ class ChatResponse(BaseModel):
     id: str = Field(description="The answer's message id (the stream's messageId).")
     session_id: str | None = Field(description="The session, when one was used.")
     status: Literal["answered", "abstained", "reranker_failed"] = Field(
-        description="answered; abstained: no source was relevant, so no answer was invented; "
+        description="answered; abstained: no source was relevant (or every source kept was "
+        "flagged as a possible prompt injection), so no answer was invented; "
         "reranker_failed: the reranker could not judge any source (e.g. the LLM is down), so "
         "no answer was written."
     )

@@ -163,6 +163,13 @@ class ServerSettings:
         metavar="S",
     )
 
+    detect_injection: bool = _setting(
+        True,
+        "flag sources with instructions aimed at an LLM (prompt injection): they are marked, "
+        "ranked last and kept out of the answer's context (--no-detect-injection: none of this)",
+        _bool,
+    )
+
     # -- the LLM endpoint (answers; LLM reranker and cascade)
     llm_base_url: str | None = _setting(
         None,

@@ -9,6 +9,7 @@ from typing import Any
 from llama_index.core.schema import NodeWithScore
 
 from llamaindex_rerankers.base import RERANK_SCORE, RETRIEVAL_RANK, RETRIEVAL_SCORE
+from llamaindex_rerankers.llm.detector import SIGNALS_KEY, SUSPECTED_KEY
 from llamaindex_rerankers.presentation import node_title, text_snippet
 
 #: Characters of a source's text shown as its snippet.
@@ -19,6 +20,11 @@ _HIDDEN_PREFIXES = ("rerank_",)
 _HIDDEN_KEYS = frozenset(
     {RERANK_SCORE, RETRIEVAL_RANK, RETRIEVAL_SCORE, "file_path", "source_hash", "ref_doc_index"}
 )
+
+
+def suspected(node: NodeWithScore) -> bool:
+    """Whether the reranker's injection detector flagged this source."""
+    return bool(node.node.metadata.get(SUSPECTED_KEY))
 
 
 def source_records(nodes: Sequence[NodeWithScore]) -> list[dict[str, Any]]:
@@ -55,6 +61,10 @@ def _record(n: NodeWithScore, rank: int) -> dict[str, Any]:
         "rerank_label_probs": (
             {str(k): float(v) for k, v in probs.items()} if isinstance(probs, dict) else None
         ),
+        "rerank_injection_suspected": (
+            bool(meta[SUSPECTED_KEY]) if SUSPECTED_KEY in meta else None
+        ),
+        "rerank_injection_signals": [str(s) for s in meta.get(SIGNALS_KEY, ())],
         "retrieval_rank": int(meta.get(RETRIEVAL_RANK, rank)),
         "retrieval_score": _float(meta.get(RETRIEVAL_SCORE)),
     }

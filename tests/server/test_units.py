@@ -196,6 +196,42 @@ def test_source_records_hide_server_paths_and_expose_ranks_scores_and_labels() -
     assert record["rerank_label"] == "very likely" and record["rerank_label_probs"]["likely"] == 0.2
 
 
+def test_source_records_carry_the_injection_flag_null_when_no_detector_ran() -> None:
+    def record(**meta: object) -> dict[str, object]:
+        node = TextNode(text="Prune in winter.", id_="a#0", metadata=dict(meta))
+        return source_records([NodeWithScore(node=node, score=0.5)])[0]
+
+    unchecked = record(rerank_score=0.5)
+    assert unchecked["rerank_injection_suspected"] is None
+    assert unchecked["rerank_injection_signals"] == []
+    clean = record(rerank_score=0.5, rerank_injection_suspected=False)
+    assert clean["rerank_injection_suspected"] is False and clean["rerank_injection_signals"] == []
+    flagged = record(
+        rerank_score=0.0,
+        rerank_injection_suspected=True,
+        rerank_injection_signals=["override", "hidden"],
+    )
+    assert flagged["rerank_injection_suspected"] is True
+    assert flagged["rerank_injection_signals"] == ["override", "hidden"]
+    assert flagged["metadata"] == {}  # the flags are fields, not metadata
+
+
+@pytest.mark.parametrize("reranker", ["cross-encoder", "llm", "cascade"])
+@pytest.mark.parametrize("detect", [True, False])
+def test_the_servers_reranker_detects_injections_unless_told_not_to(
+    reranker: str, detect: bool
+) -> None:
+    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+    from llamaindex_rerankers.server.backend import _build_reranker
+
+    settings = ServerSettings(reranker=reranker, detect_injection=detect)
+    endpoint = LLMEndpoint(base_url="http://127.0.0.1:9/v1", model="m", api_key="k")
+    built = _build_reranker(settings, endpoint)
+    judge = getattr(built, "second", built)  # the cascade's LLM stage flags what it keeps
+    assert judge.detect_injection is detect  # type: ignore[attr-defined]
+    assert ServerSettings().detect_injection is True
+
+
 def test_snippets_are_cut_at_a_word() -> None:
     text = "word " * 100
     snippet = text_snippet(text, limit=22)

@@ -47,6 +47,12 @@ function showSources(event) {
       const cls = "badge label label-" + source.rerank_label.replace(/\s+/g, "-");
       meta.appendChild(element("span", cls, source.rerank_label));
     }
+    if (source.rerank_injection_suspected) {
+      const flag = element("span", "badge suspected", "suspected injection");
+      flag.title = "Instructions aimed at an AI were found in this source ("
+        + source.rerank_injection_signals.join(", ") + "); the answer does not use it.";
+      meta.appendChild(flag);
+    }
     meta.appendChild(element("span", "badge score", `score ${score(source.rerank_score)}`));
     meta.appendChild(element("span", "badge retrieval-rank",
       `retrieval #${source.retrieval_rank} (${score(source.retrieval_score)})`));
