@@ -211,7 +211,7 @@ class CrossEncoderReranker(BaseReranker):
         description="Flag passages with instruction-like text (llm.detector.injection_signals) "
         "as rerank_injection_suspected in the node metadata, for untrusted corpora whose top "
         "passages go on to an LLM. Off by default: a cross-encoder does not obey instructions, "
-        "and the detector costs about 4 ms per 1,000 characters.",
+        "and the detector costs about 3 ms per 1,000 characters (up to 1.27x a call).",
     )
     suspected_penalty: float = Field(
         default=1.0,
