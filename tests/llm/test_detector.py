@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from llama_index.core.schema import MetadataMode
 from scripted_judge import DistributionClient, nodes_of
 
-from llamaindex_rerankers.llm import LLMReranker
+from llamaindex_rerankers.llm import LLMReranker, detector
 from llamaindex_rerankers.llm.detector import SIGNALS, injection_signals, looks_injected
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -171,3 +174,37 @@ def test_the_reranker_reports_the_signals_of_a_flagged_passage() -> None:
     assert meta[attack]["rerank_injection_signals"] == ["persona", "order"]
     assert meta["a"]["rerank_injection_suspected"] is False
     assert "rerank_injection_signals" not in meta["a"]
+
+
+# A word of each lexicon entry (entries are regular expressions: quer(?:y|ies), relevan\w* ...).
+_LEXICON_WORD = st.sampled_from(
+    detector._META_STRONG + detector._META_WEAK
+    + detector._META_STRONG_UNSPACED + detector._META_WEAK_UNSPACED
+).flatmap(lambda entry: st.from_regex(entry, fullmatch=True))  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(
+        st.one_of(_LEXICON_WORD, st.text(min_size=1, max_size=8)),
+        max_size=12,
+    ),
+    st.lists(st.sampled_from([" ", ". ", "\n", ", ", "", "-", "'"]), min_size=12, max_size=12),
+)
+def test_the_grouped_lexicons_match_exactly_what_the_plain_alternation_matches(
+    words: list[str], separators: list[str]
+) -> None:
+    # The lexicons are compiled grouped by first letter for speed; they must find the same words
+    # as the plain alternation they replace, in the same places.
+    text = "".join(w + s for w, s in zip(words, separators, strict=False))
+    for spaced, unspaced, grouped in (
+        (detector._META_STRONG, detector._META_STRONG_UNSPACED, detector._STRONG_RE),
+        (detector._META_WEAK, detector._META_WEAK_UNSPACED, detector._WEAK_RE),
+    ):
+        plain = re.compile(
+            r"\b(?:" + "|".join(spaced) + r")\b|" + "|".join(map(re.escape, unspaced)),
+            re.IGNORECASE,
+        )
+        assert [m.span() for m in grouped.finditer(text)] == [
+            m.span() for m in plain.finditer(text)
+        ]
