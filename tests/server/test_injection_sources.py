@@ -132,3 +132,19 @@ def test_when_the_only_source_is_poisoned_no_answer_is_written(
     assert body["answer"] == SUSPECTED_MESSAGE
     assert len(_poisoned(body["sources"])) == 1
     assert len(answers.chat_requests()) == before  # the answer LLM was not asked
+
+
+def test_the_page_marks_the_poisoned_source(page: Any, server: ServeProcess) -> None:
+    page.goto(server.url + "/")
+    page.fill("#question", PRUNING)
+    page.click("#ask")
+    page.wait_for_selector("#sources .source", timeout=120_000)
+    sources = page.query_selector_all("#sources .source")
+    flagged = [s for s in sources if s.query_selector(".suspected")]
+    assert len(flagged) == 1 and len(sources) > 1
+    badge = flagged[0].query_selector(".suspected")
+    assert badge.inner_text() == "suspected injection"
+    assert "override" in (badge.get_attribute("title") or "")
+    assert flagged[0] == sources[-1]  # ranked after every clean source
+    assert "Orchard Whisperer" in flagged[0].query_selector(".title").inner_text()
+    assert not [m for m in page.messages if m.startswith("pageerror")], page.messages

@@ -1,13 +1,10 @@
 """The chat page at ``/`` in a real headless Chromium (Debian's ``chromium`` package, driven by
-playwright), against real servers: the shared demo server (cross-encoder) and one with the LLM
-reranker on SmolLM2, whose sources carry labels. A failing browser test leaves a screenshot
-(its path is in the failure message)."""
+playwright; the ``browser`` and ``page`` fixtures are in conftest.py), against real servers: the
+shared demo server (cross-encoder) and one with the LLM reranker on SmolLM2, whose sources carry
+labels. A failing browser test leaves a screenshot (its path is in the failure message)."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,17 +13,6 @@ from serve_helpers import API_KEY, AUTH, ServeProcess, start
 
 pytestmark = pytest.mark.server
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PRUNING = "best practices for pruning apple trees"
 OFF_TOPIC = "how do I replace the timing belt on a diesel van?"
 LABELS = {"unlikely", "likely", "very likely", "unknown"}
@@ -67,43 +53,6 @@ def llm_reranker_server(
     )
     server.wait_listening()
     return server
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A headless Chromium with a fresh profile."""
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        raise pytest.UsageError(
-            "the browser tests need Debian's chromium: apt-get install -y chromium"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-        )
-        yield context
-        context.close()
-
-
-@pytest.fixture
-def page(browser: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A new tab; on a failure its screenshot is saved and its path reported."""
-    tab = browser.new_page()
-    messages: list[str] = []
-    tab.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
-    tab.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
-    tab.messages = messages
-    yield tab
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        shot = tmp_path / "failure.png"
-        tab.screenshot(path=str(shot), full_page=True)
-        print(f"screenshot of the failing page: {shot}\nconsole: {messages}")
-    tab.close()
 
 
 def ask(page: Any, question: str) -> None:

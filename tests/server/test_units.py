@@ -228,7 +228,7 @@ def test_the_servers_reranker_detects_injections_unless_told_not_to(
     endpoint = LLMEndpoint(base_url="http://127.0.0.1:9/v1", model="m", api_key="k")
     built = _build_reranker(settings, endpoint)
     judge = getattr(built, "second", built)  # the cascade's LLM stage flags what it keeps
-    assert judge.detect_injection is detect  # type: ignore[attr-defined]
+    assert judge.detect_injection is detect  # type: ignore[union-attr]
     assert ServerSettings().detect_injection is True
 
 

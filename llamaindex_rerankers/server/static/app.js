@@ -33,7 +33,10 @@ function showSources(event) {
   list.replaceChildren();
   const status = $("status");
   status.hidden = event.status === "answered";
-  if (event.status === "abstained") {
+  const suspected = event.sources.filter((s) => s.rerank_injection_suspected);
+  if (event.status === "abstained" && suspected.length && suspected.length === event.sources.length) {
+    status.textContent = "Every source found was flagged as a possible prompt injection, so no answer was written from them.";
+  } else if (event.status === "abstained") {
     status.textContent = "Nothing relevant was found: no source reached the relevance threshold, so no answer was invented.";
   } else if (event.status === "reranker_failed") {
     status.textContent = "The reranker could not judge the sources (its LLM did not answer). This is an outage, not 'nothing relevant'.";
