@@ -22,71 +22,38 @@ or ``$LLAMAINDEX_RERANKERS_CROSS_ENCODER``; the data from ``--data-dir`` or
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from _ce_bench import MEASURE, add_arguments, bm25_queries, check_arguments, model_of, run, write
 from tqdm import tqdm
 
-from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV, CrossEncoderReranker
-from llamaindex_rerankers.evaluation import candidates, evaluate, load_beir, load_trec_run
+from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
+from llamaindex_rerankers.evaluation import candidates, evaluate
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-MEASURE = "nDCG@10"
 MODES = ("off", "on")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    model = args.model or os.environ.get(CROSS_ENCODER_ENV)
-    if not model:
-        sys.exit(
-            f"No cross-encoder given: pass --model PATH or set {CROSS_ENCODER_ENV}=PATH "
-            "(e.g. ../shared/models/minilm-l6-ce)."
-        )
-    import torch
-
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    rows = [_measure(model, dataset, args) for dataset in args.datasets.split(",")]
-    result = {
-        "command": " ".join([".venv/bin/python benchmarks/bench_detector_cost.py", *sys.argv[1:]]),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "model": model,
-        "queries": args.queries,
-        "top_k": args.top_k,
-        "machine": {
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "load_avg_1min_start": round(load_before, 2),
-            "load_avg_1min_end": round(os.getloadavg()[0], 2),
-        },
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "rows": rows,
-    }
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "detector_cost.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "detector_cost.md").write_text(_markdown(result))
-    print(_markdown(result))
+    model = model_of(args)
+    header = {"model": model, "queries": args.queries, "top_k": args.top_k}
+    result = run(
+        "bench_detector_cost.py",
+        args,
+        lambda dataset: [_measure(model, dataset, args)],
+        args.datasets.split(","),
+        header,
+    )
+    write(args, "detector_cost", result, _markdown(result))
     return 0
 
 
 def _measure(model: str, dataset: str, args: argparse.Namespace) -> dict[str, Any]:
-    root = Path(args.data_dir).expanduser()
-    ds = load_beir(root / dataset, split="test")
-    bm25 = load_trec_run(root / dataset / "runs" / "bm25_top100.trec")
-    qids = [q for q in ds.query_ids() if q in bm25 and q in ds.qrels][: args.queries]
+    ds, bm25, qids = bm25_queries(args, dataset)
     rerankers = {
         mode: CrossEncoderReranker(model=model, device="cpu", detect_injection=mode == "on")
         for mode in MODES
@@ -128,22 +95,9 @@ def _measure(model: str, dataset: str, args: argparse.Namespace) -> dict[str, An
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", default="scifact,nfcorpus,trec-dl-2019")
-    p.add_argument(
-        "--data-dir",
-        default=os.environ.get("LLAMAINDEX_RERANKERS_DATA", str(REPO.parent / "shared" / "data")),
-        help="folder with BEIR-layout datasets (default: $LLAMAINDEX_RERANKERS_DATA or "
-        "../shared/data)",
-    )
-    p.add_argument("--queries", type=int, default=30, help="first N test queries (default 30)")
-    p.add_argument("--top-k", type=int, default=20, help="BM25 candidates per query (default 20)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: shared CPU)")
-    p.add_argument(
-        "--model", default=None, help=f"cross-encoder path (default ${CROSS_ENCODER_ENV})"
-    )
-    p.add_argument("--output-dir", default=str(RESULTS), help="where to write JSON + Markdown")
+    add_arguments(p, queries=30)
     args = p.parse_args(argv)
-    if args.queries < 1 or args.top_k < 1 or args.threads < 1:
-        p.error("--queries, --top-k and --threads must be at least 1")
+    check_arguments(p, args)
     return args
 
 

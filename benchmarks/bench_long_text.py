@@ -19,25 +19,16 @@ The model comes from ``--model`` or ``$LLAMAINDEX_RERANKERS_CROSS_ENCODER``; the
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
-import os
-import platform
-import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from _ce_bench import MEASURE, add_arguments, bm25_queries, check_arguments, model_of, run, write
 from tqdm import tqdm
 
-from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV, CrossEncoderReranker
-from llamaindex_rerankers.evaluation import candidates, evaluate, load_beir, load_trec_run
+from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
+from llamaindex_rerankers.evaluation import candidates, evaluate
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-MEASURE = "nDCG@10"
 MODES = ("truncate", "windows")
 
 
@@ -59,53 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Truncation is counted in the table; the per-call warning would flood the progress bar.
     logging.getLogger("llamaindex_rerankers.cross_encoder").setLevel(logging.ERROR)
-    model = args.model or os.environ.get(CROSS_ENCODER_ENV)
-    if not model:
-        sys.exit(
-            f"No cross-encoder given: pass --model PATH or set {CROSS_ENCODER_ENV}=PATH "
-            "(e.g. ../shared/models/minilm-l6-ce)."
-        )
-    import torch
-
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    rows = [_measure(model, dataset, length, args) for dataset, length in args.settings]
-    argv = " ".join(sys.argv[1:])
-    result = {
-        "command": f".venv/bin/python benchmarks/bench_long_text.py {argv}".strip(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "model": model,
-        "queries": args.queries,
-        "top_k": args.top_k,
-        "window_overlap": args.overlap,
-        "machine": {
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "load_avg_1min_start": round(load_before, 2),
-            "load_avg_1min_end": round(os.getloadavg()[0], 2),
-        },
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "rows": rows,
-    }
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"long_text_{args.tag}" if args.tag else "long_text"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{name}.md").write_text(_markdown(result))
-    print(_markdown(result))
+    model = model_of(args)
+    header = {"model": model, "queries": args.queries, "top_k": args.top_k,
+              "window_overlap": args.overlap}  # fmt: skip
+    result = run(
+        "bench_long_text.py",
+        args,
+        lambda setting: [_measure(model, setting[0], setting[1], args)],
+        args.settings,
+        header,
+    )
+    write(args, f"long_text_{args.tag}" if args.tag else "long_text", result, _markdown(result))
     return 0
 
 
 def _measure(
     model: str, dataset: str, max_length: int | None, args: argparse.Namespace
 ) -> dict[str, Any]:
-    root = Path(args.data_dir).expanduser()
-    ds = load_beir(root / dataset, split="test")
-    bm25 = load_trec_run(root / dataset / "runs" / "bm25_top100.trec")
-    qids = [q for q in ds.query_ids() if q in bm25 and q in ds.qrels][: args.queries]
+    ds, bm25, qids = bm25_queries(args, dataset)
     rerankers = {
         mode: CrossEncoderReranker(
             model=model,
@@ -164,24 +126,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default="scifact:model,nfcorpus:model,scifact:128,nfcorpus:128",
         help="comma-separated dataset:max_length ('model' = the model's own limit)",
     )
-    p.add_argument(
-        "--data-dir",
-        default=os.environ.get("LLAMAINDEX_RERANKERS_DATA", str(REPO.parent / "shared" / "data")),
-        help="folder with BEIR-layout datasets (default: $LLAMAINDEX_RERANKERS_DATA or "
-        "../shared/data)",
-    )
-    p.add_argument("--queries", type=int, default=50, help="first N test queries (default 50)")
-    p.add_argument("--top-k", type=int, default=20, help="BM25 candidates per query (default 20)")
+    add_arguments(p, queries=50)
     p.add_argument("--overlap", type=float, default=0.25, help="window_overlap of the windows mode")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: shared CPU)")
-    p.add_argument(
-        "--model", default=None, help=f"cross-encoder path (default ${CROSS_ENCODER_ENV})"
-    )
-    p.add_argument("--output-dir", default=str(RESULTS), help="where to write JSON + Markdown")
     p.add_argument("--tag", default="", help="suffix of the output names: long_text_<tag>.json")
     args = p.parse_args(argv)
-    if args.queries < 1 or args.top_k < 1 or args.threads < 1:
-        p.error("--queries, --top-k and --threads must be at least 1")
+    check_arguments(p, args)
     settings = []
     for item in args.settings.split(","):
         dataset, _, length = item.partition(":")
