@@ -6,11 +6,15 @@ Tests pass model paths explicitly; nothing here changes library defaults.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The LLM tests' scripted clients (tests/llm/scripted_judge.py, fake_openai.py) serve tests in
+# other folders too (long texts, the server's answer LLM).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "llm"))
 SHARED = Path(os.environ.get("LLAMAINDEX_RERANKERS_SHARED", REPO.parent / "shared")).resolve()
 
 # No hub downloads in tests: fail fast instead of waiting on the network.

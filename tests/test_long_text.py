@@ -3,16 +3,13 @@ cross-encoder and on the LLM reranker through a scripted chat client."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
+from scripted_judge import DistributionClient
 
 from llamaindex_rerankers import CrossEncoderReranker
 from llamaindex_rerankers.llm import LLMReranker
 from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
-from llamaindex_rerankers.llm.types import ChatResult, GeneratedToken, TokenChoice
 
 QUERY = "when should apple trees be pruned"
 FILLER = " ".join(
@@ -98,42 +95,16 @@ def test_long_text_settings_validate_and_round_trip() -> None:
     assert LLMReranker.from_dict(llm.to_dict()).long_text == "windows"
 
 
-class WindowClient:
-    """Answers C (very likely) for a passage that mentions 'winter', B for 'apple', A otherwise;
-    records every passage it is asked about."""
+_A, _B, _C = (0.9, 0.1, 0.0), (0.1, 0.9, 0.0), (0.1, 0.0, 0.9)
 
-    def __init__(self) -> None:
-        self.requests: list[str] = []
 
-    @property
-    def identity(self) -> tuple[str, str]:
-        return ("http://scripted/v1", "scripted")
-
-    async def achat(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        *,
-        max_tokens: int,
-        logprobs: bool,
-        top_logprobs: int,
-        deadline: float | None = None,
-    ) -> ChatResult:
-        passage = messages[-1]["content"].split("<passage>\n")[1].split("\n</passage>")[0]
-        self.requests.append(passage)
-        code = "C" if "winter" in passage else "B" if "Apple" in passage else "A"
-        top = (TokenChoice(code, math.log(0.9)), TokenChoice("A" if code != "A" else "B",
-                                                             math.log(0.1)))  # fmt: skip
-        return ChatResult(
-            text=code,
-            tokens=(GeneratedToken(code, math.log(0.9), top),),
-            prompt_tokens=10,
-            completion_tokens=1,
-            attempts=1,
-        )
+def _by_content(passage: str) -> tuple[float, float, float]:
+    """C (very likely) for a passage that mentions 'winter', B for 'Apple', A otherwise."""
+    return _C if "winter" in passage else _B if "Apple" in passage else _A
 
 
 def test_llm_reranker_judges_every_window_and_keeps_the_best() -> None:
-    client = WindowClient()
+    client = DistributionClient(_by_content, prior=_A)
     # chars/4 counting: LONG (~800 characters) is several 60-token windows; OTHER is one.
     kwargs = {"model": "scripted", "client": client, "cache": None, "passage_max_tokens": 60}
     cut = LLMReranker(**kwargs).rerank(nodes_of(OTHER, LONG), QUERY)

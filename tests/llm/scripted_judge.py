@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from llama_index.core.schema import NodeWithScore, TextNode
 
@@ -18,14 +18,19 @@ Dist = tuple[float, float, float]  # p(A), p(B), p(C)
 
 
 class DistributionClient:
-    """Answers each passage with the label distribution ``table[passage]`` (as logprobs of the
-    three codes); a passage missing from the table fails with HTTP 500. Content-free passages
-    get ``prior`` (None: they fail too)."""
+    """Answers each passage with the label distribution ``table[passage]`` (or ``table(passage)``
+    when it is a function: for passages not known in advance, such as windows), as logprobs of
+    the three codes; a passage missing from the table (or None) fails with HTTP 500.
+    Content-free passages get ``prior`` (None: they fail too). Every passage asked about is
+    recorded in ``requests``."""
 
     def __init__(
-        self, table: Mapping[str, Dist], prior: Dist | None, logprobs: bool = True
+        self,
+        table: Mapping[str, Dist] | Callable[[str], Dist | None],
+        prior: Dist | None,
+        logprobs: bool = True,
     ) -> None:
-        self.table = dict(table)
+        self._lookup = table if callable(table) else dict(table).get
         self.prior = prior
         self.logprobs = logprobs
         self.requests: list[str] = []
@@ -48,7 +53,7 @@ class DistributionClient:
         passage = passage.replace("[/passage]", "</passage>").replace("[passage]", "<passage>")
         self.requests.append(passage)
         await asyncio.sleep(0.001)
-        dist = self.prior if passage in CONTENT_FREE_PASSAGES else self.table.get(passage)
+        dist = self.prior if passage in CONTENT_FREE_PASSAGES else self._lookup(passage)
         if dist is None:
             raise ChatClientError("HTTP 500", status=500, attempts=1)
         best = max(range(3), key=lambda i: dist[i])

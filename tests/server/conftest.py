@@ -7,7 +7,6 @@ is shared by the session; tests that need other settings start their own.
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,6 @@ import pytest
 from serve_helpers import API_KEY, MAX_QUERY_CHARS, ServeProcess, start
 
 from llamaindex_rerankers import local_llm_server
-
-# The scripted OpenAI-compatible fake of the LLM tests (tests/llm/fake_openai.py), for server
-# tests that must see what the server sent to its answer LLM.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "llm"))
 
 
 @pytest.hookimpl(hookwrapper=True)
