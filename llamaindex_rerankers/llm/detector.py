@@ -437,20 +437,17 @@ def _by_first_letter(words: tuple[str, ...]) -> str:
     )
 
 
-_STRONG_RE = re.compile(
-    r"\b(?:"
-    + _by_first_letter(_META_STRONG)
-    + r")\b|"
-    + "|".join(map(re.escape, _META_STRONG_UNSPACED)),
-    re.IGNORECASE,
-)
-_WEAK_RE = re.compile(
-    r"\b(?:"
-    + _by_first_letter(_META_WEAK)
-    + r")\b|"
-    + "|".join(map(re.escape, _META_WEAK_UNSPACED)),
-    re.IGNORECASE,
-)
+def _lexicon(spaced: tuple[str, ...], unspaced: tuple[str, ...]) -> re.Pattern[str]:
+    """Whole words of ``spaced`` (grouped by first letter), or ``unspaced`` anywhere (scripts
+    written without spaces), case-insensitive."""
+    return re.compile(
+        r"\b(?:" + _by_first_letter(spaced) + r")\b|" + "|".join(map(re.escape, unspaced)),
+        re.IGNORECASE,
+    )
+
+
+_STRONG_RE = _lexicon(_META_STRONG, _META_STRONG_UNSPACED)
+_WEAK_RE = _lexicon(_META_WEAK, _META_WEAK_UNSPACED)
 _ANY_SENTENCE = re.compile(r"[^.!?\n。！？]+[.!?。！？]*")
 #: The meta-talk score from which a sentence is reported (``meta_talk``).
 META_TALK_THRESHOLD = 6
