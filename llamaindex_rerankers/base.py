@@ -35,6 +35,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from llamaindex_rerankers.scoring import (
     fuse,
     fusion_weight,
+    penalised,
     rank_order,
     rank_prior,
     select,
@@ -341,7 +342,7 @@ class BaseReranker(BaseNodePostprocessor):
         weight = self._weight_for(judgements, model_scores)
         report.retrieval_weight = weight
         final: list[float | None] = [
-            None if s is None else fuse(s, rank_prior(i, total), weight) * (1.0 - j.penalty)
+            None if s is None else penalised(fuse(s, rank_prior(i, total), weight), j.penalty)
             for i, (s, j) in enumerate(zip(model_scores, judgements, strict=True))
         ]
         pruned = sorted(

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from llama_index.core.bridge.pydantic import Field, field_serializer, field_validator
 
 from llamaindex_rerankers.base import BaseReranker, check_weight, weight_for
-from llamaindex_rerankers.scoring import rank_order, usable_score
+from llamaindex_rerankers.scoring import penalised, rank_order, usable_score
 from llamaindex_rerankers.types import Judgement, RerankReport
 
 #: The first stage's weight with ``stage1_weight="auto"`` when the second stage reports no
@@ -155,7 +155,7 @@ def _stage1_order(stage1: Sequence[Judgement]) -> list[int]:
     """The first stage's order, its penalties applied as the base applies them (a first stage
     that flags injections, ``CrossEncoderReranker(detect_injection=True)``, demotes a suspected
     passage in the cut too, so that it reaches the second stage only if there is room)."""
-    scores = [None if j.score is None else j.score * (1.0 - j.penalty) for j in stage1]
+    scores = [penalised(j.score, j.penalty) for j in stage1]
     return rank_order(scores, [j.penalty for j in stage1])
 
 

@@ -50,6 +50,18 @@ def fuse(rerank_score: float, prior: float, weight: float) -> float:
     return (1.0 - weight) * rerank_score + weight * prior
 
 
+def penalised(score: float | None, penalty: float) -> float | None:
+    """A score with a judgement's penalty taken off (an injection suspect's demotion), as the
+    base applies it to the final score; rank with ``rank_order(scores, tiebreak=penalties)`` so
+    that a penalised passage also loses ties.
+
+    Example:
+        >>> penalised(0.8, 0.5), penalised(0.8, 1.0), penalised(None, 1.0)
+        (0.4, 0.0, None)
+    """
+    return None if score is None else score * (1.0 - penalty)
+
+
 def clamp_unit(x: float) -> float:
     """Clamp a finite float to [0, 1]; NaN and infinities raise ``ValueError``."""
     if not math.isfinite(x):

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.base import BaseReranker, _union
-from llamaindex_rerankers.llm.detector import SUSPECTED_KEY
 from llamaindex_rerankers.llm.endpoint import LLMEndpoint
 from llamaindex_rerankers.pipeline.query import relevant_enough
 from llamaindex_rerankers.server.limits import AdmissionGate, SessionStore
 from llamaindex_rerankers.server.metrics import Metrics
 from llamaindex_rerankers.server.settings import ServerSettings
+from llamaindex_rerankers.server.sources import suspected
 from llamaindex_rerankers.types import RerankReport, RerankResult
 
 if TYPE_CHECKING:
@@ -268,7 +268,7 @@ class Backend:
         else:
             result = await reranker.arerank(list(nodes), query)
         self.metrics.observe_report(result.report)
-        flagged = sum(bool(n.node.metadata.get(SUSPECTED_KEY)) for n in result.nodes)
+        flagged = sum(suspected(n) for n in result.nodes)
         if flagged:
             self.metrics.injection_suspected.inc(flagged)
         return result
