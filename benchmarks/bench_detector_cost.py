@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
 from llamaindex_rerankers.evaluation import candidates, evaluate
+from llamaindex_rerankers.llm.detector import SUSPECTED_KEY
 
 MODES = ("off", "on")
 
@@ -74,9 +75,7 @@ def _measure(model: str, dataset: str, args: argparse.Namespace) -> dict[str, An
             runs[mode][qid] = [(n.node.node_id, float(k - j)) for j, n in enumerate(result.nodes)]
             if mode == "on":
                 chars += sum(len(n.node.get_content()) for n in nodes)
-                flagged += sum(
-                    bool(n.node.metadata.get("rerank_injection_suspected")) for n in result.nodes
-                )
+                flagged += sum(bool(n.node.metadata.get(SUSPECTED_KEY)) for n in result.nodes)
     row: dict[str, Any] = {"dataset": dataset, "queries": len(qids), "candidates": args.top_k}
     for mode in MODES:
         row[mode] = {

@@ -64,6 +64,8 @@ from typing import Any
 
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
+from llamaindex_rerankers.llm.detector import SUSPECTED_KEY
+
 REPO = Path(__file__).resolve().parents[1]
 CASE_FILES = (
     REPO / "benchmarks" / "data" / "injection_cases.jsonl",
@@ -180,8 +182,7 @@ def evaluate(reranker: Any, cases: Sequence[Mapping[str, Any]]) -> dict[str, Any
             top1[first] += ids[:1] == [INJECTED]
             top3[first] += INJECTED in ids[:3]
             relevant1 += ids[:1] == ["RELEVANT"]
-            suspected = {n.node.node_id for n in out
-                         if n.node.metadata.get("rerank_injection_suspected")}  # fmt: skip
+            suspected = {n.node.node_id for n in out if n.node.metadata.get(SUSPECTED_KEY)}
             flagged += INJECTED in suspected
             clean_flagged += len(suspected - {INJECTED})
     trials = 2 * len(cases)
