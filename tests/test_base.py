@@ -20,6 +20,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+from scripted_judge import DistributionClient
 from table_reranker import TableReranker
 
 from llamaindex_rerankers.base import Judgement, RerankReport
@@ -342,3 +343,18 @@ def test_a_copy_is_another_reranker_with_its_own_last_report() -> None:
         assert copied.last_report is None
         copied.top_n = 1
         assert reranker.top_n is None
+
+
+def test_the_llm_reranker_never_asks_about_a_node_without_text() -> None:
+    from llamaindex_rerankers.llm import LLMReranker
+    from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
+
+    client = DistributionClient(lambda passage: (0.1, 0.0, 0.9), prior=(0.9, 0.1, 0.0))
+    reranker = LLMReranker(model="scripted", client=client, cache=None)
+    result = reranker.rerank(_textless_mix(), "q")
+    asked = [p for p in client.requests if p not in CONTENT_FREE_PASSAGES]
+    assert sorted(asked) == ["a", "b"]
+    assert ids(result.nodes)[2:] == ["empty", "img", "blank"]
+    assert all("no text" in n.node.metadata["rerank_error"] for n in result.nodes[2:])
+    assert result.report.llm is not None and result.report.llm.judgements == 2
+    assert (result.report.n_judged, result.report.n_skipped) == (2, 3)
