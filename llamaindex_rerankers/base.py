@@ -299,7 +299,8 @@ class BaseReranker(BaseNodePostprocessor):
             started = time.perf_counter()
             judged = self._judge(query_str, texts, report) if texts else []
             judgements = _with_unjudged(self, len(nodes), todo, judged)
-            return finish(self._assemble(nodes, judgements, report), report, started)
+            out = self._assemble(nodes, judgements, report, _others(len(nodes), todo))
+            return finish(out, report, started)
 
     async def arerank(
         self, nodes: Sequence[NodeWithScore], query: str | QueryBundle
@@ -314,7 +315,8 @@ class BaseReranker(BaseNodePostprocessor):
             started = time.perf_counter()
             judged = await self._ajudge(query_str, texts, report) if texts else []
             judgements = _with_unjudged(self, len(nodes), todo, judged)
-            return finish(self._assemble(nodes, judgements, report), report, started)
+            out = self._assemble(nodes, judgements, report, _others(len(nodes), todo))
+            return finish(out, report, started)
 
     @property
     def last_report(self) -> RerankReport | None:
@@ -395,8 +397,15 @@ class BaseReranker(BaseNodePostprocessor):
         return _RerankEvents(self, nodes, query_bundle, query)
 
     def _assemble(
-        self, nodes: Sequence[NodeWithScore], judgements: Sequence[Judgement], report: RerankReport
+        self,
+        nodes: Sequence[NodeWithScore],
+        judgements: Sequence[Judgement],
+        report: RerankReport,
+        textless: Sequence[int] = (),
     ) -> list[NodeWithScore]:
+        """The output nodes: judged by final score, then unjudged in retrieval order, then a
+        cascade's pruned ones, then the ``textless`` (nodes without text: no stage saw them,
+        so even a pruned node, which the first stage judged, says more)."""
         if len(judgements) != len(nodes):
             raise RuntimeError(
                 f"{self.class_name()} returned {len(judgements)} judgements for {len(nodes)} "
@@ -423,7 +432,11 @@ class BaseReranker(BaseNodePostprocessor):
             key=lambda i: (judgements[i].pruned_rank, i),
         )
         penalties = [j.penalty for j in judgements]
-        order = [i for i in rank_order(final, penalties) if not judgements[i].pruned] + pruned
+        last = set(textless)
+        order = [
+            i for i in rank_order(final, penalties) if not judgements[i].pruned and i not in last
+        ]
+        order += pruned + sorted(last)
         chosen = select(order, final, self.top_n, self.min_score)
 
         judged = [
@@ -555,6 +568,12 @@ def _looks_like_nodes(value: Any) -> bool:
 def _has_text(node: NodeWithScore) -> bool:
     """Whether the node has text of its own to judge (its metadata alone does not count)."""
     return bool(node.node.get_content(metadata_mode=MetadataMode.NONE).strip())
+
+
+def _others(total: int, todo: Sequence[int]) -> list[int]:
+    """The indices in ``range(total)`` that are not in ``todo``."""
+    given = set(todo)
+    return [i for i in range(total) if i not in given]
 
 
 def _with_unjudged(
