@@ -102,7 +102,16 @@ class CrossEncoderReranker(BaseReranker):
     The score of a passage is ``sigmoid(logit)`` of the model's single output logit, so it lies in
     (0, 1) whatever activation the model was saved with; the raw logit is kept in the node
     metadata as ``rerank_logit``. Pairs longer than ``max_length`` tokens are truncated by the
-    model; each such node gets ``rerank_truncated=True`` and one warning is logged per call.
+    model; each such node gets ``rerank_truncated=True``, each call's report counts them
+    (``report.cross_encoder.truncated``) and one warning is logged per instance (not per call).
+
+    The model must be a cross-encoder: a model without a trained classification head (an
+    embedding model, a base BERT), on which transformers would put a random one, raises
+    :class:`ModelLoadError` when it loads. ``model`` may be a hub id, a path string or a
+    ``pathlib.Path`` (stored as a string). Nodes without text (an image node, empty or
+    whitespace text) are not scored: they stay unjudged (``score=None``), after the others.
+    ``copy.deepcopy`` (or ``model_copy(deep=True)``) of a loaded reranker shares the loaded
+    model; the copy's settings are its own.
 
     Long passages (``long_text="windows"``): a passage whose pair would be cut is split into
     overlapping windows that each fit ``max_length`` with the query and the special tokens
@@ -160,7 +169,8 @@ class CrossEncoderReranker(BaseReranker):
 
     model: str = Field(
         default_factory=default_cross_encoder,
-        description="Hugging Face hub id or local path of a one-logit cross-encoder. Default: "
+        description="Hugging Face hub id or local path (str or os.PathLike, stored as str) of a "
+        "one-logit cross-encoder. Default: "
         f"${CROSS_ENCODER_ENV} if set, else {DEFAULT_CROSS_ENCODER}.",
     )
     batch_size: int = Field(default=32, ge=1, description="Pairs per forward pass.")
