@@ -375,8 +375,8 @@ class BaseReranker(BaseNodePostprocessor):
         query = query_bundle.query_str
         if not isinstance(query, str):
             raise TypeError(
-                f"{self.class_name()}: the QueryBundle's query_str must be a str, got "
-                f"{type(query).__name__}; pass QueryBundle(query_str='...')."
+                f"{self.class_name()}: query_str must be a str, got {type(query).__name__}; "
+                "pass the user's question as query_str='...' or QueryBundle('...')."
             )
         if not query.strip():
             raise ValueError(

@@ -417,9 +417,17 @@ def _truncation_advice(loaded: _LoadedModel, query: str, long_text: str) -> str:
     that leaves no room for a window can be the cause."""
     if long_text != "windows":
         return "raise max_length, chunk documents smaller, or pass long_text='windows'."
+    overhead = loaded.encoder.pair_overhead(query)
+    if loaded.max_length is not None and overhead >= loaded.max_length:
+        return (
+            f"the query and special tokens alone take {overhead} of them, leaving no room for "
+            "a window of passage text: shorten the query or raise max_length."
+        )
+    # Windows are sized by counting their tokens alone; a tokenizer that splits a text
+    # differently inside the pair can leave a window a token or two over.
     return (
-        f"the query and special tokens alone take {loaded.encoder.pair_overhead(query)} of them, "
-        "leaving no room for a window of passage text: shorten the query or raise max_length."
+        "with long_text='windows' these are windows that tokenize longer inside the pair than "
+        "alone (a token or two cut from their end); raise max_length to avoid it."
     )
 
 

@@ -358,3 +358,10 @@ def test_the_llm_reranker_never_asks_about_a_node_without_text() -> None:
     assert all("no text" in n.node.metadata["rerank_error"] for n in result.nodes[2:])
     assert result.report.llm is not None and result.report.llm.judgements == 2
     assert (result.report.n_judged, result.report.n_skipped) == (2, 3)
+
+
+def test_a_query_str_of_the_wrong_type_is_named() -> None:
+    reranker = TableReranker(table=TABLE)
+    with pytest.raises(TypeError, match="query_str must be a str, got list"):
+        reranker.postprocess_nodes(nodes_for("a"), query_str=["q"])  # type: ignore[arg-type]
+    assert reranker.calls == 0
