@@ -14,9 +14,10 @@ import difflib
 import itertools
 import logging
 import math
+import threading
 import time
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from llama_index.core.bridge.pydantic import (
@@ -30,7 +31,7 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from llamaindex_rerankers.scoring import (
     fuse,
@@ -50,6 +51,13 @@ dispatcher = get_dispatcher(__name__)
 RERANK_SCORE = "rerank_score"
 RETRIEVAL_SCORE = "retrieval_score"
 RETRIEVAL_RANK = "retrieval_rank"
+#: Metadata key of an unjudged node's reason (also the LLM reranker's failed judgements).
+RERANK_ERROR = "rerank_error"
+#: The reason given to a node with no text: nothing to judge, so it is never sent to the model.
+NO_TEXT = (
+    "no text to judge (the node's text is empty or whitespace, e.g. an image node); "
+    "kept unjudged, never sent to the model"
+)
 
 
 #: The last report of each reranker instance, per thread / asyncio task (``last_report``).
@@ -62,6 +70,36 @@ _INSTANCE_IDS = itertools.count(1)
 
 #: Reranker classes by their ``class_name()``, so that a stored configuration is rebuilt by name.
 _CLASSES: dict[str, type[BaseReranker]] = {}
+
+
+class Once:
+    """A thread-safe "first time?" flag, for a warning an instance logs once, not per call.
+
+    A deep copy of an instance carries the flag's state (a copy of a reranker that has warned
+    does not warn again) with a lock of its own (locks cannot be copied).
+
+    Example:
+        >>> once = Once()
+        >>> once.first(), once.first()
+        (True, False)
+    """
+
+    def __init__(self, done: bool = False) -> None:
+        self._done = done
+        self._lock = threading.Lock()
+
+    def first(self) -> bool:
+        """True exactly once: for the first caller, in whatever thread."""
+        with self._lock:
+            done, self._done = self._done, True
+        return not done
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Once:
+        with self._lock:
+            return Once(self._done)
+
+    def __copy__(self) -> Once:
+        return self.__deepcopy__({})
 
 
 class RerankerEndEvent(ReRankEndEvent):
@@ -144,6 +182,22 @@ class BaseReranker(BaseNodePostprocessor):
                     + f"; valid arguments: {', '.join(valid)}."
                 )
         return data
+
+    # -- copies ---------------------------------------------------------------------------
+
+    def __copy__(self) -> Any:
+        copied = super().__copy__()
+        # A copy is another reranker: its own last_report, never the original's.
+        copied._instance_id = next(_INSTANCE_IDS)
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
+        """``copy.deepcopy`` and ``model_copy(deep=True)``: settings copied, so the copy's are
+        its own; private attributes deep-copied too, except objects that say how they are
+        copied (a loaded model is shared, see ``__deepcopy__`` on them); a new instance id."""
+        copied = super().__deepcopy__(memo)
+        copied._instance_id = next(_INSTANCE_IDS)
+        return copied
 
     # -- serialisation --------------------------------------------------------------------
 
@@ -237,28 +291,32 @@ class BaseReranker(BaseNodePostprocessor):
             >>> result.nodes[0].score, result.report.n_candidates  # doctest: +SKIP
             (0.93, 1)
         """
-        bundle, nodes = _bundle(query), list(nodes)
-        query_str, texts, report = self._begin(nodes, bundle)
+        nodes, bundle = _arguments(self, nodes, query, "rerank")
+        query_str, texts, todo, report = self._begin(nodes, bundle)
         if not nodes:
             return RerankResult([], report)
         with self._events(nodes, bundle, query_str) as finish:
             started = time.perf_counter()
-            judgements = self._judge(query_str, texts, report)
-            return finish(self._assemble(nodes, judgements, report), report, started)
+            judged = self._judge(query_str, texts, report) if texts else []
+            judgements = _with_unjudged(self, len(nodes), todo, judged)
+            out = self._assemble(nodes, judgements, report, _others(len(nodes), todo))
+            return finish(out, report, started)
 
     async def arerank(
         self, nodes: Sequence[NodeWithScore], query: str | QueryBundle
     ) -> RerankResult:
         """Async :meth:`rerank`: model inference runs off the event loop; safe for many
         concurrent tasks on one instance."""
-        bundle, nodes = _bundle(query), list(nodes)
-        query_str, texts, report = self._begin(nodes, bundle)
+        nodes, bundle = _arguments(self, nodes, query, "arerank")
+        query_str, texts, todo, report = self._begin(nodes, bundle)
         if not nodes:
             return RerankResult([], report)
         with self._events(nodes, bundle, query_str) as finish:
             started = time.perf_counter()
-            judgements = await self._ajudge(query_str, texts, report)
-            return finish(self._assemble(nodes, judgements, report), report, started)
+            judged = await self._ajudge(query_str, texts, report) if texts else []
+            judgements = _with_unjudged(self, len(nodes), todo, judged)
+            out = self._assemble(nodes, judgements, report, _others(len(nodes), todo))
+            return finish(out, report, started)
 
     @property
     def last_report(self) -> RerankReport | None:
@@ -280,30 +338,47 @@ class BaseReranker(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        return self.rerank(nodes, _require_query(self, query_bundle)).nodes
+        nodes, bundle = _arguments(
+            self, nodes, _require_query(self, query_bundle), "postprocess_nodes"
+        )
+        return self.rerank(nodes, bundle).nodes
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        return (await self.arerank(nodes, _require_query(self, query_bundle))).nodes
+        nodes, bundle = _arguments(
+            self, nodes, _require_query(self, query_bundle), "apostprocess_nodes"
+        )
+        return (await self.arerank(nodes, bundle)).nodes
 
     # -- shared machinery ---------------------------------------------------------------
 
     def _begin(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle
-    ) -> tuple[str, list[str], RerankReport]:
-        """Validate, then the query, the texts to judge and a fresh report (already the last
-        report when there is nothing to judge)."""
+    ) -> tuple[str, list[str], list[int], RerankReport]:
+        """Validate, then the query, the texts to judge, the indices of their nodes and a fresh
+        report (already the last report when there is nothing to judge).
+
+        A node without text of its own (an image node, ``TextNode(text="")``, whitespace) is
+        not judged: a score for it would be a score of its metadata or of nothing.
+        """
         query = self._validate(nodes, query_bundle)
         report = RerankReport(query=query, n_candidates=len(nodes))
         if not nodes:
             self._remember(report)
-        texts = [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
-        return query, texts, report
+        todo = [i for i, n in enumerate(nodes) if _has_text(n)]
+        report.n_skipped = len(nodes) - len(todo)
+        texts = [nodes[i].node.get_content(metadata_mode=self.metadata_mode) for i in todo]
+        return query, texts, todo, report
 
     def _validate(self, nodes: Sequence[NodeWithScore], query_bundle: QueryBundle) -> str:
         query = query_bundle.query_str
-        if not isinstance(query, str) or not query.strip():
+        if not isinstance(query, str):
+            raise TypeError(
+                f"{self.class_name()}: query_str must be a str, got {type(query).__name__}; "
+                "pass the user's question as query_str='...' or QueryBundle('...')."
+            )
+        if not query.strip():
             raise ValueError(
                 f"{self.class_name()} got an empty query string; pass the user's question as "
                 "query_str='...'."
@@ -322,8 +397,15 @@ class BaseReranker(BaseNodePostprocessor):
         return _RerankEvents(self, nodes, query_bundle, query)
 
     def _assemble(
-        self, nodes: Sequence[NodeWithScore], judgements: Sequence[Judgement], report: RerankReport
+        self,
+        nodes: Sequence[NodeWithScore],
+        judgements: Sequence[Judgement],
+        report: RerankReport,
+        textless: Sequence[int] = (),
     ) -> list[NodeWithScore]:
+        """The output nodes: judged by final score, then unjudged in retrieval order, then a
+        cascade's pruned ones, then the ``textless`` (nodes without text: no stage saw them,
+        so even a pruned node, which the first stage judged, says more)."""
         if len(judgements) != len(nodes):
             raise RuntimeError(
                 f"{self.class_name()} returned {len(judgements)} judgements for {len(nodes)} "
@@ -350,7 +432,11 @@ class BaseReranker(BaseNodePostprocessor):
             key=lambda i: (judgements[i].pruned_rank, i),
         )
         penalties = [j.penalty for j in judgements]
-        order = [i for i in rank_order(final, penalties) if not judgements[i].pruned] + pruned
+        last = set(textless)
+        order = [
+            i for i in rank_order(final, penalties) if not judgements[i].pruned and i not in last
+        ]
+        order += pruned + sorted(last)
         chosen = select(order, final, self.top_n, self.min_score)
 
         judged = [
@@ -439,8 +525,71 @@ class _RerankEvents:
         self._cb.__exit__(*exc)
 
 
-def _bundle(query: str | QueryBundle) -> QueryBundle:
-    return query if isinstance(query, QueryBundle) else QueryBundle(query_str=query)
+def _arguments(
+    reranker: BaseReranker, nodes: Any, query: Any, call: str
+) -> tuple[list[NodeWithScore], QueryBundle]:
+    """The nodes as a list and the query as a bundle, or a ``TypeError`` that says what was
+    passed instead (before any event fires). Arguments given the wrong way round are named as
+    such: both are sequences-or-strings, so the types alone would say something misleading."""
+    name = reranker.class_name()
+    if isinstance(nodes, str | QueryBundle) or _looks_like_nodes(query):
+        raise TypeError(
+            f"{name}.{call}() got the query where the nodes go: it looks like the arguments "
+            f"are swapped: {call}(nodes, query)."
+        )
+    if isinstance(query, QueryBundle):
+        bundle = query
+    elif isinstance(query, str):
+        bundle = QueryBundle(query_str=query)
+    else:
+        raise TypeError(
+            f"{name}.{call}(): query must be a str or QueryBundle, got {type(query).__name__}; "
+            f"pass the user's question as a string: {call}(nodes, 'how to prune apple trees')."
+        )
+    if isinstance(nodes, NodeWithScore) or not isinstance(nodes, Iterable):
+        raise TypeError(
+            f"{name}.{call}(): nodes must be a list of NodeWithScore, got {type(nodes).__name__}."
+        )
+    return list(nodes), bundle
+
+
+def _looks_like_nodes(value: Any) -> bool:
+    """Whether ``value`` is a node or a non-empty sequence of nodes (a misplaced argument)."""
+    if isinstance(value, NodeWithScore | BaseNode):
+        return True
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and bool(value)
+        and isinstance(value[0], NodeWithScore | BaseNode)
+    )
+
+
+def _has_text(node: NodeWithScore) -> bool:
+    """Whether the node has text of its own to judge (its metadata alone does not count)."""
+    return bool(node.node.get_content(metadata_mode=MetadataMode.NONE).strip())
+
+
+def _others(total: int, todo: Sequence[int]) -> list[int]:
+    """The indices in ``range(total)`` that are not in ``todo``."""
+    given = set(todo)
+    return [i for i in range(total) if i not in given]
+
+
+def _with_unjudged(
+    reranker: BaseReranker, total: int, todo: Sequence[int], judged: Sequence[Judgement]
+) -> list[Judgement]:
+    """One judgement per node: the reranker's for the nodes it was given (``todo``), "not
+    judged, no text" for the others."""
+    if len(judged) != len(todo):
+        raise RuntimeError(
+            f"{reranker.class_name()} returned {len(judged)} judgements for {len(todo)} "
+            "nodes; this is a bug in the reranker."
+        )
+    out = [Judgement(None, {RERANK_ERROR: NO_TEXT})] * total
+    for i, j in zip(todo, judged, strict=True):
+        out[i] = j
+    return out
 
 
 def _require_query(reranker: BaseReranker, query_bundle: QueryBundle | None) -> QueryBundle:

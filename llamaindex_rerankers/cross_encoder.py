@@ -30,7 +30,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 
 from llamaindex_rerankers._imports import require
 from llamaindex_rerankers._models import ModelLoadError, model_location
-from llamaindex_rerankers.base import BaseReranker
+from llamaindex_rerankers.base import BaseReranker, Once
 from llamaindex_rerankers.cross_encoder_backends import (
     OnnxRunner,
     PairEncoder,
@@ -102,7 +102,16 @@ class CrossEncoderReranker(BaseReranker):
     The score of a passage is ``sigmoid(logit)`` of the model's single output logit, so it lies in
     (0, 1) whatever activation the model was saved with; the raw logit is kept in the node
     metadata as ``rerank_logit``. Pairs longer than ``max_length`` tokens are truncated by the
-    model; each such node gets ``rerank_truncated=True`` and one warning is logged per call.
+    model; each such node gets ``rerank_truncated=True``, each call's report counts them
+    (``report.cross_encoder.truncated``) and one warning is logged per instance (not per call).
+
+    The model must be a cross-encoder: a model without a trained classification head (an
+    embedding model, a base BERT), on which transformers would put a random one, raises
+    :class:`ModelLoadError` when it loads. ``model`` may be a hub id, a path string or a
+    ``pathlib.Path`` (stored as a string). Nodes without text (an image node, empty or
+    whitespace text) are not scored: they stay unjudged (``score=None``), after the others.
+    ``copy.deepcopy`` (or ``model_copy(deep=True)``) of a loaded reranker shares the loaded
+    model; the copy's settings are its own.
 
     Long passages (``long_text="windows"``): a passage whose pair would be cut is split into
     overlapping windows that each fit ``max_length`` with the query and the special tokens
@@ -160,7 +169,8 @@ class CrossEncoderReranker(BaseReranker):
 
     model: str = Field(
         default_factory=default_cross_encoder,
-        description="Hugging Face hub id or local path of a one-logit cross-encoder. Default: "
+        description="Hugging Face hub id or local path (str or os.PathLike, stored as str) of a "
+        "one-logit cross-encoder. Default: "
         f"${CROSS_ENCODER_ENV} if set, else {DEFAULT_CROSS_ENCODER}.",
     )
     batch_size: int = Field(default=32, ge=1, description="Pairs per forward pass.")
@@ -247,11 +257,22 @@ class CrossEncoderReranker(BaseReranker):
         "processor_kwargs / tokenizer_kwargs); JSON-safe values.",
     )
 
-    _loaded: _LoadedModel | None = PrivateAttr(default=None)
+    #: The loaded model and the settings it was loaded for (a copy whose settings were then
+    #: changed loads, or fetches, the model its own settings name).
+    _loaded: tuple[tuple[Any, ...], _LoadedModel] | None = PrivateAttr(default=None)
+    #: The truncation warning is logged once per instance; each call's report has the count.
+    _truncation_warned: Once = PrivateAttr(default_factory=Once)
 
     @classmethod
     def class_name(cls) -> str:
         return "CrossEncoderReranker"
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_path_as_str(cls, value: Any) -> Any:
+        # A pathlib.Path (any os.PathLike) names a local model; stored as str so that the
+        # configuration round-trips through to_dict / from_dict.
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("window_overlap")
     @classmethod
@@ -286,23 +307,26 @@ class CrossEncoderReranker(BaseReranker):
         return self._load().model
 
     def _load(self) -> _LoadedModel:
-        if self._loaded is None:
-            self._loaded = _load_cross_encoder(
-                _ModelSettings(
-                    name=self.model,
-                    device=self.device,
-                    max_length=self.max_length,
-                    trust_remote_code=self.trust_remote_code,
-                    revision=self.revision,
-                    backend=self.backend,
-                    model_kwargs=self.model_kwargs,
-                    tokenizer_kwargs=self.tokenizer_kwargs,
-                    quantize=self.quantize,
-                    # Threads belong to an ONNX Runtime session; torch's are set per call.
-                    threads=self.threads if self.backend == "onnx" else None,
-                )
-            )
-        return self._loaded
+        settings = _ModelSettings(
+            name=self.model,
+            device=self.device,
+            max_length=self.max_length,
+            trust_remote_code=self.trust_remote_code,
+            revision=self.revision,
+            backend=self.backend,
+            model_kwargs=self.model_kwargs,
+            tokenizer_kwargs=self.tokenizer_kwargs,
+            quantize=self.quantize,
+            # Threads belong to an ONNX Runtime session; torch's are set per call.
+            threads=self.threads if self.backend == "onnx" else None,
+        )
+        key = settings.key()
+        held = self._loaded
+        if held is not None and held[0] == key:
+            return held[1]
+        loaded = _load_cross_encoder(settings)
+        self._loaded = (key, loaded)
+        return loaded
 
     @property
     def effective_precision(self) -> str:
@@ -324,14 +348,17 @@ class CrossEncoderReranker(BaseReranker):
         over = dict(zip(pair_texts, over_flags, strict=True))
         cut = {t: any(over[w.text] for w in ws) for t, ws in zip(unique, spans, strict=True)}
         n_cut = sum(cut[t] for t in texts)
-        if n_cut:
+        # Once per instance: a loop over queries would repeat the same advice on every call;
+        # each call's report still counts its truncated passages.
+        if n_cut and self._truncation_warned.first():
             logger.warning(
                 "%d of %d (query, passage) pairs exceed max_length=%s tokens and were truncated "
-                "(see node metadata 'rerank_truncated'); raise max_length, chunk documents "
-                "smaller, or pass long_text='windows'.",
+                "(see node metadata 'rerank_truncated' and report.cross_encoder.truncated; "
+                "this warning is logged once per reranker); %s",
                 n_cut,
                 len(texts),
                 loaded.max_length,
+                _truncation_advice(loaded, query, self.long_text),
             )
         by_pair = dict(zip(pair_texts, logits, strict=True))
         split = [ws for ws in spans if len(ws) > 1]
@@ -383,6 +410,25 @@ def _windows_of(
     if budget < 1:  # the query alone fills max_length: nothing to window
         return [[Window(0, t)] for t in texts]
     return [split_windows(t, budget, loaded.encoder.count_tokens, overlap) for t in texts]
+
+
+def _truncation_advice(loaded: _LoadedModel, query: str, long_text: str) -> str:
+    """What to do about truncated pairs: windows split passages, so with them only a query
+    that leaves no room for a window can be the cause."""
+    if long_text != "windows":
+        return "raise max_length, chunk documents smaller, or pass long_text='windows'."
+    overhead = loaded.encoder.pair_overhead(query)
+    if loaded.max_length is not None and overhead >= loaded.max_length:
+        return (
+            f"the query and special tokens alone take {overhead} of them, leaving no room for "
+            "a window of passage text: shorten the query or raise max_length."
+        )
+    # Windows are sized by counting their tokens alone; a tokenizer that splits a text
+    # differently inside the pair can leave a window a token or two over.
+    return (
+        "with long_text='windows' these are windows that tokenize longer inside the pair than "
+        "alone (a token or two cut from their end); raise max_length to avoid it."
+    )
 
 
 def _best_window(
@@ -449,6 +495,11 @@ class _LoadedModel:
     runner: TorchRunner | OnnxRunner
     max_length: int | None
     device_type: str
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _LoadedModel:
+        # Shared, never copied: it is the process-wide cached model (read-only to its users),
+        # and its tokenizer lock cannot be copied. A deep copy of a reranker reuses it.
+        return self
 
     def score(
         self, query: str, texts: Sequence[str], batch_size: int, precision: str
@@ -575,9 +626,57 @@ def _load_uncached(settings: _ModelSettings) -> Any:
         raise ModelLoadError(
             f"Could not load cross-encoder {name!r} ({type(exc).__name__}: {exc}). {how_to_fix}"
         ) from exc
+    _check_trained_head(model.model, name, how_to_fix)
     if model.num_labels != 1:
         raise ModelLoadError(
             f"Cross-encoder {name!r} has {model.num_labels} output labels; CrossEncoderReranker "
             f"needs a one-logit relevance model (num_labels=1). {how_to_fix}"
         )
     return model
+
+
+#: What a model must be saved as: a transformers sequence-classification model.
+_CLASSIFIER_SUFFIX = "ForSequenceClassification"
+
+
+def _check_trained_head(hf_model: Any, name: str, how_to_fix: str) -> None:
+    """Refuse a model whose classification head was not in its checkpoint.
+
+    Loading any encoder (an embedding model, a base BERT) as a cross-encoder "works": transformers
+    puts a randomly initialised head on it, so the scores are noise (about 0.5) and differ
+    between processes. Two signals, either is enough: the config's ``architectures`` (what the
+    model was saved as) names no ``*ForSequenceClassification`` class; or head parameters were
+    left without transformers' "loaded from the checkpoint" mark (``_is_hf_initialized``, read
+    only when the loaded weights carry it, so that a transformers without it cannot trip this).
+
+    Raises:
+        ModelLoadError: saying what the model is and what to pass instead.
+    """
+    config = getattr(hf_model, "config", None)
+    saved_as = list(getattr(config, "architectures", None) or [])
+    pass_instead = (
+        "CrossEncoderReranker needs a cross-encoder: a sequence-classification model with a "
+        "trained one-logit head, such as cross-encoder/ms-marco-MiniLM-L-6-v2. "
+        "(An embedding model belongs in the pipeline's embed_model, not here.) " + how_to_fix
+    )
+    if saved_as and not any(a.endswith(_CLASSIFIER_SUFFIX) for a in saved_as):
+        raise ModelLoadError(
+            f"{name!r} is not a cross-encoder: it was saved as {', '.join(saved_as)}, without "
+            "a classification head, so transformers would add a randomly initialised one and "
+            f"every score would be noise. {pass_instead}"
+        )
+    params = list(hf_model.named_parameters())
+    if not any(getattr(p, "_is_hf_initialized", False) for _, p in params):
+        return  # this transformers does not mark loaded weights: nothing more to read
+    prefix = f"{getattr(hf_model, 'base_model_prefix', '')}."
+    fresh = [
+        n
+        for n, p in params
+        if not n.startswith(prefix) and not getattr(p, "_is_hf_initialized", False)
+    ]
+    if fresh:
+        raise ModelLoadError(
+            f"{name!r} has no trained classification head: {', '.join(fresh)} not in the "
+            "checkpoint, so transformers initialised them randomly and every score would be "
+            f"noise. {pass_instead}"
+        )

@@ -202,10 +202,25 @@ class PairEncoder:
         return len(ids)
 
     def pair_overhead(self, query: str) -> int:
-        """Tokens of the pair (query, "") untruncated: what the query and special tokens take."""
+        """Tokens a pair spends besides its passage: the query's and every special token.
+
+        Not ``len(tokenizer(query, ""))``: an empty second text makes no pair, so BERT's second
+        [SEP] would be missing and every window one token too long for ``max_length``.
+        """
         with self.lock:
-            ids = self.tokenizer(query, "", truncation=False, verbose=False)["input_ids"]
-        return len(ids)
+            query_ids = self.tokenizer(
+                query, add_special_tokens=False, truncation=False, verbose=False
+            )["input_ids"]
+            specials = self.tokenizer.num_special_tokens_to_add(pair=True)
+            # A probe passage measures the same thing for tokenizers whose specials count
+            # differently (its own tokens taken off).
+            probe = len(self.tokenizer(query, "a", truncation=False, verbose=False)["input_ids"])
+            probe -= len(
+                self.tokenizer("a", add_special_tokens=False, truncation=False, verbose=False)[
+                    "input_ids"
+                ]
+            )
+        return max(len(query_ids) + specials, probe)
 
     def batches(
         self, encoded: EncodedPairs, batch_size: int

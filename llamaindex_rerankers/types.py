@@ -161,7 +161,10 @@ class RerankReport:
         n_candidates: nodes received.
         n_returned: nodes returned after ``min_score`` and ``top_n``.
         n_judged: nodes the reranker judged (scored).
-        n_unjudged: nodes the reranker could not judge (kept, never dropped).
+        n_unjudged: nodes the reranker could not judge (kept, never dropped), those in
+            ``n_skipped`` included: ``n_judged + n_unjudged + n_pruned == n_candidates``.
+        n_skipped: nodes with no text to judge (an image node, empty or whitespace text): never
+            sent to the model, kept unjudged with the reason in ``rerank_error``.
         n_pruned: nodes a multi-stage reranker kept from its last stage (placed last).
         best_score: highest rerank score among judged nodes, ``None`` if none was judged.
         retrieval_weight: the first-stage weight this call used (the number that
@@ -177,6 +180,7 @@ class RerankReport:
     n_judged: int = 0
     n_unjudged: int = 0
     n_pruned: int = 0
+    n_skipped: int = 0
     best_score: float | None = None
     retrieval_weight: float | None = None
     seconds: float = 0.0
@@ -186,8 +190,9 @@ class RerankReport:
     @property
     def failed(self) -> bool:
         """True when there were candidates but none could be judged (an outage, not an
-        abstention: the passages were never looked at)."""
-        return self.n_candidates > 0 and self.n_judged == 0 and self.n_unjudged > 0
+        abstention: the passages were never looked at). Nodes without text (``n_skipped``)
+        were not for judging, so they alone are no failure."""
+        return self.n_judged == 0 and self.n_unjudged - self.n_skipped > 0
 
     def add_usage(self, other: RerankReport) -> None:
         """Add another report's backend figures (a cascade's stages) to this one."""
@@ -205,6 +210,7 @@ class RerankReport:
             "n_judged": self.n_judged,
             "n_unjudged": self.n_unjudged,
             "n_pruned": self.n_pruned,
+            "n_skipped": self.n_skipped,
             "best_score": self.best_score,
             "retrieval_weight": self.retrieval_weight,
             "seconds": self.seconds,

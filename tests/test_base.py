@@ -7,6 +7,7 @@ every expected order can be written down by hand.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 from collections.abc import Sequence
@@ -18,7 +19,8 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+from scripted_judge import DistributionClient
 from table_reranker import TableReranker
 
 from llamaindex_rerankers.base import Judgement, RerankReport
@@ -237,3 +239,129 @@ def test_wrong_number_of_judgements_is_a_loud_bug() -> None:
 
     with pytest.raises(RuntimeError, match="2 nodes"):
         Broken().postprocess_nodes(nodes_for("a", "b"), query_str="q")
+
+
+# -- nodes without text ------------------------------------------------------------------
+
+
+def _textless_mix() -> list[NodeWithScore]:
+    return [
+        NodeWithScore(node=TextNode(text="a", id_="a"), score=5.0),
+        NodeWithScore(node=TextNode(text="", id_="empty"), score=4.0),
+        NodeWithScore(node=ImageNode(image_url="https://example.org/x.png", id_="img"), score=3.0),
+        NodeWithScore(node=TextNode(text=" \n\t ", id_="blank", metadata={"t": "x"}), score=2.0),
+        NodeWithScore(node=TextNode(text="b", id_="b"), score=1.0),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_nodes_without_text_are_unjudged_and_never_sent_to_the_judge(mode: str) -> None:
+    reranker = TableReranker(table=TABLE)
+    nodes = _textless_mix()
+    if mode == "sync":
+        result = reranker.rerank(nodes, "q")
+    else:
+        result = asyncio.run(reranker.arerank(nodes, "q"))
+    assert reranker.seen == ["a", "b"]  # only the nodes with text reach the model
+    assert ids(result.nodes) == ["b", "a", "empty", "img", "blank"]
+    assert [n.score for n in result.nodes] == [0.9, 0.2, None, None, None]
+    for n in result.nodes[2:]:
+        assert n.node.metadata["rerank_score"] is None
+        assert "no text" in n.node.metadata["rerank_error"]
+    report = result.report
+    assert (report.n_candidates, report.n_judged, report.n_unjudged, report.n_skipped) == (
+        5,
+        2,
+        3,
+        3,
+    )
+    assert report.to_dict()["n_skipped"] == 3
+    assert not report.failed  # nothing to judge is not an outage
+
+
+def test_only_nodes_without_text_call_no_model_and_are_no_failure() -> None:
+    reranker = TableReranker(table=TABLE, top_n=1, min_score=0.5)
+    result = reranker.rerank(_textless_mix()[1:4], "q")
+    assert reranker.calls == 0
+    assert ids(result.nodes) == ["empty"]  # unjudged nodes are never dropped by min_score
+    assert result.report.n_skipped == result.report.n_unjudged == 3
+    assert not result.report.failed
+    assert result.report.llm is None  # no model ran
+
+
+# -- wrong argument types ----------------------------------------------------------------
+
+
+def _call(reranker: TableReranker, how: str, nodes: Any, query: Any) -> Any:
+    if how == "rerank":
+        return reranker.rerank(nodes, query)
+    if how == "arerank":
+        return asyncio.run(reranker.arerank(nodes, query))
+    if how == "postprocess_nodes":
+        return reranker.postprocess_nodes(nodes, query)
+    return asyncio.run(reranker.apostprocess_nodes(nodes, query))
+
+
+CALLS = ["rerank", "arerank", "postprocess_nodes", "apostprocess_nodes"]
+
+
+@pytest.mark.parametrize("how", CALLS)
+@pytest.mark.parametrize("query", [["q"], 42, QueryBundle(query_str=["q"])])  # type: ignore[arg-type]
+def test_a_query_of_the_wrong_type_is_named(how: str, query: Any, recorder: Recorder) -> None:
+    reranker = TableReranker(table=TABLE)
+    with pytest.raises(TypeError, match=r"must be a str.*got (list|int)") as info:
+        _call(reranker, how, nodes_for("a"), query)
+    assert "empty" not in str(info.value)
+    assert reranker.calls == 0 and recorder.events == []
+
+
+@pytest.mark.parametrize("how", ["rerank", "arerank"])
+def test_a_none_query_is_named(how: str, recorder: Recorder) -> None:
+    reranker = TableReranker(table=TABLE)
+    with pytest.raises(TypeError, match="query must be a str or QueryBundle, got NoneType"):
+        _call(reranker, how, nodes_for("a"), None)
+    assert reranker.calls == 0 and recorder.events == []
+
+
+@pytest.mark.parametrize("how", CALLS)
+def test_swapped_arguments_are_named_as_such(how: str, recorder: Recorder) -> None:
+    reranker = TableReranker(table=TABLE)
+    with pytest.raises(TypeError, match=r"arguments are swapped: \w+\(nodes, query\)"):
+        _call(reranker, how, "q", nodes_for("a"))
+    with pytest.raises(TypeError, match="swapped"):
+        _call(reranker, how, QueryBundle("q"), nodes_for("a"))
+    assert reranker.calls == 0 and recorder.events == []
+
+
+# -- copies ------------------------------------------------------------------------------
+
+
+def test_a_copy_is_another_reranker_with_its_own_last_report() -> None:
+    reranker = TableReranker(table=TABLE)
+    reranker.rerank(nodes_for("a"), "q")
+    for copied in (copy.deepcopy(reranker), reranker.model_copy(), reranker.model_copy(deep=True)):
+        assert copied.last_report is None
+        copied.top_n = 1
+        assert reranker.top_n is None
+
+
+def test_the_llm_reranker_never_asks_about_a_node_without_text() -> None:
+    from llamaindex_rerankers.llm import LLMReranker
+    from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
+
+    client = DistributionClient(lambda passage: (0.1, 0.0, 0.9), prior=(0.9, 0.1, 0.0))
+    reranker = LLMReranker(model="scripted", client=client, cache=None)
+    result = reranker.rerank(_textless_mix(), "q")
+    asked = [p for p in client.requests if p not in CONTENT_FREE_PASSAGES]
+    assert sorted(asked) == ["a", "b"]
+    assert ids(result.nodes)[2:] == ["empty", "img", "blank"]
+    assert all("no text" in n.node.metadata["rerank_error"] for n in result.nodes[2:])
+    assert result.report.llm is not None and result.report.llm.judgements == 2
+    assert (result.report.n_judged, result.report.n_skipped) == (2, 3)
+
+
+def test_a_query_str_of_the_wrong_type_is_named() -> None:
+    reranker = TableReranker(table=TABLE)
+    with pytest.raises(TypeError, match="query_str must be a str, got list"):
+        reranker.postprocess_nodes(nodes_for("a"), query_str=["q"])  # type: ignore[arg-type]
+    assert reranker.calls == 0

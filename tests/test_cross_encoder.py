@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
 import logging
 import math
 import re
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llama_index.core.schema import NodeWithScore, TextNode
+from llama_index.core.schema import ImageNode, NodeWithScore, TextNode
 
 from llamaindex_rerankers import BaseReranker
 from llamaindex_rerankers import cross_encoder as ce_module
@@ -361,3 +363,135 @@ def test_a_flagged_passage_goes_after_every_clean_one_whatever_its_score(
 
     together = asyncio.run(flagging.apostprocess_nodes(nodes, query_str=PRUNING))
     assert [(n.node.text, n.score) for n in together] == [(n.node.text, n.score) for n in out]
+
+
+# -- a model that is not a cross-encoder ---------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_an_embedding_model_is_refused_not_given_a_random_head(
+    embed_model_path: str, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLAMAINDEX_RERANKERS_CACHE", str(tmp_path))  # no export left behind
+    with pytest.raises(ModelLoadError) as info:
+        CrossEncoderReranker(model=embed_model_path, backend=backend).load()
+    message = str(info.value)
+    assert embed_model_path in message
+    assert "BertModel" in message and "classification head" in message
+    assert "model=" in message  # what to pass instead
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_a_classifier_config_without_head_weights_is_refused(
+    embed_model_path: str, tmp_path: Path
+) -> None:
+    # The embedding model's files, with a config that claims a classification head it lacks.
+    folder = tmp_path / "claims-a-head"
+    folder.mkdir()
+    for item in Path(embed_model_path).iterdir():
+        if item.name not in ("config.json", "modules.json", "sentence_bert_config.json"):
+            (folder / item.name).symlink_to(item)
+    config = json.loads((Path(embed_model_path) / "config.json").read_text())
+    config["architectures"] = ["BertForSequenceClassification"]
+    config["num_labels"] = 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"classifier\.weight") as info:
+        CrossEncoderReranker(model=str(folder)).load()
+    assert "not in the checkpoint" in str(info.value)
+
+
+def test_the_real_cross_encoder_passes_the_check(reranker: CrossEncoderReranker) -> None:
+    assert reranker.load().model.config.architectures == ["BertForSequenceClassification"]
+
+
+# -- nodes without text --------------------------------------------------------------------
+
+
+def test_nodes_without_text_are_unjudged_not_scored(reranker: CrossEncoderReranker) -> None:
+    nodes = [
+        NodeWithScore(node=ImageNode(image_url="https://example.org/tree.png", id_="img"), score=3),
+        NodeWithScore(node=TextNode(id_="empty", text=""), score=2.0),
+        NodeWithScore(node=TextNode(id_="blank", text="   "), score=1.5),
+        NodeWithScore(node=TextNode(id_="text", text="Prune apple trees in winter."), score=1.0),
+    ]
+    result = reranker.rerank(nodes, "how to prune apple trees")
+    assert [n.node.node_id for n in result.nodes] == ["text", "img", "empty", "blank"]
+    assert result.nodes[0].score is not None and result.nodes[0].score > 0.5
+    assert [n.score for n in result.nodes[1:]] == [None, None, None]
+    assert all("no text" in n.node.metadata["rerank_error"] for n in result.nodes[1:])
+    assert "rerank_logit" not in result.nodes[1].node.metadata
+    report = result.report
+    assert (report.n_judged, report.n_unjudged, report.n_skipped) == (1, 3, 3)
+    assert report.cross_encoder is not None and report.cross_encoder.pairs == 1
+
+
+# -- the truncation warning ------------------------------------------------------------------
+
+
+def test_the_truncation_warning_is_logged_once_per_instance_and_counted_per_call(
+    ce_model_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    nodes = [NodeWithScore(node=TextNode(text=" ".join(["pruning"] * 60)), score=1.0)]
+    short = CrossEncoderReranker(model=ce_model_path, max_length=32)
+    with caplog.at_level(logging.WARNING, logger=ce_module.__name__):
+        results = [short.rerank(nodes, f"query {i}") for i in range(3)]
+        barrier = threading.Barrier(4)
+
+        def call() -> None:
+            barrier.wait()
+            short.rerank(nodes, "another query")
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        fresh = CrossEncoderReranker(model=ce_model_path, max_length=32)
+        fresh.rerank(nodes, "q")
+    warnings = [r for r in caplog.records if r.name == ce_module.__name__]
+    assert len(warnings) == 2  # one for `short`, one for `fresh`
+    assert all(r.report.cross_encoder.truncated == 1 for r in results)  # type: ignore[union-attr]
+
+
+# -- paths -----------------------------------------------------------------------------------
+
+
+def test_a_path_object_is_accepted_as_the_model(
+    ce_model_path: str, reranker: CrossEncoderReranker
+) -> None:
+    by_path = CrossEncoderReranker(model=Path(ce_model_path), precision="float32")
+    assert by_path.model == ce_model_path and isinstance(by_path.model, str)
+    config = by_path.to_dict()
+    assert config["model"] == ce_model_path
+    assert BaseReranker.from_dict(config).to_dict() == config
+    assert by_path.load() is reranker.load()  # the same cached model as the str spelling
+
+
+# -- copies ----------------------------------------------------------------------------------
+
+
+def test_a_loaded_reranker_can_be_deep_copied(
+    reranker: CrossEncoderReranker, ce_model_path: str
+) -> None:
+    nodes = [
+        NodeWithScore(node=TextNode(id_="a", text="Prune apple trees in late winter."), score=1),
+        NodeWithScore(node=TextNode(id_="b", text="The stock fell two percent."), score=0.5),
+    ]
+    query = "when to prune apple trees"
+    want = reranker.rerank(nodes, query)
+    for copied in (copy.deepcopy(reranker), reranker.model_copy(deep=True)):
+        assert copied.load() is reranker.load()  # the loaded model is shared, not copied
+        got = copied.rerank(nodes, query)
+        assert [(n.node.node_id, n.score) for n in got.nodes] == [
+            (n.node.node_id, n.score) for n in want.nodes
+        ]
+        copied.top_n = 1
+        assert reranker.top_n is None
+        assert len(copied.rerank(nodes, query).nodes) == 1
+        assert len(reranker.rerank(nodes, query).nodes) == 2
+    # A copy whose model settings change gets the model those settings name.
+    changed = copy.deepcopy(reranker)
+    changed.max_length = 64
+    assert changed.load() is not reranker.load()
+    assert changed.load().max_seq_length == 64
+    assert reranker.load().max_seq_length != 64

@@ -3,11 +3,14 @@ cross-encoder and on the LLM reranker through a scripted chat client."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 from scripted_judge import DistributionClient
 
 from llamaindex_rerankers import CrossEncoderReranker
+from llamaindex_rerankers import cross_encoder as ce_module
 from llamaindex_rerankers.llm import LLMReranker
 from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
 
@@ -57,6 +60,49 @@ def test_windows_find_the_answer_past_the_cut_that_truncation_misses(ce_model_pa
     assert (usage.pairs, usage.windowed, usage.windows, usage.deduplicated) == (3, 1, 2, 1)
     assert usage.truncated == 0
     assert result.report.to_dict()["cross_encoder"]["windows"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_length", [32, 48, 128])
+def test_windows_that_fit_are_not_reported_truncated(
+    ce_model_path: str, max_length: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Windows are sized to fill max_length exactly with the query and every special token (a
+    BERT pair ends with a second [SEP]): none is cut, flagged, counted or warned about."""
+    passage = "Apple trees are pruned in late winter while dormant. " * 12
+    r = CrossEncoderReranker(
+        model=ce_model_path, device="cpu", max_length=max_length, long_text="windows"
+    )
+    with caplog.at_level(logging.WARNING, logger="llamaindex_rerankers.cross_encoder"):
+        result = r.rerank(nodes_of(passage, OTHER), QUERY)
+    meta = result.nodes[0].node.metadata
+    assert meta["rerank_windows"] > 1
+    assert meta["rerank_truncated"] is False
+    assert result.report.cross_encoder is not None
+    assert result.report.cross_encoder.truncated == 0
+    assert not [rec for rec in caplog.records if "truncated" in rec.getMessage()]
+    # Each window really fits: the tokenizer cuts none of the pairs.
+    loaded = r._load()
+    windows = ce_module._windows_of(loaded, QUERY, [passage], r.window_overlap, "windows")[0]
+    assert len(windows) > 1
+    assert loaded.encoder.encode(QUERY, [w.text for w in windows]).truncated == [False] * len(
+        windows
+    )
+
+
+@pytest.mark.slow
+def test_a_query_that_fills_max_length_is_truncated_with_its_own_advice(
+    ce_model_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_query = " ".join(["apple tree pruning in winter"] * 10)
+    r = CrossEncoderReranker(model=ce_model_path, device="cpu", max_length=16, long_text="windows")
+    with caplog.at_level(logging.WARNING, logger="llamaindex_rerankers.cross_encoder"):
+        result = r.rerank(nodes_of(LONG), long_query)
+    assert result.nodes[0].node.metadata["rerank_truncated"] is True
+    assert result.report.cross_encoder is not None and result.report.cross_encoder.truncated == 1
+    (warning,) = [rec.getMessage() for rec in caplog.records if "truncated" in rec.getMessage()]
+    assert "pass long_text='windows'" not in warning
+    assert "query" in warning
 
 
 @pytest.mark.slow

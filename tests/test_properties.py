@@ -117,7 +117,8 @@ def expected_order(
     total = len(nodes)
     final: list[float | None] = []
     for i, n in enumerate(nodes):
-        s = usable(table[n.node.get_content()])
+        # A node without text is not judged (whatever the scorer would say of "").
+        s = usable(table[n.node.get_content()]) if n.node.get_content().strip() else None
         cut = 1.0 - (penalties or {}).get(n.node.get_content(), 0.0)
         final.append(None if s is None else fuse(s, rank_prior(i, total), weight) * cut)
     pen = [(penalties or {}).get(n.node.get_content(), 0.0) for n in nodes]
@@ -125,8 +126,9 @@ def expected_order(
         (i for i in range(total) if final[i] is not None),
         key=lambda i: (-final[i], pen[i]),  # type: ignore[operator]
     )
-    unjudged = [i for i in range(total) if final[i] is None]
-    order = judged + unjudged
+    textless = [i for i in range(total) if not nodes[i].node.get_content().strip()]
+    unjudged = [i for i in range(total) if final[i] is None and i not in textless]
+    order = judged + unjudged + textless  # nodes without text go last
     kept = [i for i in order if min_score is None or final[i] is None or final[i] >= min_score]  # type: ignore[operator]
     if top_n is not None:
         kept = kept[:top_n]
@@ -286,16 +288,20 @@ def test_cascade_keeps_everything_and_orders_survivors_before_the_pruned(
     expected_len = len(nodes) if top_n is None else min(top_n, len(nodes))
     assert len(out) == expected_len and len(set(ids(out))) == len(out)
     check_scores_and_tail(out)
-    # The first stage's order over all candidates (ties by input order, unjudged last).
-    s1 = [usable(table1[n.node.get_content()]) for n in nodes]
-    stage1_order = sorted(range(len(nodes)), key=lambda i: (s1[i] is None, -(s1[i] or 0.0)))
+    # The first stage's order over the candidates with text (ties by input order, unjudged
+    # last); nodes without text are judged by no stage and come after the pruned ones.
+    texted = [i for i, n in enumerate(nodes) if n.node.get_content().strip()]
+    textless = [nodes[i].node.node_id for i in range(len(nodes)) if i not in texted]
+    s1 = {i: usable(table1[nodes[i].node.get_content()]) for i in texted}
+    stage1_order = sorted(texted, key=lambda i: (s1[i] is None, -(s1[i] or 0.0)))
     survivors = {nodes[i].node.node_id for i in stage1_order[:keep]}
     pruned = [nodes[i].node.node_id for i in stage1_order[keep:]]
-    n_survivors = min(keep, len(nodes))
+    n_survivors = min(keep, len(texted))
     head, tail = ids(out[:n_survivors]), ids(out[n_survivors:])
     assert set(head) <= survivors
-    assert tail == pruned[: len(tail)]  # the cut candidates, in first-stage order
-    assert report.n_pruned == len(nodes) - n_survivors
+    assert tail == (pruned + textless)[: len(tail)]  # the cut candidates, in first-stage order
+    assert report.n_pruned == len(texted) - n_survivors
+    assert report.n_skipped == len(textless)
 
 
 # -- a real model ----------------------------------------------------------------------------
@@ -331,7 +337,8 @@ def test_cross_encoder_invariants_and_batch_size_independence(
     assert snapshot(nodes) == before
     assert len(out) == (len(nodes) if top_n is None else min(top_n, len(nodes)))
     check_scores_and_tail(out)
-    assert all(n.score is not None for n in out)  # a cross-encoder judges every passage
+    # A cross-encoder judges every passage with text; one without text is left unjudged.
+    assert all((n.score is not None) == bool(n.node.get_content().strip()) for n in out)
     # Same passages, same scores whatever the batch size (padding noise only).
     by_id = {n.node.node_id: n.score for n in out}
     for n in out_b:
