@@ -241,6 +241,8 @@ def _quiet_third_parties() -> None:
         "huggingface_hub",
         # Warns once per file read that llama-index-readers-file (PDF, DOCX, ...) is absent.
         "llama_index.core.readers.file.base",
+        # Warns at each retry of the answer LLM; if it fails for good, one error line says so.
+        "llama_index.llms.openai.utils",
     )
     for name in noisy:
         logging.getLogger(name).setLevel(logging.ERROR)
