@@ -337,6 +337,18 @@ def test_model_loading_is_timed_apart_from_the_queries(tiny: tuple[Dataset, Run]
     assert runs["none"].load_s is None
     (scored, _) = score_runs(dataset, runs)
     assert scored.row()["load_s"] == slow.load_s and scored.latency_p95_s < 0.2
+    # A cascade's stages are loaded too (its first stage is the cross-encoder).
+    from llamaindex_rerankers.cascade import CascadeReranker
+
+    cascade = CascadeReranker(
+        first=LoadsSlowly(table=table), second=TableReranker(table=table), keep=2
+    )
+    runs = run_rerankers(
+        dataset, RunFileStage(dataset, run), {"cascade": cascade},
+        top_k=3, top_n=2, show_progress=False,
+    )  # fmt: skip
+    assert max(o.latency_s for o in runs["cascade"].outcomes.values()) < 0.2
+    assert (runs["cascade"].load_s or 0) >= 0.4
 
 
 # -- the table: means, integer counts, the essentials -------------------------------------------
