@@ -368,3 +368,68 @@ def test_demo_shows_both_orders_and_abstains_off_topic(cli_env: dict[str, str]) 
     # Only the off-topic last question (timing belts) has no relevant source.
     assert ["-> abstain" in b for b in blocks] == [False, False, False, True]
     assert "Traceback" not in proc.stderr
+
+
+# -- answers through a custom endpoint (--llm-base-url) -------------------------------------------
+
+
+def test_answer_follows_llm_base_url_unless_no_answer() -> None:
+    from llamaindex_rerankers.cli.commands import wants_answer
+    from llamaindex_rerankers.cli.parser import build_parser
+
+    base = ["query", "q", "--persist-dir", "D"]
+    url = ["--llm-base-url", "http://127.0.0.1:9/v1"]
+    parse = build_parser().parse_args
+    assert wants_answer(parse(base)) is False
+    assert wants_answer(parse([*base, "--answer"])) is True
+    assert wants_answer(parse([*base, *url])) is True  # documented: the URL implies --answer
+    assert wants_answer(parse([*base, *url, "--no-answer"])) is False
+    assert wants_answer(parse([*base, *url, "--json"])) is False
+
+
+@pytest.mark.slow
+def test_an_unreachable_answer_endpoint_is_one_line_and_no_answer_reranks_only(
+    indexed: Path, cli_env: dict[str, str]
+) -> None:
+    base = ["query", QUESTION, "--persist-dir", str(indexed), "--top-k", "4", "--top-n", "2"]
+    down = ["--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m"]
+    line = _one_line_error(run_cli(cli_env, *base, *down))
+    assert "answer" in line and "http://127.0.0.1:9/v1" in line and "--no-answer" in line
+    proc = run_cli(cli_env, *base, *down, "--no-answer")
+    assert proc.returncode == 0, proc.stderr
+    assert "Answer:" not in proc.stdout and proc.stdout.lstrip().startswith("#  rerank")
+    assert "Pruning Apple Trees" in proc.stdout
+
+
+# -- help, defaults and --version ---------------------------------------------------------------
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_shows_every_default_and_the_question(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(["eval", "--help"], capsys)
+    for default in (
+        "(default: 20)",  # --top-k
+        "(default: 10)",  # --top-n
+        "(default: bm25-run)",  # --first-stage
+        "(default: none,cross-encoder)",  # --reranker
+    ):
+        assert default in text, default
+    text = _help(["query", "--help"], capsys)
+    assert re.search(r"QUESTION +what to ask", text), text
+    assert "--no-answer" in text
+
+
+def test_version_comes_from_the_package_metadata(
+    capsys: pytest.CaptureFixture[str], cli_env: dict[str, str]
+) -> None:
+    from importlib.metadata import version
+
+    assert _help(["--version"], capsys) == f"llamaindex-rerankers {version('llamaindex-rerankers')}"
+    proc = run_cli(cli_env, "--version")
+    assert (proc.returncode, proc.stdout.strip()) == (0, _help(["--version"], capsys))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from pydantic import PrivateAttr
 from table_reranker import TableReranker
 
 from llamaindex_rerankers.base import Judgement, RerankReport
@@ -218,11 +221,20 @@ def test_eval_command_end_to_end_on_a_five_query_slice(
     )
     assert code == 0
     table = capsys.readouterr().out
-    assert "| reranker | top_k | top_n | queries | nDCG@10 | RR(rel=2)@10 | R(rel=2)@5 |" in table
+    # The main figures only (no zero counters); every figure is in the JSON.
+    header = (
+        "| reranker | top_k | top_n | nDCG@10 | RR(rel=2)@10 | R(rel=2)@5 | latency_median_s "
+        "| latency_p95_s |"
+    )
+    assert header in table.splitlines()
+    assert "trec-dl-2019 (test, 5 queries), first stage bm25-run" in table
     record = json.loads(out_json.read_text())
     rows = {(r["reranker"], r["top_k"]): r for r in record["results"]}
     assert set(rows) == {("none", 5), ("none", 10), ("cross-encoder", 5), ("cross-encoder", 10)}
     assert all(r["queries"] == 5 and len(r["per_query"]) == 5 for r in rows.values())
+    ce = rows[("cross-encoder", 5)]
+    assert ce["total_ce_pairs"] == 25 and type(ce["total_ce_pairs"]) is int
+    assert ce["load_s"] is not None and rows[("none", 5)]["load_s"] is None
     assert record["settings"]["cross_encoder_model"] == ce_model_path
     # "none" at K=5 and K=10 returns the same BM25 top 5: the same scores.
     assert rows[("none", 5)]["nDCG@10"] == rows[("none", 10)]["nDCG@10"]
@@ -250,8 +262,109 @@ def test_eval_command_rejects_bad_input(data_dir: Path, capsys: pytest.CaptureFi
     assert main([*scifact, "--cascade-weight", "1.5"]) == 2
     assert "--cascade-weight" in capsys.readouterr().err
     assert main([*scifact, "--cascade-keep", "0"]) == 2
-    assert "--cascade-keep must be at least 1" in capsys.readouterr().err
+    assert "--cascade-keep: must be at least 1" in capsys.readouterr().err
     # Ours and LlamaIndex's anchors, checked before anything is loaded or started.
     assert main([*scifact, "--reranker", "none,bm25"]) == 2
     err = capsys.readouterr().err
     assert "unknown reranker 'bm25'" in err and "cascade, sbert, llmrerank" in err
+
+
+# -- the eval command's checks come before any work ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hidden", "extra_args"), [("ir_measures", []), ("matplotlib", ["--plot", "p.png"])]
+)
+def test_eval_names_a_missing_eval_extra_before_any_reranking(
+    hidden: str,
+    extra_args: list[str],
+    tiny: tuple[Dataset, Run],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from llamaindex_rerankers.cli import main
+
+    monkeypatch.setitem(sys.modules, hidden, None)  # as if it were not installed
+    # A cross-encoder that cannot load: reranking first would fail on it, not on the extra.
+    argv = ["eval", "--dataset", str(tmp_path / "tiny"), "--reranker", "cross-encoder",
+            "--cross-encoder-model", str(tmp_path / "no-model"), "--no-progress"]  # fmt: skip
+    assert main([*argv, *extra_args]) == 2
+    err = capsys.readouterr().err
+    assert hidden in err and "llamaindex-rerankers[eval]" in err and "no-model" not in err
+
+
+@pytest.mark.parametrize("queries", ["0", "-2", "x"])
+def test_eval_queries_must_be_a_positive_integer(
+    queries: str, tiny: tuple[Dataset, Run], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llamaindex_rerankers.cli import main
+
+    argv = ["eval", "--dataset", str(tmp_path / "tiny"), "--queries", queries, "--no-progress"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--queries" in err and ("at least 1" in err or "integer" in err)
+
+
+# -- latency is the reranking's, not the model loading's ---------------------------------------
+
+
+class LoadsSlowly(TableReranker):
+    """One of ours whose model loads on first use (as the cross-encoder's does), slowly."""
+
+    _loaded: bool = PrivateAttr(default=False)
+
+    def load(self) -> None:
+        if not self._loaded:
+            time.sleep(0.4)
+            self._loaded = True
+
+    def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
+        self.load()
+        return super()._judge(query, texts, report)
+
+
+def test_model_loading_is_timed_apart_from_the_queries(tiny: tuple[Dataset, Run]) -> None:
+    dataset, run = tiny
+    table = {"one": 0.1, "two": 0.5, "three": 0.5, "four": 0.9}
+    runs = run_rerankers(
+        dataset, RunFileStage(dataset, run), {"slow": LoadsSlowly(table=table), "none": None},
+        top_k=3, top_n=2, show_progress=False,
+    )  # fmt: skip
+    slow = runs["slow"]
+    assert max(o.latency_s for o in slow.outcomes.values()) < 0.2
+    assert slow.load_s is not None and slow.load_s >= 0.4
+    assert runs["none"].load_s is None
+    (scored, _) = score_runs(dataset, runs)
+    assert scored.row()["load_s"] == slow.load_s and scored.latency_p95_s < 0.2
+    # A cascade's stages are loaded too (its first stage is the cross-encoder).
+    from llamaindex_rerankers.cascade import CascadeReranker
+
+    cascade = CascadeReranker(
+        first=LoadsSlowly(table=table), second=TableReranker(table=table), keep=2
+    )
+    runs = run_rerankers(
+        dataset, RunFileStage(dataset, run), {"cascade": cascade},
+        top_k=3, top_n=2, show_progress=False,
+    )  # fmt: skip
+    assert max(o.latency_s for o in runs["cascade"].outcomes.values()) < 0.2
+    assert (runs["cascade"].load_s or 0) >= 0.4
+
+
+# -- the table: means, integer counts, the essentials -------------------------------------------
+
+
+def test_counts_are_integers_and_the_retrieval_weight_is_a_mean(tiny: tuple[Dataset, Run]) -> None:
+    dataset, _ = tiny
+    run = RerankerRun("llm", top_k=3, top_n=None)
+    for qid, calls, weight in (("q1", 2, 0.2), ("q2", 5, 0.6)):
+        counters = {"calls": calls, "retrieval_weight": weight}
+        run.outcomes[qid] = QueryOutcome(qid, ("d1",), 3, 0.1, counters, dropped=0)
+    (scored,) = score_runs(dataset, {"llm": run})
+    row = scored.row()
+    assert row["mean_retrieval_weight"] == pytest.approx(0.4)
+    assert "total_retrieval_weight" not in row
+    assert (row["total_calls"], row["total_dropped"]) == (7, 0)
+    assert all(type(row[k]) is int for k in ("total_calls", "total_dropped", "queries"))
+    table = markdown_table([row], ["total_calls", "total_dropped", "mean_retrieval_weight"])
+    assert table.splitlines()[-1] == "| 7 | 0 | 0.4000 |"

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from llamaindex_rerankers._models import ModelLoadError
-from llamaindex_rerankers.cli.commands import run_command
+from llamaindex_rerankers.cli.commands import AnswerError, run_command
 from llamaindex_rerankers.cli.parser import PROG, UsageError, build_parser, check_args
 from llamaindex_rerankers.llm.server import LocalLLMServerError
 
@@ -42,6 +42,7 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     ImportError,
     LocalLLMServerError,  # a GGUF that is missing or does not start
+    AnswerError,  # the LLM endpoint that should write query's answer failed
 )
 
 

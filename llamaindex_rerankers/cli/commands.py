@@ -25,6 +25,8 @@ from llamaindex_rerankers.cli.parser import PROG, UsageError
 from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
 from llamaindex_rerankers.registry import make_reranker
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from llama_index.core.llms import LLM
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -74,9 +76,21 @@ def _cmd_query(args: argparse.Namespace) -> int:
                 f"{PROG} query: no index at --persist-dir {str(where)!r}; build one first with "
                 f"`{PROG} index PATH --persist-dir {where}`"
             )
-    wants_answer = (args.answer or bool(args.llm_base_url)) and not args.json
-    with llm_endpoint(args, needed=needs_llm(args.reranker) or wants_answer) as endpoint:
-        return _query(args, config, endpoint, wants_answer)
+    answer = wants_answer(args)
+    with llm_endpoint(args, needed=needs_llm(args.reranker) or answer) as endpoint:
+        return _query(args, config, endpoint, answer)
+
+
+def wants_answer(args: argparse.Namespace) -> bool:
+    """Whether ``query`` writes an answer: ``--answer``/``--no-answer`` when given, else whenever
+    ``--llm-base-url`` is (its documented meaning); never with ``--json``."""
+    if args.json:
+        return False
+    return bool(args.llm_base_url) if args.answer is None else bool(args.answer)
+
+
+class AnswerError(RuntimeError):
+    """The LLM endpoint could not write ``query``'s answer (down, wrong model, refused key)."""
 
 
 def _query(
@@ -101,7 +115,19 @@ def _query(
         return 0
     text = None
     if answer and endpoint is not None:
-        text = _answer(endpoint.as_llama_index_llm(), args.question, result.reranked[: args.top_n])
+        nodes = result.reranked[: args.top_n]
+        try:
+            text = _answer(endpoint.as_llama_index_llm(), args.question, nodes)
+        except Exception as exc:
+            # The SDK's own error (openai.APIConnectionError ...) with its traceback is noise for
+            # a user whose endpoint is down; -v logs the traceback.
+            logger.info("the answer failed", exc_info=True)
+            where = endpoint.base_url or "OpenAI's API"
+            raise AnswerError(
+                f"{PROG} query: could not write the answer with the LLM at {where} "
+                f"({type(exc).__name__}: {exc}); check --llm-base-url and --llm-model, or pass "
+                "--no-answer to print only the reranked sources"
+            ) from exc
     print(format_sources(sources, width=_width(), answer=text))
     return 0
 
@@ -135,10 +161,25 @@ def _demo(args: argparse.Namespace, endpoint: LLMEndpoint | None) -> int:
 
 
 def _cmd_llm_server(args: argparse.Namespace) -> int:
-    from llamaindex_rerankers.llm.server import serve_forever
+    from llamaindex_rerankers.cli.llm_options import cpu_extra_buffers
+    from llamaindex_rerankers.llm.server import build_llama_server, find_llama_server, serve_forever
 
+    if args.build:
+        found = find_llama_server(args.llama_server)
+        if found is None:
+            print("building llama-server (4-5 min) ...", file=sys.stderr, flush=True)
+            found = str(build_llama_server())
+        print(found)
+        return 0
     print(f"serving at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
-    return serve_forever(args.model_path, args.host, args.port, n_ctx=args.n_ctx)
+    return serve_forever(
+        args.model_path,
+        args.host,
+        args.port,
+        n_ctx=args.n_ctx,
+        cpu_extra_buffers=cpu_extra_buffers(args.cpu_extra_buffers),
+        llama_server=args.llama_server,
+    )
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -200,6 +241,8 @@ def _quiet_third_parties() -> None:
         "huggingface_hub",
         # Warns once per file read that llama-index-readers-file (PDF, DOCX, ...) is absent.
         "llama_index.core.readers.file.base",
+        # Warns at each retry of the answer LLM; if it fails for good, one error line says so.
+        "llama_index.llms.openai.utils",
     )
     for name in noisy:
         logging.getLogger(name).setLevel(logging.ERROR)

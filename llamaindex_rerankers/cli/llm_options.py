@@ -21,10 +21,11 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import Literal
 
 from llamaindex_rerankers.llm.endpoint import LLMEndpoint
 from llamaindex_rerankers.llm.openai_client import PLACEHOLDER_API_KEY
-from llamaindex_rerankers.llm.server import LLM_GGUF_ENV
+from llamaindex_rerankers.llm.server import LLAMA_SERVER_ENV, LLM_GGUF_ENV
 
 #: Context window of a local llama.cpp server: enough for pointwise judgements.
 DEFAULT_N_CTX = 2048
@@ -47,6 +48,31 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help=f"GGUF for the local server (default: ${LLM_GGUF_ENV})",
     )
+    add_local_server_arguments(group)
+
+
+def add_local_server_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add ``--llama-server`` and ``--cpu-extra-buffers``: how a local llama.cpp server runs."""
+    parser.add_argument(
+        "--llama-server",
+        metavar="PATH",
+        help=f"llama-server binary for the local server (default: ${LLAMA_SERVER_ENV}, else one "
+        f"built by `llamaindex-rerankers llm-server --build`, else llama-server on PATH, else "
+        "llama-cpp-python's server)",
+    )
+    parser.add_argument(
+        "--cpu-extra-buffers",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="llama.cpp's extra CPU buffer types (weight repacking, AMX): auto tries them and "
+        "restarts the server without them if it fails; off skips that probe on machines where "
+        "they crash (default: %(default)s)",
+    )
+
+
+def cpu_extra_buffers(value: str) -> bool | Literal["auto"]:
+    """``--cpu-extra-buffers`` as ``local_llm_server``'s ``cpu_extra_buffers``."""
+    return "auto" if value == "auto" else value == "on"
 
 
 @contextlib.contextmanager
@@ -68,6 +94,8 @@ def llm_endpoint(
         getattr(args, "llm_api_key", None),
         getattr(args, "llm_gguf", None),
         n_ctx=n_ctx,
+        llama_server=getattr(args, "llama_server", None),
+        extra_buffers=cpu_extra_buffers(getattr(args, "cpu_extra_buffers", "auto")),
     ) as endpoint:
         yield endpoint
 
@@ -82,6 +110,8 @@ def resolve_llm_endpoint(
     n_ctx: int = DEFAULT_N_CTX,
     none_without_gguf: bool = False,
     announce: bool = False,
+    llama_server: str | None = None,
+    extra_buffers: bool | Literal["auto"] = "auto",
 ) -> Iterator[LLMEndpoint | None]:
     """The endpoint that ``--llm-base-url`` / ``--llm-model`` / ``--llm-api-key`` / ``--llm-gguf``
     values name, for the duration of a ``with`` block (the resolution of the module docstring).
@@ -95,6 +125,8 @@ def resolve_llm_endpoint(
         none_without_gguf: when no GGUF is given either, yield ``None`` instead of failing to
             start a server (``serve`` then runs without answers).
         announce: say on stderr that a local server is starting (it takes seconds).
+        llama_server: the local server's llama-server binary (``--llama-server``).
+        extra_buffers: the local server's ``cpu_extra_buffers`` (``--cpu-extra-buffers``).
 
     Raises:
         LocalLLMServerError: the local server has no GGUF or does not start.
@@ -110,7 +142,9 @@ def resolve_llm_endpoint(
         return
     if announce:
         print("starting a local LLM server (llama.cpp) ...", file=sys.stderr, flush=True)
-    with local_llm_server(gguf, n_ctx=n_ctx) as server:
+    with local_llm_server(
+        gguf, n_ctx=n_ctx, llama_server=llama_server, cpu_extra_buffers=extra_buffers
+    ) as server:
         yield LLMEndpoint(
             server.base_url,
             server.model,

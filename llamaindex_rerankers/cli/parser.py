@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from llamaindex_rerankers.cli.llm_options import DEFAULT_N_CTX, add_llm_arguments
+from llamaindex_rerankers.cli.llm_options import (
+    DEFAULT_N_CTX,
+    add_llm_arguments,
+    add_local_server_arguments,
+)
 from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV, DEFAULT_CROSS_ENCODER
-from llamaindex_rerankers.llm.server import LLM_GGUF_ENV
+from llamaindex_rerankers.llm.server import CACHE_ENV, LLM_GGUF_ENV
 from llamaindex_rerankers.pipeline.chroma import DEFAULT_COLLECTION
 from llamaindex_rerankers.pipeline.embeddings import DEFAULT_EMBED_MODEL, EMBED_MODEL_ENV
 from llamaindex_rerankers.registry import RERANKER_NAMES
@@ -46,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Index documents into Chroma and rerank what retrieval finds.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     text = "index (or re-index) a folder of documents into Chroma; unchanged files are skipped"
@@ -53,25 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="folder of .md/.txt/... files (recursive)")
     _add_store_args(p, persist_required=True)
     _add_embed_arg(p)
-    p.add_argument("--chunk-size", type=_positive_int, default=512, help="tokens per chunk")
-    p.add_argument("--chunk-overlap", type=_non_negative_int, default=64, help="overlap tokens")
+    p.add_argument(
+        "--chunk-size", type=positive_int, default=512, help="tokens per chunk (default: 512)"
+    )
+    p.add_argument(
+        "--chunk-overlap",
+        type=non_negative_int,
+        default=64,
+        help="tokens shared by neighbouring chunks (default: 64)",
+    )
 
     text = "retrieve the top K chunks, rerank them, print the top N sources"
     p = sub.add_parser("query", help=text, description=text)
-    p.add_argument("question", metavar="QUESTION")
+    p.add_argument("question", metavar="QUESTION", help="what to ask, in quotes")
     _add_store_args(p, persist_required=False)
     _add_embed_arg(p)
     p.add_argument(
         "--top-k",
         metavar="K",
-        type=_positive_int,
+        type=positive_int,
         default=20,
         help="first-stage candidates (default: %(default)s)",
     )
     p.add_argument(
         "--top-n",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="sources to print, at most K (default: %(default)s)",
     )
@@ -90,9 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--answer",
-        action="store_true",
-        help="also write an answer from the top N sources with the LLM endpoint (implied by "
-        "--llm-base-url)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also write an answer from the top N sources with the LLM endpoint (default: on "
+        "when --llm-base-url is given, else off; --no-answer only reranks, e.g. with "
+        "--reranker llm through --llm-base-url)",
     )
     add_llm_arguments(p)
 
@@ -106,12 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--top-k",
         metavar="K",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         help="first-stage candidates, all reranked (default: %(default)s)",
     )
     p.add_argument(
-        "--reranker", choices=[n for n in RERANKER_NAMES if n != "none"], default="cross-encoder"
+        "--reranker",
+        choices=[n for n in RERANKER_NAMES if n != "none"],
+        default="cross-encoder",
+        help="the reranker to compare with retrieval's order (default: %(default)s)",
     )
     _add_cross_encoder_arg(p)
     p.add_argument(
@@ -123,17 +140,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_llm_arguments(p)
 
     text = "serve a local GGUF model OpenAI-compatibly (llama.cpp) until interrupted"
-    p = sub.add_parser("llm-server", help=text, description=text)
+    p = sub.add_parser(
+        "llm-server",
+        help=text,
+        description=f"{text}. With --build: compile llama.cpp's llama-server (parallel slots, "
+        "about twice as fast as llama-cpp-python's server) into the user cache, where it is "
+        "found from then on, and exit.",
+    )
+    p.add_argument(
+        "--build",
+        action="store_true",
+        help="print the llama-server binary the local server runs and exit, first building "
+        "one (4-5 min; needs cmake and a C++ compiler) when none is found: into "
+        f"${CACHE_ENV}/llama-server, else $XDG_CACHE_HOME/llamaindex-rerankers/llama-server "
+        "(default: ~/.cache/llamaindex-rerankers/llama-server)",
+    )
     p.add_argument("--model-path", metavar="GGUF", help=f"default: ${LLM_GGUF_ENV}")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     p.add_argument("--port", type=_port, default=8000, help="listen port (default: %(default)s)")
     p.add_argument(
         "--n-ctx",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_N_CTX,
         help="context window in tokens (default: %(default)s, enough for pointwise judgements; "
         "LlamaIndex's listwise RankGPTRerank needs ~8192 for 20 passages)",
     )
+    add_local_server_arguments(p)
 
     from llamaindex_rerankers.evaluation.command import add_eval_arguments
 
@@ -161,7 +193,13 @@ def _add_store_args(p: argparse.ArgumentParser, *, persist_required: bool) -> No
         help=f"Chroma collection name (default: {DEFAULT_COLLECTION})",
     )
     p.add_argument("--chroma-host", metavar="H", help="use the Chroma server at this host")
-    p.add_argument("--chroma-port", metavar="P", type=_port, default=8000, help="its port")
+    p.add_argument(
+        "--chroma-port",
+        metavar="P",
+        type=_port,
+        default=8000,
+        help="the Chroma server's port (default: %(default)s)",
+    )
     p.set_defaults(persist_required=persist_required)
 
 
@@ -185,14 +223,29 @@ def _add_cross_encoder_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
+def package_version() -> str:
+    """This package's version, from its installed metadata (``__version__`` when it runs from a
+    source folder that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llamaindex-rerankers")
+    except PackageNotFoundError:
+        from llamaindex_rerankers import __version__
+
+        return __version__
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")

@@ -19,8 +19,10 @@ from typing import Any
 
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 
+from llamaindex_rerankers._imports import require
 from llamaindex_rerankers.base import check_weight
 from llamaindex_rerankers.cli.llm_options import DEFAULT_N_CTX, add_llm_arguments, llm_endpoint
+from llamaindex_rerankers.cli.parser import positive_int
 from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
 from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV
 from llamaindex_rerankers.evaluation.anchors import (
@@ -50,13 +52,14 @@ EVAL_RERANKER_NAMES: tuple[str, ...] = RERANKER_NAMES + ANCHOR_NAMES
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` options to a (sub)parser."""
     parser.add_argument("--dataset", required=True, help="BEIR-layout folder (corpus.jsonl ...)")
-    parser.add_argument("--split", default="test", help="qrels split (default: test)")
+    parser.add_argument("--split", default="test", help="qrels split (default: %(default)s)")
     parser.add_argument(
         "--first-stage",
         choices=("bm25-run", "chroma"),
         default="bm25-run",
         help="bm25-run: the dataset's runs/bm25_top100.trec (or --run-file); chroma: dense "
-        "retrieval through our Chroma pipeline (index built once in --persist-dir)",
+        "retrieval through our Chroma pipeline (index built once in --persist-dir) "
+        "(default: %(default)s)",
     )
     parser.add_argument("--run-file", help="TREC run for --first-stage bm25-run")
     parser.add_argument(
@@ -66,16 +69,30 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top-k",
         default="20",
-        help="candidates per query; a comma list (e.g. 10,20,50) runs each K (for --plot)",
+        help="candidates per query; a comma list (e.g. 10,20,50) runs each K (for --plot) "
+        "(default: %(default)s)",
     )
-    parser.add_argument("--top-n", type=int, default=10, help="nodes each reranker returns")
+    parser.add_argument(
+        "--top-n",
+        type=positive_int,
+        default=10,
+        help="nodes each reranker returns, at most the largest K (default: %(default)s)",
+    )
     parser.add_argument(
         "--reranker",
         default="none,cross-encoder",
-        help=f"comma list of: {', '.join(EVAL_RERANKER_NAMES)}",
+        help=f"comma list of: {', '.join(EVAL_RERANKER_NAMES)} (default: %(default)s)",
     )
-    parser.add_argument("--queries", type=int, help="only the first N queries")
-    parser.add_argument("--output", help="write results JSON here")
+    parser.add_argument(
+        "--queries",
+        type=positive_int,
+        metavar="N",
+        help="only the first N queries (default: all of the split's)",
+    )
+    parser.add_argument(
+        "--output",
+        help="write results JSON here: every figure, per query too (the table shows the main ones)",
+    )
     parser.add_argument("--plot", help="write a PNG of nDCG@10 and latency against K")
     parser.add_argument(
         "--cross-encoder-model",
@@ -85,7 +102,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cascade-keep",
-        type=int,
+        type=positive_int,
         default=6,
         help="candidates the cascade's LLM stage sees (default 6: under a third of K=20)",
     )
@@ -169,8 +186,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             check_weight(flag, value)
-    if args.cascade_keep < 1:
-        raise ValueError(f"--cascade-keep must be at least 1, got {args.cascade_keep}")
+    # The [eval] extra before any work: scoring and plotting come after all the reranking.
+    require("ir_measures")
+    if args.plot:
+        require("matplotlib")
     dataset = load_beir(args.dataset, args.split)
     qids = dataset.query_ids(args.queries)
     stage = _first_stage(args, dataset)
@@ -195,13 +214,34 @@ def run_eval_command(args: argparse.Namespace) -> int:
             scored.extend(score_runs(dataset, runs))
     rows = [s.row() for s in scored]
     print(f"\n{dataset.name} ({args.split}, {len(qids)} queries), first stage {stage.name}\n")
-    print(markdown_table(rows))
+    print(markdown_table(rows, table_columns(rows)))
     if args.output:
         _write_json(Path(args.output), args, dataset.name, len(qids), stage.name, scored)
         print(f"\nresults: {args.output}")
     if args.plot:
         print(f"plot: {plot_against_k(scored, args.plot)}")
     return 0
+
+
+#: Counters the table shows when some row has one that is not 0 (the JSON has them all).
+_NOTABLE = ("total_dropped", "total_errors", "total_failures", "total_calls", "total_ce_truncated")
+
+
+def table_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The columns ``eval`` prints: what was run, the measures, the latency, and those
+    counters of :data:`_NOTABLE` that are not 0 in some row; every figure is in ``--output``.
+
+    Example:
+        >>> table_columns([{"reranker": "none", "top_k": 20, "top_n": 10, "queries": 5,
+        ...                 "nDCG@10": 0.5, "latency_median_s": 0.0, "latency_p95_s": 0.0,
+        ...                 "load_s": None, "total_dropped": 0}])
+        ['reranker', 'top_k', 'top_n', 'nDCG@10', 'latency_median_s', 'latency_p95_s']
+    """
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    latency = ["latency_median_s", "latency_p95_s"]
+    measures = keys[keys.index("queries") + 1 : keys.index(latency[0])] if rows else []
+    notable = [c for c in _NOTABLE if any(r.get(c) for r in rows)]
+    return ["reranker", "top_k", "top_n", *measures, *latency, *notable]
 
 
 def _write_json(

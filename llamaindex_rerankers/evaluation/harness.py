@@ -13,7 +13,7 @@ import math
 import operator
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,12 +118,17 @@ class QueryOutcome:
 
 @dataclass
 class RerankerRun:
-    """All queries of one reranker at one K."""
+    """All queries of one reranker at one K.
+
+    ``load_s`` is the time its ``load()`` took before the first query (loading its model),
+    kept out of the queries' latencies; ``None`` when it has no ``load()``.
+    """
 
     reranker: str
     top_k: int
     top_n: int | None
     outcomes: dict[str, QueryOutcome] = field(default_factory=dict)
+    load_s: float | None = None
 
     def as_run(self) -> Run:
         """The rankings as a run whose scores preserve each returned order exactly."""
@@ -135,7 +140,8 @@ class RerankerRun:
 
 @dataclass(frozen=True)
 class ScoredRun:
-    """A :class:`RerankerRun` scored: aggregate measures, latency, summed counters."""
+    """A :class:`RerankerRun` scored: aggregate measures, latency, summed counts (peaks maxed),
+    means of per-query figures such as the retrieval weight, and the model's load time."""
 
     reranker: str
     top_k: int
@@ -146,9 +152,12 @@ class ScoredRun:
     latency_median_s: float
     latency_p95_s: float
     totals: dict[str, float]
+    means: dict[str, float] = field(default_factory=dict)
+    load_s: float | None = None
 
     def row(self) -> dict[str, Any]:
-        """A flat record for tables and JSON."""
+        """A flat record for tables and JSON: counts as ``total_<name>`` (integers), means as
+        ``mean_<name>``."""
         return {
             "reranker": self.reranker,
             "top_k": self.top_k,
@@ -157,7 +166,9 @@ class ScoredRun:
             **self.measures,
             "latency_median_s": self.latency_median_s,
             "latency_p95_s": self.latency_p95_s,
+            "load_s": self.load_s,
             **{f"total_{k}": v for k, v in sorted(self.totals.items())},
+            **{f"mean_{k}": v for k, v in sorted(self.means.items())},
         }
 
 
@@ -213,6 +224,8 @@ def run_rerankers(
         first_stage: where candidates come from; asked once per query.
         rerankers: name -> postprocessor (``None`` keeps the first-stage order, cut to ``top_n``).
             Each gets its own deep copy of the candidates (some anchors write into their input).
+            One with a ``load()`` method (the cross-encoder's) is loaded before the first query
+            and the time that took is the run's ``load_s``, not part of any query's latency.
         top_k: candidates per query.
         top_n: nodes each reranker should return (``None``: all).
         query_ids: which queries (default: all of the dataset's, in file order).
@@ -225,6 +238,13 @@ def run_rerankers(
 
     qids = list(query_ids) if query_ids is not None else dataset.query_ids()
     runs = {name: RerankerRun(name, top_k, top_n) for name in rerankers}
+    for name, reranker in rerankers.items():
+        loads = _loaders(reranker)
+        if loads:
+            start = time.perf_counter()
+            for load in loads:
+                load()
+            runs[name].load_s = time.perf_counter() - start
     counter = LLMUsageCounter()
     root = get_dispatcher()
     root.add_event_handler(counter)
@@ -243,6 +263,19 @@ def run_rerankers(
     finally:
         root.event_handlers.remove(counter)
     return runs
+
+
+def _loaders(reranker: Any) -> list[Callable[[], Any]]:
+    """The ``load()`` methods of a reranker and of the rerankers it holds (a cascade's stages)."""
+    found: list[Callable[[], Any]] = []
+    load = getattr(reranker, "load", None)
+    if callable(load):
+        found.append(load)
+    if isinstance(reranker, BaseReranker):
+        for value in vars(reranker).values():
+            if isinstance(value, BaseReranker):
+                found += _loaders(value)
+    return found
 
 
 def _run_one(
@@ -305,8 +338,12 @@ def _report_counters(report: RerankReport) -> dict[str, float]:
     if report.llm is not None:
         counters.update({k: v for k, v in report.llm.to_dict().items() if k != "seconds"})
     if report.retrieval_weight is not None:
-        counters["retrieval_weight"] = report.retrieval_weight  # summed: mean = total / queries
+        counters["retrieval_weight"] = report.retrieval_weight  # averaged, see _MEANS
     return counters
+
+
+#: Per-query figures that are averaged over the queries that report them, not summed.
+_MEANS = frozenset({"retrieval_weight"})
 
 
 def default_measures(dataset: Dataset, top_n: int | None, top_k: int) -> list[str]:
@@ -324,20 +361,26 @@ def score_runs(
     """Score each run over the queries it ran (a query with no result scores 0).
 
     Latency is reported as the median and 95th percentile over queries; counters (LLM calls,
-    tokens, failures, dropped nodes ...) are summed, except peaks (``max_*``), which are maxed.
+    tokens, failures, dropped nodes ...) are summed (integers stay integers), except peaks
+    (``max_*``), which are maxed, and per-query figures such as the retrieval weight, which are
+    averaged over the queries that report them (:attr:`ScoredRun.means`).
     """
     scored = []
     for run in runs.values():
         qids = list(run.outcomes)
         names = list(measures or default_measures(dataset, run.top_n, run.top_k))
         as_run = run.as_run()
-        totals: dict[str, float] = {"dropped": 0.0}
+        totals: dict[str, float] = {"dropped": 0}
+        reported: dict[str, list[float]] = {}
         for o in run.outcomes.values():
             totals["dropped"] += o.dropped
             for k, v in o.counters.items():
+                if k in _MEANS:
+                    reported.setdefault(k, []).append(float(v))
+                    continue
                 # "max_*" figures (e.g. max_in_flight) are peaks: their total is the peak
                 merge = max if k.startswith("max_") else operator.add
-                totals[k] = merge(totals.get(k, 0.0), float(v))
+                totals[k] = merge(totals.get(k, 0), v)
         latencies = sorted(o.latency_s for o in run.outcomes.values())
         scored.append(
             ScoredRun(
@@ -350,6 +393,8 @@ def score_runs(
                 latency_median_s=statistics.median(latencies) if latencies else 0.0,
                 latency_p95_s=_percentile(latencies, 0.95),
                 totals=totals,
+                means={k: statistics.fmean(v) for k, v in reported.items()},
+                load_s=run.load_s,
             )
         )
     return scored

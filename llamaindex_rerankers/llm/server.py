@@ -3,16 +3,19 @@
 Two servers can run a GGUF file (``server=``):
 
 * ``"llama-server"``: llama.cpp's own server, built from the llama-cpp-python sdist by
-  ``scripts/build-llama-server.sh`` (``make llama-server``). About twice as fast here, it can
+  ``llamaindex-rerankers llm-server --build`` (:func:`build_llama_server`; ``make llama-server``
+  in a checkout), or any llama-server binary you have. About twice as fast here, it can
   run ``parallel`` slots with continuous batching (one by default, see
   :data:`DEFAULT_PARALLEL`), and it reports per request how many prompt tokens it evaluated
   and how many it reused from its cache (read into ``ChatResult.prompt_tokens_evaluated`` /
   ``prompt_tokens_cached``).
 * ``"llama-cpp-python"``: ``python -m llama_cpp.server --logits_all true`` from
   ``llama-cpp-python[server]``; one request at a time (a global lock).
-* ``"auto"`` (the default): llama-server when it is found (``$LLAMAINDEX_RERANKERS_LLAMA_SERVER``,
-  then the project's ``.cache/llama-server/<version>/llama-server``, then ``PATH``), else
-  llama-cpp-python; the choice is logged.
+* ``"auto"`` (the default): llama-server when it is found (see :func:`find_llama_server`: the
+  ``llama_server`` argument, ``$LLAMAINDEX_RERANKERS_LLAMA_SERVER``, the user cache
+  ``~/.cache/llamaindex-rerankers/llama-server/<version>/``, a source checkout's
+  ``.cache/llama-server/<version>/``, then ``PATH``), else llama-cpp-python; the choice is
+  logged.
 
 Either runs as a child process on 127.0.0.1 with logprobs on ``/v1/chat/completions``. The model
 is a GGUF file: the ``model_path`` argument, else ``$LLAMAINDEX_RERANKERS_LLM_GGUF``
@@ -24,7 +27,8 @@ its first request, llama-server during its start-up warm-up (a segmentation faul
 instruction; both seen on this project's 2-core CI machines). With ``cpu_extra_buffers="auto"``
 (the default) the server starts with them on and must answer one probe request; if it dies or
 fails, it is started again with them off and a warning is logged. The outcome is remembered for
-later starts of the same server in the same process.
+later starts of the same server in the same process. ``cpu_extra_buffers=False`` (on the command
+line ``--cpu-extra-buffers off``) skips the probe.
 
 Each server has a ``namespace``, ``"gguf-sha256:<digest of the GGUF file>"``: the name of the
 model itself, the same whichever server runs it on whichever port. Pass it as the reranker's
@@ -68,8 +72,25 @@ logger = logging.getLogger(__name__)
 LLM_GGUF_ENV = "LLAMAINDEX_RERANKERS_LLM_GGUF"
 #: Environment variable naming a llama-server binary (searched first by ``server="auto"``).
 LLAMA_SERVER_ENV = "LLAMAINDEX_RERANKERS_LLAMA_SERVER"
-#: Where ``scripts/build-llama-server.sh`` installs the binary: ``<this>/<version>/llama-server``.
-LLAMA_SERVER_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "llama-server"
+#: Environment variable naming the package's cache folder (``<it>/llama-server`` holds builds).
+CACHE_ENV = "LLAMAINDEX_RERANKERS_CACHE"
+#: The llama-cpp-python release whose sdist :func:`build_llama_server` compiles by default.
+LLAMA_SERVER_VERSION = "0.3.36"
+_BUILD_SCRIPT = Path(__file__).with_name("build_llama_server.sh")
+
+
+def _checkout_cache() -> Path | None:
+    root = Path(__file__).resolve().parents[2]
+    # Running from a source checkout (an editable install): its `make llama-server` builds. An
+    # installed package's parents are site-packages' folders, where nothing is built.
+    if (root / "pyproject.toml").is_file():
+        return root / ".cache" / "llama-server"
+    return None
+
+
+#: A source checkout's builds (``make llama-server``): ``<checkout>/.cache/llama-server``;
+#: ``None`` when the package is installed rather than run from a checkout.
+LLAMA_SERVER_CACHE: Path | None = _checkout_cache()
 #: Slots of a llama-server started without ``parallel``. One, by measurement on 2 cores with the
 #: LLM reranker's defaults (concurrency 8, ~620-token prompts; benchmarks/results/llm_server.md):
 #: judging is prompt evaluation, already batched and compute-bound, so more slots add no
@@ -81,11 +102,38 @@ DEFAULT_PARALLEL = 1
 ServerKind = Literal["auto", "llama-server", "llama-cpp-python"]
 _KINDS = ("auto", "llama-server", "llama-cpp-python")
 
-_HOW_TO_BUILD = (
-    "build it with `make llama-server` (scripts/build-llama-server.sh: compiles llama.cpp's "
-    f"server from the llama-cpp-python sdist, 4-5 min), or set ${LLAMA_SERVER_ENV} to a "
-    "llama-server binary"
-)
+
+def llama_server_cache() -> Path:
+    """The user cache folder for llama-server builds, ``<it>/<version>/llama-server``:
+    ``$LLAMAINDEX_RERANKERS_CACHE/llama-server``, else
+    ``$XDG_CACHE_HOME/llamaindex-rerankers/llama-server``, else
+    ``~/.cache/llamaindex-rerankers/llama-server``.
+
+    Example:
+        >>> llama_server_cache()  # doctest: +SKIP
+        PosixPath('/home/me/.cache/llamaindex-rerankers/llama-server')
+    """
+    raw = os.environ.get(CACHE_ENV, "").strip()
+    if raw:
+        return Path(raw).expanduser() / "llama-server"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "llamaindex-rerankers" / "llama-server"
+
+
+def _how_to_build() -> str:
+    return (
+        "build it with `llamaindex-rerankers llm-server --build` (compiles llama.cpp's server "
+        f"from the llama-cpp-python sdist into {llama_server_cache()}, 4-5 min; in a checkout "
+        "of the repository, `make llama-server`)"
+    )
+
+
+def _how_to_get() -> str:
+    return (
+        f"{_how_to_build()}, or point ${LLAMA_SERVER_ENV} (--llama-server on the command line) "
+        "at a llama-server binary you have, e.g. from llama.cpp's releases"
+    )
 
 
 class LocalLLMServerError(RuntimeError):
@@ -182,30 +230,75 @@ def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", path.parent.name))
 
 
-def find_llama_server() -> str | None:
-    """The llama-server binary to use, or ``None``: ``$LLAMAINDEX_RERANKERS_LLAMA_SERVER``, then
-    the newest build in the project cache (``scripts/build-llama-server.sh``), then ``PATH``.
+def find_llama_server(llama_server: str | os.PathLike[str] | None = None) -> str | None:
+    """The llama-server binary to use, or ``None``: ``llama_server`` if given, else
+    ``$LLAMAINDEX_RERANKERS_LLAMA_SERVER``, else the newest build in the user cache
+    (:func:`llama_server_cache`, where ``llamaindex-rerankers llm-server --build`` puts it), else
+    the newest in a source checkout's ``.cache/llama-server`` (``make llama-server``), else
+    ``llama-server`` on ``PATH``.
 
     Raises:
-        LocalLLMServerError: ``$LLAMAINDEX_RERANKERS_LLAMA_SERVER`` is set but names no
+        LocalLLMServerError: ``llama_server`` or ``$LLAMAINDEX_RERANKERS_LLAMA_SERVER`` names no
             executable file (a typo should not silently fall back to another server).
 
     Example:
         >>> find_llama_server()  # doctest: +SKIP
-        '/work/repo/.cache/llama-server/0.3.36/llama-server'
+        '/home/me/.cache/llamaindex-rerankers/llama-server/0.3.36/llama-server'
     """
-    named = os.environ.get(LLAMA_SERVER_ENV)
-    if named:
-        if not (os.path.isfile(named) and os.access(named, os.X_OK)):
-            raise LocalLLMServerError(
-                f"${LLAMA_SERVER_ENV}={named!r} is not an executable file; fix or unset it, "
-                f"or {_HOW_TO_BUILD.split(', or set')[0]}."
-            )
-        return named
-    built = [p for p in LLAMA_SERVER_CACHE.glob("*/llama-server") if os.access(p, os.X_OK)]
-    if built:
-        return str(max(built, key=_version_key))
+    for named, what in (
+        (llama_server, "llama_server"),
+        (os.environ.get(LLAMA_SERVER_ENV), f"${LLAMA_SERVER_ENV}"),
+    ):
+        if named:
+            named = os.fspath(named)
+            if not (os.path.isfile(named) and os.access(named, os.X_OK)):
+                raise LocalLLMServerError(
+                    f"{what}={named!r} is not an executable file; fix it, or {_how_to_build()}."
+                )
+            return named
+    for cache in (llama_server_cache(), LLAMA_SERVER_CACHE):
+        built = [p for p in cache.glob("*/llama-server") if os.access(p, os.X_OK)] if cache else []
+        if built:
+            return str(max(built, key=_version_key))
     return shutil.which("llama-server")
+
+
+def build_llama_server(version: str = LLAMA_SERVER_VERSION, dest: Path | None = None) -> Path:
+    """Compile llama.cpp's server from the llama-cpp-python ``version`` sdist (downloaded from
+    PyPI through pip, or ``$LLAMA_CPP_PYTHON_SDIST``) into ``dest/<version>/llama-server``
+    (default: :func:`llama_server_cache`, where :func:`find_llama_server` looks); nothing is done
+    when it is already built. Needs bash, cmake, a C++ compiler and tar; takes 4-5 min on 2
+    cores. The build's own output goes to this process's stderr.
+
+    Returns:
+        The binary's path.
+
+    Raises:
+        LocalLLMServerError: the build failed (its output says why).
+
+    Example:
+        >>> build_llama_server()  # doctest: +SKIP
+        PosixPath('/home/me/.cache/llamaindex-rerankers/llama-server/0.3.36/llama-server')
+    """
+    cache = dest if dest is not None else llama_server_cache()
+    env = {
+        **os.environ,
+        "LLAMA_SERVER_CACHE": str(cache),
+        "LLAMA_CPP_PYTHON_VERSION": version,
+        "PYTHON": sys.executable,
+    }
+    bash = shutil.which("bash")
+    if bash is None:
+        raise LocalLLMServerError(f"building llama-server needs bash; {_how_to_get()}.")
+    # The build's output on stderr: stdout stays for what the caller prints (the binary's path).
+    code = subprocess.call([bash, str(_BUILD_SCRIPT)], env=env, stdin=subprocess.DEVNULL, stdout=2)
+    binary = cache / version / "llama-server"
+    if code != 0 or not os.access(binary, os.X_OK):
+        raise LocalLLMServerError(
+            f"building llama-server {version} failed (exit code {code}; its output is above); "
+            f"or point ${LLAMA_SERVER_ENV} at a llama-server binary you have"
+        )
+    return binary
 
 
 def _require_server_package() -> None:
@@ -217,28 +310,35 @@ def _require_server_package() -> None:
         raise ImportError(
             "the local LLM server needs llama-cpp-python[server]. Install it with: "
             f"{install_hint('llama_cpp')} (it compiles llama.cpp, 3-5 min); or use llama.cpp's "
-            f"own server: {_HOW_TO_BUILD}"
+            f"own server: {_how_to_get()}"
         )
 
 
-def _choose_server(server: str) -> tuple[str, str | None]:
+def _choose_server(
+    server: str, llama_server: str | os.PathLike[str] | None = None
+) -> tuple[str, str | None]:
     """``(kind, llama-server binary or None)`` for the ``server`` argument."""
     if server not in _KINDS:
         raise ValueError(f"server must be one of {', '.join(map(repr, _KINDS))}; got {server!r}.")
     if server == "llama-cpp-python":
+        if llama_server is not None:
+            raise ValueError(
+                "llama_server names a llama-server binary, which server='llama-cpp-python' "
+                "does not run; pass server='llama-server' or 'auto'."
+            )
         _require_server_package()
         return server, None
-    binary = find_llama_server()
+    binary = find_llama_server(llama_server)
     if binary is not None:
         if server == "auto":
             logger.info("local LLM server: llama-server (%s)", binary)
         return "llama-server", binary
     if server == "llama-server":
-        raise LocalLLMServerError(f"llama-server was not found; {_HOW_TO_BUILD}.")
+        raise LocalLLMServerError(f"llama-server was not found; {_how_to_get()}.")
     _require_server_package()
     logger.info(
-        "local LLM server: llama-cpp-python (no llama-server found; %s for parallel slots)",
-        _HOW_TO_BUILD.split(", or set")[0],
+        "local LLM server: llama-cpp-python (no llama-server found; for parallel slots, %s)",
+        _how_to_get(),
     )
     return "llama-cpp-python", None
 
@@ -489,6 +589,7 @@ def _start(
     startup_timeout: float,
     *,
     quiet: bool = True,
+    llama_server: str | os.PathLike[str] | None = None,
 ) -> tuple[str, int, str, _Started]:
     """Start the chosen server, probing the extra CPU buffers when ``"auto"``; returns
     ``(kind, parallel, model path, started)``."""
@@ -498,7 +599,7 @@ def _start(
         )
     if parallel is not None and parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}.")
-    kind, binary = _choose_server(server)
+    kind, binary = _choose_server(server, llama_server)
     path = resolve_model_path(model_path)
     slots = (parallel or DEFAULT_PARALLEL) if kind == "llama-server" else 1
     if kind == "llama-cpp-python" and parallel not in (None, 1):
@@ -538,7 +639,8 @@ def _start(
     logger.warning(
         "%s failed with llama.cpp's extra CPU buffer types on "
         "(%s; AMX advertised but not usable?); starting it again with them off, which is "
-        "slower. Pass cpu_extra_buffers=False to skip this probe.",
+        "slower. Pass cpu_extra_buffers=False (on the command line: --cpu-extra-buffers off) "
+        "to skip this probe.",
         _name(kind), why,
     )  # fmt: skip
     started = launch(False)
@@ -575,6 +677,7 @@ def local_llm_server(
     cpu_extra_buffers: bool | Literal["auto"] = "auto",
     server: ServerKind = "auto",
     parallel: int | None = None,
+    llama_server: str | os.PathLike[str] | None = None,
 ) -> Iterator[LocalLLMServer]:
     """Run a llama.cpp OpenAI-compatible server for the duration of a ``with`` block.
 
@@ -599,6 +702,9 @@ def local_llm_server(
             get it.
         parallel: llama-server's slots (requests decoded together); default
             :data:`DEFAULT_PARALLEL`. llama-cpp-python has one.
+        llama_server: the llama-server binary to run; default: found by
+            :func:`find_llama_server` (``$LLAMAINDEX_RERANKERS_LLAMA_SERVER``, the user cache,
+            ``PATH`` ...).
 
     Raises:
         LocalLLMServerError: no model given, no llama-server for ``server="llama-server"``, the
@@ -613,7 +719,7 @@ def local_llm_server(
     """
     kind, slots, path, started = _start(
         server, model_path, host, port, n_ctx, extra_args, parallel, cpu_extra_buffers,
-        startup_timeout,
+        startup_timeout, llama_server=llama_server,
     )  # fmt: skip
     try:
         yield LocalLLMServer(
@@ -639,6 +745,7 @@ def serve_forever(
     server: ServerKind = "auto",
     parallel: int | None = None,
     startup_timeout: float = 120.0,
+    llama_server: str | os.PathLike[str] | None = None,
 ) -> int:
     """Run the local server in the foreground until interrupted; returns an exit code.
 
@@ -653,7 +760,7 @@ def serve_forever(
         try:
             kind, slots, path, started = _start(
                 server, model_path, host, port, n_ctx, (), parallel, cpu_extra_buffers,
-                startup_timeout, quiet=False,
+                startup_timeout, quiet=False, llama_server=llama_server,
             )  # fmt: skip
         except KeyboardInterrupt:
             return 0

@@ -19,6 +19,7 @@ from llamaindex_rerankers.llm import LLMReranker
 from llamaindex_rerankers.llm import server as server_module
 from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
 from llamaindex_rerankers.llm.server import (
+    CACHE_ENV,
     LLAMA_SERVER_ENV,
     LocalLLMServer,
     LocalLLMServerError,
@@ -31,8 +32,10 @@ FAKE = Path(__file__).with_name("fake_llama_server.py")
 
 @pytest.fixture
 def no_llama_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Nothing to find: no env var, an empty project cache, a PATH without llama-server."""
+    """Nothing to find: no env var, empty user and checkout caches, a PATH without
+    llama-server."""
     monkeypatch.delenv(LLAMA_SERVER_ENV, raising=False)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "empty-user-cache"))
     monkeypatch.setattr(server_module, "LLAMA_SERVER_CACHE", tmp_path / "empty-cache")
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
 
@@ -73,8 +76,13 @@ def calls(log: Path) -> list[list[str]]:
 def test_an_explicit_llama_server_that_is_missing_says_how_to_get_it(
     no_llama_server: None, model_file: str
 ) -> None:
-    with pytest.raises(LocalLLMServerError, match=f"make llama-server.*{LLAMA_SERVER_ENV}"):
+    with pytest.raises(LocalLLMServerError) as raised:
         start(model_file, server="llama-server")
+    message = str(raised.value)
+    # What a pip user can do (the package's build command, the setting), and a checkout's make.
+    assert "`llamaindex-rerankers llm-server --build`" in message
+    assert f"${LLAMA_SERVER_ENV}" in message and "--llama-server" in message
+    assert "empty-user-cache" in message and "make llama-server" in message
 
 
 def test_a_bad_llama_server_variable_is_an_error_not_a_fallback(
@@ -106,6 +114,124 @@ def test_the_project_cache_is_searched_newest_version_first(
         binary.write_text("#!/bin/sh\n")
         binary.chmod(0o755)
     assert find_llama_server() == str(tmp_path / "0.3.36" / "llama-server")
+
+
+def make_binary(path: Path) -> Path:
+    path.parent.mkdir(parents=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_user_cache_honours_the_cache_variables_and_is_searched_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(LLAMA_SERVER_ENV, raising=False)
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    user = tmp_path / "xdg" / "llamaindex-rerankers" / "llama-server"
+    assert server_module.llama_server_cache() == user
+    checkout = make_binary(tmp_path / "checkout" / "0.3.40" / "llama-server")
+    monkeypatch.setattr(server_module, "LLAMA_SERVER_CACHE", checkout.parents[1])
+    assert find_llama_server() == str(checkout)  # the checkout's, while the user has none
+    built = make_binary(user / "0.3.36" / "llama-server")
+    assert find_llama_server() == str(built)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+    assert server_module.llama_server_cache() == tmp_path / "mine" / "llama-server"
+
+
+def test_an_installed_package_does_not_look_beside_its_source_files(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    package = Path(server_module.__file__).parents[1]
+    site = tmp_path / "lib" / "python3" / "site-packages"
+    shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    code = "from llamaindex_rerankers.llm import server; print(server.LLAMA_SERVER_CACHE)"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code + "; print(server.__file__)"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["None", str(site / "llamaindex_rerankers" / "llm" / "server.py")]
+    # From this checkout, its .cache/llama-server (make llama-server) is searched.
+    assert package.parent / ".cache" / "llama-server" == server_module.LLAMA_SERVER_CACHE
+
+
+def test_an_explicit_binary_argument_wins_and_must_exist(
+    fake_binary: Path, model_file: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_SERVER_MODE", "fine")
+    binary = Path(os.environ[LLAMA_SERVER_ENV])
+    monkeypatch.setenv(LLAMA_SERVER_ENV, "/nonexistent/llama-server")  # the argument wins
+    with local_llm_server(model_file, llama_server=binary) as srv:
+        assert srv.kind == "llama-server"
+    assert len(calls(fake_binary)) == 1
+    with pytest.raises(LocalLLMServerError, match="llama_server='/no/such' is not an executable"):
+        start(model_file, llama_server="/no/such")
+    with pytest.raises(ValueError, match="server='llama-cpp-python' does not run"):
+        start(model_file, llama_server=binary, server="llama-cpp-python")
+
+
+def test_the_command_line_passes_the_binary_and_the_extra_buffers_setting(
+    fake_binary: Path, model_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llamaindex_rerankers.cli.llm_options import llm_endpoint
+    from llamaindex_rerankers.cli.parser import build_parser
+
+    monkeypatch.setenv("FAKE_LLAMA_SERVER_MODE", "crash-at-start")  # crashes with the buffers
+    binary = os.environ[LLAMA_SERVER_ENV]
+    monkeypatch.delenv(LLAMA_SERVER_ENV)  # the flag alone names it
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    argv = ["query", "q", "--persist-dir", "D", "--reranker", "llm", "--llm-gguf", model_file,
+            "--llama-server", binary, "--cpu-extra-buffers", "off"]  # fmt: skip
+    with llm_endpoint(build_parser().parse_args(argv), needed=True) as endpoint:
+        assert endpoint is not None and endpoint.local
+    # Started once, without the extra buffers: no probe.
+    assert [("--no-repack" in argv) for argv in calls(fake_binary)] == [True]
+
+
+FAKE_CMAKE = """cmake_minimum_required(VERSION 3.10)
+project(fake_llama_server CXX)
+set(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+add_executable(llama-server tools/server/server.cpp)
+"""
+FAKE_MAIN = '#include <cstdio>\nint main() { std::puts("version: 0 (fake)"); return 0; }\n'
+
+
+@pytest.mark.slow
+def test_llm_server_build_compiles_into_the_user_cache_where_it_is_found(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tarfile
+
+    from llamaindex_rerankers.cli import main
+
+    # A stand-in sdist laid out as llama-cpp-python's, whose llama-server is a tiny program:
+    # the real build script, cmake and compiler run; only llama.cpp's 4-5 min are spared.
+    version = server_module.LLAMA_SERVER_VERSION
+    src = tmp_path / "sdist" / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+    (src / "tools" / "server").mkdir(parents=True)
+    (src / "CMakeLists.txt").write_text(FAKE_CMAKE)
+    (src / "tools" / "server" / "server.cpp").write_text(FAKE_MAIN)
+    sdist = tmp_path / f"llama_cpp_python-{version}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(tmp_path / "sdist" / f"llama_cpp_python-{version}", f"llama_cpp_python-{version}")
+    monkeypatch.setenv("LLAMA_CPP_PYTHON_SDIST", str(sdist))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.delenv(LLAMA_SERVER_ENV, raising=False)
+    monkeypatch.setattr(server_module, "LLAMA_SERVER_CACHE", None)  # as an installed package
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # restored after the test
+    expected = tmp_path / "xdg" / "llamaindex-rerankers" / "llama-server" / version / "llama-server"
+
+    assert main(["llm-server", "--build"]) == 0
+    assert capsys.readouterr().out.strip() == str(expected)
+    assert expected.is_file() and find_llama_server() == str(expected)
+    sdist.unlink()  # a second --build finds it and builds nothing
+    assert main(["llm-server", "--build"]) == 0
+    assert capsys.readouterr().out.strip() == str(expected)
 
 
 def test_bad_arguments_are_rejected(model_file: str) -> None:
@@ -148,6 +274,7 @@ def test_auto_restarts_without_extra_buffers_when_they_crash(
     first, second = calls(fake_binary)
     assert "--no-repack" not in first and "--no-repack" in second
     assert "extra CPU buffer types" in caplog.text and "code -11" in caplog.text
+    assert "cpu_extra_buffers=False (on the command line: --cpu-extra-buffers off)" in caplog.text
 
 
 def test_explicit_extra_buffers_are_not_probed(
