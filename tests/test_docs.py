@@ -258,3 +258,41 @@ def test_every_results_file_is_on_a_benchmarks_page_with_its_command() -> None:
     # a results file no page takes stops the build
     with pytest.raises(SystemExit, match="no Benchmarks page shows"):
         gen.assign(["llm_quality", "a_new_benchmark"])
+
+
+def committed_figures() -> set[str]:
+    """Every float in benchmarks/results (subfolders included), to 4 decimals."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, float):
+            found.add(f"{value:.4f}")
+
+    for path in (REPO / "benchmarks/results").rglob("*.json"):
+        walk(json.loads(path.read_text()))
+    return found
+
+
+FIGURE = re.compile(r"(?<![\d.])(0\.\d{4})(?!\d)")
+
+
+def test_figures_in_hand_written_tables_are_committed_results() -> None:
+    # The guides and the README summarise results in their own tables; each 4-decimal figure
+    # there (nDCG@10, RR, R ...) must be one that a results file holds.
+    figures = committed_figures()
+    stray = []
+    for path in [README, *sorted(DOCS.rglob("*.md"))]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.startswith("|"):
+                stray += [
+                    f"{path.relative_to(REPO)}:{number}: {f}"
+                    for f in FIGURE.findall(line)
+                    if f not in figures
+                ]
+    assert stray == []
