@@ -72,6 +72,7 @@ typecheck: setup
 docs: setup
 	$(BIN)/mkdocs build --strict --site-dir site
 
+# Serves on http://127.0.0.1:8001/llamaindex-rerankers/ (the path of site_url), reloading on edits.
 docs-serve: setup
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
