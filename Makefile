@@ -17,8 +17,12 @@ endif
 export LLAMAINDEX_RERANKERS_DATA ?= $(SHARED)/data
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
+# mkdocs and Material print a banner about MkDocs 2 on every build; it is news, not a warning
+# about this site.
+export NO_MKDOCS_2_WARNING ?= 1
+export DISABLE_MKDOCS_2_WARNING ?= true
 
-.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval clean
+.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck docs docs-serve bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval clean
 
 # Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
 # compile, since the default demo calls no LLM) and the full one the tests need (every extra,
@@ -62,6 +66,15 @@ lint: setup
 
 typecheck: setup
 	$(BIN)/mypy
+
+# The documentation site, strict: a warning, a broken link or a missing reference fails.
+# `make test` builds it too (tests/test_docs.py).
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
+
+# Serves on http://127.0.0.1:8001/llamaindex-rerankers/ (the path of site_url), reloading on edits.
+docs-serve: setup
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 # Debian's chromium for the chat page's browser test (playwright drives it; it never downloads
 # a browser of its own). Installed with apt when missing and we are root, as on CI.
@@ -124,4 +137,4 @@ notebooks: setup
 	source scripts/offline-env.sh && $(BIN)/python scripts/execute_notebooks.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info site

@@ -1,5 +1,5 @@
 """The published evaluation matrix: the `llamaindex-rerankers eval` runs behind
-benchmarks/README.md, and the one summary table built from their JSON.
+the site's Evaluation runs page, and the one summary table built from their JSON.
 
     .venv/bin/python benchmarks/eval_matrix.py                # every run (about 2.5 h on 2 cores)
     .venv/bin/python benchmarks/eval_matrix.py --only dl19_chroma_k20,dl19_bm25_k10-100

@@ -5,8 +5,8 @@ carries ``x-vercel-ai-ui-message-stream: v1``. Only the part types the protocol 
 written, each with exactly its fields (the AI SDK's client validates parts strictly):
 ``start``, ``data-<name>``, ``source-document``, ``start-step``, ``text-start``,
 ``text-delta``, ``text-end``, ``finish-step``, ``error`` and ``finish``. Our own records travel
-in two data parts, ``data-sources`` (first) and ``data-report`` (last). ``docs/serve.md`` has a
-full transcript.
+in two data parts, ``data-sources`` (first) and ``data-report`` (last).
+``docs/guides/serving.md`` has a full transcript.
 
 Example:
     >>> sse({"type": "text-delta", "id": "t1", "delta": "Hi"})

@@ -77,7 +77,7 @@ def test_settings_reject_top_n_above_top_k_and_unknown_names() -> None:
 
 
 def test_every_setting_is_documented_with_its_variable_and_argument() -> None:
-    doc = (REPO / "docs" / "serve.md").read_text()
+    doc = (REPO / "docs" / "guides" / "serving.md").read_text()
     for row in settings_table():
         if row["env"]:
             assert row["env"] in doc, row["name"]
