@@ -288,6 +288,13 @@ def _document_texts(body: RerankRequest | RerankRequestV2, settings: ServerSetti
         if isinstance(doc, str):
             text = doc
         else:
+            if doc.text is not None and len(doc.text) > settings.max_document_chars:
+                # Checked whether or not rank_fields reads it: the schema states the limit.
+                raise invalid(
+                    f"documents[{i}].text",
+                    f"is {len(doc.text)} characters long; the limit is "
+                    f"{settings.max_document_chars} (--max-document-chars)",
+                )
             # A document with none of the fields has no text: it comes back unjudged.
             fields = getattr(body, "rank_fields", None) or ["text"]
             text = _field_text(doc, fields, f"documents[{i}]")
@@ -412,6 +419,11 @@ async def chat(body: ChatRequest, request: Request) -> Response:
             f"has {len(body.messages)} messages; the limit is {settings.max_messages} "
             "(--max-messages)",
         )
+    for i, message in enumerate(body.messages):
+        # Every text the schema bounds, whichever of content and parts the server reads.
+        for j, part in enumerate(message.parts or ()):
+            if part.text is not None and len(part.text) > settings.max_query_chars:
+                check_text(part.text, f"messages[{i}].parts[{j}].text", settings)
     texts = [m.text() for m in body.messages]
     for i, text in enumerate(texts[:-1]):
         if len(text) > settings.max_query_chars:

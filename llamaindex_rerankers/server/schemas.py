@@ -13,7 +13,16 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 _QUESTION = "best practices for pruning apple trees"
 
@@ -29,7 +38,22 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 Text = Annotated[StrictStr, Field()]
 #: A text that must say something: at least one character that is not whitespace.
 NonBlank = Annotated[StrictStr, Field(min_length=1, pattern=r"\S")]
-Count = Annotated[StrictInt, Field(ge=1)]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``5.0``; it excludes ``true`` and ``"5"``, which
+    pydantic's lax mode would take (strict mode would refuse ``5.0``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise PydanticCustomError("int_from_float", "Input should be a whole number")
+        return int(value)
+    return value
+
+
+NonNegative = Annotated[int, Field(ge=0), BeforeValidator(_whole_number)]
+Count = Annotated[int, Field(ge=1), BeforeValidator(_whole_number)]
 
 
 class InvalidText(Exception):
@@ -360,9 +384,8 @@ class RerankRequest(_Body):
         default=None,
         description="Accepted for compatibility and not used (see max_chunks_per_doc).",
     )
-    priority: StrictInt | None = Field(
+    priority: NonNegative | None = Field(
         default=None,
-        ge=0,
         description="Accepted for compatibility and not used (requests are served in arrival "
         "order; beyond the queue the answer is 503).",
     )
@@ -414,9 +437,8 @@ class RerankRequestV2(_Body):
         description="Accepted for compatibility and not used: long documents are cut to the "
         "reranker's token limit.",
     )
-    priority: StrictInt | None = Field(
+    priority: NonNegative | None = Field(
         default=None,
-        ge=0,
         description="Accepted for compatibility and not used (requests are served in arrival "
         "order; beyond the queue the answer is 503).",
     )

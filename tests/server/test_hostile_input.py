@@ -194,3 +194,16 @@ def test_the_schema_states_the_servers_limits_and_every_status(client: TestClien
     for path in ("/v1/rerank", "/v2/rerank", "/v1/chat"):
         assert "501" in schema["paths"][path]["post"]["responses"]
     assert "401" in schema["paths"]["/metrics"]["get"]["responses"]
+
+
+def test_every_text_the_schema_bounds_is_checked_even_when_not_read(client: TestClient) -> None:
+    # Found by Schemathesis' negative mode: an object document's `text` over the limit was
+    # accepted when rank_fields scored another field, and a part over the limit when the
+    # message also had `content`.
+    long = "x" * 20001
+    body = {"query": "q", "documents": [{"text": long, "t": "a"}], "rank_fields": ["t"]}
+    check_error(client.post("/v1/rerank", json=body), 422, "documents[0].text")
+    message = {"role": "user", "content": "q", "parts": [{"type": "text", "text": "y" * 301}]}
+    check_error(
+        client.post("/v1/chat", json={"messages": [message]}), 422, "messages[0].parts[0].text"
+    )
