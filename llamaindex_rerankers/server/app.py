@@ -14,6 +14,7 @@ from llamaindex_rerankers.server.backend import Backend
 from llamaindex_rerankers.server.errors import ApiError, install_error_handlers
 from llamaindex_rerankers.server.metrics import MetricsMiddleware, count_rejection
 from llamaindex_rerankers.server.routes import STATIC, api, router
+from llamaindex_rerankers.server.schemas import apply_limits
 from llamaindex_rerankers.server.settings import ServerSettings
 
 DESCRIPTION = """
@@ -82,6 +83,16 @@ def create_app(
     app.include_router(api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     s = backend.settings
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The limits are settings, so they are written into the generated schema once.
+        if app.openapi_schema is None:
+            apply_limits(generate(), s)
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     if s.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llamaindex_rerankers.server.backend import IndexUnavailable, NotReady
 from llamaindex_rerankers.server.metrics import count_rejection
+from llamaindex_rerankers.server.schemas import InvalidText
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,10 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
             message = "unknown field (see /docs for the fields this endpoint takes)"
         elif kind == "missing":
             message = "required"
+        elif kind == "string_pattern_mismatch":
+            message = "is empty or only whitespace; send text"
+        elif kind in ("string_too_short", "too_short"):
+            message = "is empty"
         else:
             message = str(error.get("msg", "invalid value"))
         # A union (string or object) fails once per member: one error per field is enough.
@@ -124,6 +129,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return answer(request, exc)
+
+    @app.exception_handler(InvalidText)
+    async def _invalid_text(request: Request, exc: InvalidText) -> JSONResponse:
+        if exc.field is None:
+            return answer(request, ApiError(422, "invalid_request", exc.message))
+        return answer(request, invalid(exc.field, exc.message))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -28,7 +29,9 @@ from llamaindex_rerankers.server.schemas import (
     ErrorResponse,
     HealthResponse,
     ReadyResponse,
+    RerankDocument,
     RerankRequest,
+    RerankRequestV2,
     RerankResponse,
     RetrieveRequest,
     RetrieveResponse,
@@ -42,10 +45,15 @@ T = TypeVar("T")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
+        400: "The body is not valid JSON (or cannot be parsed).",
         401: "Missing or wrong API key (when the server requires one).",
         413: "The request body is larger than --max-body-bytes.",
-        422: "A field is missing, unknown, empty, too long or out of range; `field` names it.",
-        503: "At capacity (or still loading): retry after the Retry-After header's seconds.",
+        415: "The body is not sent as JSON (Content-Type must be application/json).",
+        422: "A field is missing, unknown, of the wrong type, empty, too long, out of range or "
+        "not valid text; `field` names it.",
+        500: "A fault of the server's own (never the request's): the server log has the details.",
+        503: "At capacity (or still loading, or the index is unavailable): retry after the "
+        "Retry-After header's seconds.",
         504: "The request took longer than the server's timeout.",
     }.items()
 }
@@ -91,8 +99,24 @@ def require_api_key(request: Request) -> None:
         )
 
 
+def require_json(request: Request) -> None:
+    """A body sent as anything but JSON is a 415 (FastAPI would otherwise read it as bytes and
+    answer 422 "valid dictionary"). A request without a Content-Type is read as JSON."""
+    kind = request.headers.get("content-type")
+    if kind is None:
+        return
+    mime = kind.split(";", 1)[0].strip().lower()
+    if mime != "application/json" and not mime.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the body is sent as {mime or 'an empty Content-Type'}; send JSON with the "
+            "header Content-Type: application/json",
+        )
+
+
 router = APIRouter()
-api = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
+api = APIRouter(dependencies=[Depends(require_api_key), Depends(require_json)], responses=_ERRORS)
 
 
 # -- limits -----------------------------------------------------------------------------------
@@ -114,9 +138,10 @@ def k_and_n(top_k: int | None, top_n: int | None, settings: ServerSettings) -> t
     k = settings.top_k if top_k is None else top_k
     if not 1 <= k <= settings.max_top_k:
         raise invalid("top_k", f"must be in 1..{settings.max_top_k}, got {k}")
-    n = min(settings.top_n, k) if top_n is None else top_n
-    if not 1 <= n <= k:
-        raise invalid("top_n", f"must be in 1..top_k ({k}), got {n}")
+    # As in Cohere's rerank, asking for more than there are gives all there are.
+    n = min(settings.top_n if top_n is None else top_n, k)
+    if n < 1:
+        raise invalid("top_n", f"must be at least 1, got {n}")
     return k, n
 
 
@@ -182,7 +207,10 @@ async def readyz(request: Request) -> JSONResponse:
     summary="Prometheus metrics",
     dependencies=[Depends(require_api_key)],
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}},
+        401: {"model": ErrorResponse, "description": "Missing or wrong API key."},
+    },
 )
 async def metrics(request: Request) -> Response:
     registry = backend_of(request).metrics.registry
@@ -228,7 +256,25 @@ async def retrieve(body: RetrieveRequest, request: Request) -> dict[str, Any]:
 # -- /v1/rerank (Cohere) -----------------------------------------------------------------------
 
 
-def _document_texts(body: RerankRequest, settings: ServerSettings) -> list[str]:
+def _field_text(doc: RerankDocument, fields: list[str], where: str) -> str:
+    """The ``field: value`` lines of ``doc``'s ``fields`` (those it has); numbers and booleans
+    as JSON writes them, objects and arrays refused (their repr is not text to score)."""
+    values = doc.model_dump()
+    lines = []
+    for name in fields:
+        value = values.get(name)
+        if value is None:
+            continue
+        if isinstance(value, (dict, list)):
+            raise invalid(
+                f"{where}.{name}",
+                "is an object or array; rank_fields must name fields whose values are text",
+            )
+        lines.append(f"{name}: {value if isinstance(value, str) else json.dumps(value)}")
+    return "\n".join(lines)
+
+
+def _document_texts(body: RerankRequest | RerankRequestV2, settings: ServerSettings) -> list[str]:
     if not body.documents:
         raise invalid("documents", "is empty; send at least one document")
     if len(body.documents) > settings.max_documents:
@@ -241,16 +287,17 @@ def _document_texts(body: RerankRequest, settings: ServerSettings) -> list[str]:
     for i, doc in enumerate(body.documents):
         if isinstance(doc, str):
             text = doc
-        elif body.rank_fields:
-            values = doc.model_dump()
-            found = [f"{f}: {values[f]}" for f in body.rank_fields if values.get(f) is not None]
-            if not found:
-                raise invalid(f"documents[{i}]", f"has none of rank_fields {body.rank_fields}")
-            text = "\n".join(found)
-        elif doc.text is None:
-            raise invalid(f"documents[{i}].text", "required (or pass rank_fields)")
         else:
-            text = doc.text
+            if doc.text is not None and len(doc.text) > settings.max_document_chars:
+                # Checked whether or not rank_fields reads it: the schema states the limit.
+                raise invalid(
+                    f"documents[{i}].text",
+                    f"is {len(doc.text)} characters long; the limit is "
+                    f"{settings.max_document_chars} (--max-document-chars)",
+                )
+            # A document with none of the fields has no text: it comes back unjudged.
+            fields = getattr(body, "rank_fields", None) or ["text"]
+            text = _field_text(doc, fields, f"documents[{i}]")
         if len(text) > settings.max_document_chars:
             raise invalid(
                 f"documents[{i}]",
@@ -261,13 +308,13 @@ def _document_texts(body: RerankRequest, settings: ServerSettings) -> list[str]:
     return texts
 
 
-async def _rerank(body: RerankRequest, request: Request, version: str) -> dict[str, Any]:
+async def _rerank(
+    body: RerankRequest | RerankRequestV2, request: Request, version: str
+) -> dict[str, Any]:
     backend = backend_of(request)
     settings = backend.settings
     query = check_text(body.query, "query", settings)
     texts = _document_texts(body, settings)
-    if body.top_n is not None and body.top_n < 1:
-        raise invalid("top_n", f"must be at least 1, got {body.top_n}")
     if not backend.reranks:
         raise ApiError(501, "no_reranker", "this server runs without a reranker (--reranker none)")
     result = await _bounded(
@@ -285,7 +332,7 @@ async def _rerank(body: RerankRequest, request: Request, version: str) -> dict[s
     for n in nodes:
         index = int(n.node.metadata["ref_doc_index"])
         item: dict[str, Any] = {"index": index, "relevance_score": n.score}
-        if body.return_documents and version == "1":
+        if isinstance(body, RerankRequest) and body.return_documents:
             doc = body.documents[index]
             item["document"] = {"text": doc} if isinstance(doc, str) else doc.model_dump()
         results.append(item)
@@ -307,6 +354,7 @@ async def _rerank(body: RerankRequest, request: Request, version: str) -> dict[s
     response_model_exclude_none=True,
     tags=["rerank"],
     summary="Cohere-compatible rerank (v1)",
+    responses={501: {"model": ErrorResponse, "description": "The server runs no reranker."}},
     description="Cohere's rerank API over this server's reranker: point a Cohere client (or "
     "any framework's Cohere reranker) at this server's base URL. Documents the reranker "
     "could not judge have relevance_score null and come last; when it could judge none, the "
@@ -322,8 +370,9 @@ async def rerank_v1(body: RerankRequest, request: Request) -> dict[str, Any]:
     response_model_exclude_none=True,
     tags=["rerank"],
     summary="Cohere-compatible rerank (v2: documents are strings, none returned)",
+    responses={501: {"model": ErrorResponse, "description": "The server runs no reranker."}},
 )
-async def rerank_v2(body: RerankRequest, request: Request) -> dict[str, Any]:
+async def rerank_v2(body: RerankRequestV2, request: Request) -> dict[str, Any]:
     return await _rerank(body, request, "2")
 
 
@@ -370,6 +419,11 @@ async def chat(body: ChatRequest, request: Request) -> Response:
             f"has {len(body.messages)} messages; the limit is {settings.max_messages} "
             "(--max-messages)",
         )
+    for i, message in enumerate(body.messages):
+        # Every text the schema bounds, whichever of content and parts the server reads.
+        for j, part in enumerate(message.parts or ()):
+            if part.text is not None and len(part.text) > settings.max_query_chars:
+                check_text(part.text, f"messages[{i}].parts[{j}].text", settings)
     texts = [m.text() for m in body.messages]
     for i, text in enumerate(texts[:-1]):
         if len(text) > settings.max_query_chars:

@@ -8,15 +8,124 @@ documents) are checked by the routes, with the same error shape.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 _QUESTION = "best practices for pruning apple trees"
+
+#: Deepest nesting of arrays and objects a request may have: far beyond any real request, and
+#: well inside what the JSON encoder can write back (an echoed document nested ~300 deep made
+#: the response's serialisation fail with a 500).
+MAX_DEPTH = 32
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# Strict types: JSON `true` is not the number 1 and `0` is not false; a value of the wrong type
+# is a 422 that names the field, never a silent coercion.
+Text = Annotated[StrictStr, Field()]
+#: A text that must say something: at least one character that is not whitespace.
+NonBlank = Annotated[StrictStr, Field(min_length=1, pattern=r"\S")]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``5.0``; it excludes ``true`` and ``"5"``, which
+    pydantic's lax mode would take (strict mode would refuse ``5.0``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise PydanticCustomError("int_from_float", "Input should be a whole number")
+        return int(value)
+    return value
+
+
+NonNegative = Annotated[int, Field(ge=0), BeforeValidator(_whole_number)]
+Count = Annotated[int, Field(ge=1), BeforeValidator(_whole_number)]
+
+
+class InvalidText(Exception):
+    """A request whose JSON pydantic would accept but that the server cannot process (an
+    unpaired UTF-16 surrogate, nesting deeper than :data:`MAX_DEPTH`): answered 422 naming
+    ``field``. Deliberately not a ``ValueError``, so that pydantic lets it through with the
+    field's path intact instead of reporting it at the model's root."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        # A key may hold the surrogate: the path is written with escapes, so that the error
+        # answer itself can be encoded.
+        field = field.encode("utf-8", "backslashreplace").decode() if field else None
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+def _walk(value: Any, path: str = "") -> Iterator[tuple[str, Any, int]]:
+    """Every value inside ``value`` (keys included, as strings) with its path and depth;
+    iterative, so a hostile depth cannot exhaust the stack."""
+    stack: list[tuple[str, Any, int]] = [(path, value, 0)]
+    while stack:
+        where, item, depth = stack.pop()
+        yield where, item, depth
+        # Pushed in reverse, so that values come out in the request's own order.
+        if isinstance(item, dict):
+            for key, sub in reversed(item.items()):
+                child = f"{where}.{key}" if where else str(key)
+                stack.append((child, sub, depth + 1))
+                stack.append((child, key, depth + 1))
+        elif isinstance(item, list):
+            for i in range(len(item) - 1, -1, -1):
+                stack.append((f"{where}[{i}]", item[i], depth + 1))
+
+
+def check_json_text(data: Any) -> None:
+    """Raise :class:`InvalidText` for the first string holding an unpaired surrogate (Python's
+    JSON parser lets ``"\\ud800"`` through; no tokenizer or encoder takes it), a number that is
+    not finite, and nesting deeper than :data:`MAX_DEPTH`.
+
+    Example:
+        >>> check_json_text({"query": "ok", "documents": ["fine"]})
+    """
+    for where, item, depth in _walk(data):
+        if depth > MAX_DEPTH:
+            raise InvalidText(
+                where or None, f"is nested deeper than {MAX_DEPTH} levels of arrays and objects"
+            )
+        if isinstance(item, float) and not math.isfinite(item):
+            # Python's parser reads NaN, Infinity and 1e999; JSON has no such numbers, and an
+            # echoed document holding one could not be written back.
+            raise InvalidText(where or None, f"is {item!r}, a number JSON has no way to write")
+        if isinstance(item, str) and _SURROGATE.search(item):
+            raise InvalidText(
+                where or None,
+                "contains an unpaired UTF-16 surrogate (e.g. \\ud800), which is not text; "
+                "send valid Unicode",
+            )
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Body(_Request):
+    """A whole request body: its text and nesting are checked once, before the fields."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        check_json_text(data)
+        return data
 
 
 class _Open(BaseModel):
@@ -46,7 +155,8 @@ class ErrorResponse(BaseModel):
     )
     code: str = Field(
         description="Stable machine-readable code: invalid_request, unauthorized, not_found, "
-        "payload_too_large, method_not_allowed, overloaded, timeout, not_ready, "
+        "payload_too_large, unsupported_media_type, method_not_allowed, overloaded, timeout, "
+        "not_ready, "
         "index_unavailable, reranker_failed, llm_unavailable, answers_disabled, no_reranker, "
         "internal_error.",
         examples=["invalid_request"],
@@ -163,21 +273,23 @@ class SourceOut(BaseModel):
 # -- /v1/retrieve -------------------------------------------------------------------------------
 
 
-class RetrieveRequest(_Request):
+class RetrieveRequest(_Body):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"query": _QUESTION, "top_n": 3}]}
     )
 
-    query: str = Field(description="The question.", examples=[_QUESTION])
-    top_k: int | None = Field(
+    query: NonBlank = Field(
+        description="The question (at most --max-query-chars characters).", examples=[_QUESTION]
+    )
+    top_k: Count | None = Field(
         default=None,
         description="First-stage candidates (default: the server's --top-k; at most --max-top-k).",
         examples=[20],
     )
-    top_n: int | None = Field(
+    top_n: Count | None = Field(
         default=None,
-        description="Sources returned after reranking (default: the server's --top-n; at most "
-        "top_k).",
+        description="Sources returned after reranking (default: the server's --top-n); a value "
+        "above top_k returns top_k sources.",
         examples=[5],
     )
 
@@ -204,13 +316,15 @@ class RerankDocument(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    text: str | None = Field(
-        default=None, description="The text to score (or use rank_fields to pick fields)."
+    text: Text | None = Field(
+        default=None,
+        description="The text to score (or use rank_fields to pick fields). A document with "
+        "no text to score is returned unjudged (relevance_score null, after the judged ones).",
     )
 
 
-class RerankRequest(_Request):
-    """Cohere's rerank request (v1 and v2)."""
+class RerankRequest(_Body):
+    """Cohere's rerank request, v1: documents are strings or objects."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -229,42 +343,104 @@ class RerankRequest(_Request):
         },
     )
 
-    model: str | None = Field(
+    model: Text | None = Field(
         default=None,
         description="Accepted for compatibility; the server's reranker is used whatever it says "
         "(the response's meta names it).",
         examples=["rerank-v3.5"],
     )
-    query: str = Field(description="The search query.", examples=[_QUESTION])
-    documents: list[str | RerankDocument] = Field(
-        description="Strings, or objects with a `text` field (other fields are returned as "
-        "they came).",
+    query: NonBlank = Field(
+        description="The search query (at most --max-query-chars characters).",
+        examples=[_QUESTION],
     )
-    top_n: int | None = Field(
+    documents: list[Text | RerankDocument] = Field(
+        min_length=1,
+        description="Strings, or objects with a `text` field (other fields are returned as "
+        "they came); at most --max-documents, each at most --max-document-chars characters. "
+        "An empty document is returned unjudged.",
+    )
+    top_n: Count | None = Field(
         default=None,
         description="Results returned (default: all; values above the number of documents "
         "return all).",
         examples=[3],
     )
-    return_documents: bool = Field(default=False, description="Return each result's document (v1).")
-    rank_fields: list[str] | None = Field(
-        default=None,
-        description="For object documents: the fields whose values are scored, in order "
-        "(joined as `field: value` lines). Default: `text`.",
+    return_documents: StrictBool = Field(
+        default=False, description="Return each result's document."
     )
-    max_chunks_per_doc: int | None = Field(
+    rank_fields: list[NonBlank] | None = Field(
+        default=None,
+        min_length=1,
+        description="For object documents: the fields whose values are scored, in order "
+        "(joined as `field: value` lines); the values must be strings or numbers. Default: "
+        "`text`.",
+    )
+    max_chunks_per_doc: Count | None = Field(
         default=None,
         description="Accepted for compatibility and not used: long documents are cut to the "
         "reranker's token limit instead of being chunked.",
     )
-    max_tokens_per_doc: int | None = Field(
+    max_tokens_per_doc: Count | None = Field(
         default=None,
-        description="v2: accepted for compatibility and not used (see max_chunks_per_doc).",
+        description="Accepted for compatibility and not used (see max_chunks_per_doc).",
     )
-    priority: int | None = Field(
+    priority: NonNegative | None = Field(
         default=None,
-        description="v2: accepted for compatibility and not used (requests are served in "
-        "arrival order; beyond the queue the answer is 503).",
+        description="Accepted for compatibility and not used (requests are served in arrival "
+        "order; beyond the queue the answer is 503).",
+    )
+
+
+class RerankRequestV2(_Body):
+    """Cohere's rerank request, v2: documents are strings, and none is returned."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "rerank-v3.5",
+                    "query": _QUESTION,
+                    "documents": [
+                        "Prune apple trees in late winter while they are dormant.",
+                        "Apple Inc. shares rose 2% after the earnings report.",
+                    ],
+                    "top_n": 1,
+                }
+            ]
+        },
+    )
+
+    model: Text | None = Field(
+        default=None,
+        description="Accepted for compatibility; the server's reranker is used whatever it says "
+        "(the response's meta names it).",
+        examples=["rerank-v3.5"],
+    )
+    query: NonBlank = Field(
+        description="The search query (at most --max-query-chars characters).",
+        examples=[_QUESTION],
+    )
+    documents: list[Text] = Field(
+        min_length=1,
+        description="The documents as strings; at most --max-documents, each at most "
+        "--max-document-chars characters. An empty document is returned unjudged.",
+    )
+    top_n: Count | None = Field(
+        default=None,
+        description="Results returned (default: all; values above the number of documents "
+        "return all).",
+        examples=[3],
+    )
+    max_tokens_per_doc: Count | None = Field(
+        default=None,
+        description="Accepted for compatibility and not used: long documents are cut to the "
+        "reranker's token limit.",
+    )
+    priority: NonNegative | None = Field(
+        default=None,
+        description="Accepted for compatibility and not used (requests are served in arrival "
+        "order; beyond the queue the answer is 503).",
     )
 
 
@@ -297,8 +473,8 @@ class MessagePart(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description="Part type; `text` parts are read, others ignored.")
-    text: str | None = Field(default=None, description="The text of a `text` part.")
+    type: Text = Field(description="Part type; `text` parts are read, others ignored.")
+    text: Text | None = Field(default=None, description="The text of a `text` part.")
 
 
 class ChatMessageIn(_Request):
@@ -307,11 +483,15 @@ class ChatMessageIn(_Request):
     role: Literal["user", "assistant"] = Field(
         description="user or assistant (the system prompt is the server's).", examples=["user"]
     )
-    content: str | None = Field(default=None, description="The text.", examples=[_QUESTION])
+    content: Text | None = Field(
+        default=None,
+        description="The text (at most --max-query-chars characters).",
+        examples=[_QUESTION],
+    )
     parts: list[MessagePart] | None = Field(
         default=None, description="AI SDK UIMessage parts (instead of content)."
     )
-    id: str | None = Field(default=None, description="Client message id (ignored).")
+    id: Text | None = Field(default=None, description="Client message id (ignored).")
     metadata: Any = Field(default=None, description="Client metadata (ignored).")
 
     def text(self) -> str:
@@ -320,7 +500,7 @@ class ChatMessageIn(_Request):
         return "".join(p.text or "" for p in self.parts or () if p.type == "text")
 
 
-class ChatRequest(_Request):
+class ChatRequest(_Body):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -336,26 +516,33 @@ class ChatRequest(_Request):
     )
 
     messages: list[ChatMessageIn] = Field(
-        description="The conversation, oldest first; the last one is the user's question. "
-        "With session_id, send only the new message: the server prepends the stored history.",
+        min_length=1,
+        description="The conversation, oldest first (at most --max-messages); the last one must "
+        "be the user's question, with text. With session_id, send only the new message: the "
+        "server prepends the stored history.",
     )
-    session_id: str | None = Field(
+    session_id: StrictStr | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_-]{8,128}$",
         description="Keep the history on the server under this id (8-128 characters of "
         "A-Z a-z 0-9 _ -; use a random UUID). Sessions expire after --session-ttl seconds "
         "unused.",
     )
-    stream: bool = Field(
+    stream: StrictBool = Field(
         default=True,
         description="true: an AI SDK UI message stream (server-sent events); false: one JSON "
         "document with the same content.",
     )
-    top_k: int | None = Field(default=None, description="First-stage candidates.")
-    top_n: int | None = Field(default=None, description="Sources given to the answer.")
-    id: str | None = Field(default=None, description="AI SDK chat id (accepted, ignored).")
-    trigger: str | None = Field(default=None, description="AI SDK trigger (accepted, ignored).")
-    messageId: str | None = Field(  # the AI SDK's field name
+    top_k: Count | None = Field(
+        default=None, description="First-stage candidates (at most --max-top-k)."
+    )
+    top_n: Count | None = Field(
+        default=None,
+        description="Sources given to the answer; a value above top_k gives top_k sources.",
+    )
+    id: Text | None = Field(default=None, description="AI SDK chat id (accepted, ignored).")
+    trigger: Text | None = Field(default=None, description="AI SDK trigger (accepted, ignored).")
+    messageId: Text | None = Field(  # the AI SDK's field name
         default=None, description="AI SDK message id (accepted, ignored)."
     )
 
@@ -396,3 +583,52 @@ class ReadyResponse(BaseModel):
         description="models (reranker and embedding model loaded), chroma (the collection "
         "answers), llm (the endpoint answers GET /models; only when one is configured)."
     )
+
+
+# -- limits that depend on the settings ---------------------------------------------------------
+
+
+def _limit(prop: dict[str, Any], kind: str, **limits: Any) -> None:
+    """Add ``limits`` to the branch of ``prop`` whose JSON type is ``kind``."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") == kind:
+            branch.update(limits)
+
+
+def apply_limits(openapi: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """Write the server's own limits (``--max-query-chars``, ``--max-documents`` ...) into the
+    request schemas of ``openapi``, in place, so that the schema states what the routes enforce.
+
+    Example:
+        >>> from llamaindex_rerankers.server import ServerSettings, create_app
+        >>> schema = create_app(ServerSettings(max_documents=50)).openapi()
+        >>> schema["components"]["schemas"]["RerankRequest"]["properties"]["documents"]["maxItems"]
+        50
+    """
+    models = openapi.get("components", {}).get("schemas", {})
+
+    def props(name: str) -> dict[str, Any]:
+        found: dict[str, Any] = models.get(name, {}).get("properties", {})
+        return found
+
+    query, docs = settings.max_query_chars, settings.max_document_chars
+    for name in ("RetrieveRequest", "RerankRequest", "RerankRequestV2"):
+        if "query" in props(name):
+            _limit(props(name)["query"], "string", maxLength=query)
+    for name in ("RetrieveRequest", "ChatRequest"):
+        if "top_k" in props(name):
+            _limit(props(name)["top_k"], "integer", maximum=settings.max_top_k)
+    for name in ("RerankRequest", "RerankRequestV2"):
+        documents = props(name).get("documents")
+        if documents is not None:
+            documents["maxItems"] = settings.max_documents
+            _limit(documents.get("items", {}), "string", maxLength=docs)
+    if "text" in props("RerankDocument"):
+        _limit(props("RerankDocument")["text"], "string", maxLength=docs)
+    if "messages" in props("ChatRequest"):
+        props("ChatRequest")["messages"]["maxItems"] = settings.max_messages
+    if "content" in props("ChatMessageIn"):
+        _limit(props("ChatMessageIn")["content"], "string", maxLength=query)
+    if "text" in props("MessagePart"):
+        _limit(props("MessagePart")["text"], "string", maxLength=query)
+    return openapi

@@ -182,6 +182,20 @@ def test_rerank_speaks_cohere_json(client: httpx.Client) -> None:
     assert "document" not in no_docs["results"][0] and len(no_docs["results"]) == 3
 
 
+def test_a_document_with_nothing_to_score_comes_back_and_top_n_above_top_k_gives_top_k(
+    client: httpx.Client,
+) -> None:
+    # Before: an object document without `text` was a 422 for the whole request, and a top_n
+    # above top_k a 422 although the schema cannot say so (every schema-valid request is served).
+    body = {"query": PRUNING, "documents": [DOCS[1], {"title": "no text"}, DOCS[0]]}
+    out = post(client, "/v1/rerank", body).json()
+    assert sorted(x["index"] for x in out["results"]) == [0, 1, 2]
+    assert out["results"][0]["index"] == 0
+    r = post(client, "/v1/retrieve", {"query": PRUNING, "top_k": 4, "top_n": 9})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["sources"]) == 4
+
+
 def test_a_real_cohere_client_reranks_through_the_server(demo_server: ServeProcess) -> None:
     import cohere
 
@@ -236,7 +250,6 @@ LIMIT_CASES = [
     ("/v1/retrieve", {"query": "   "}, 422, "query"),
     ("/v1/retrieve", {"query": "x" * (MAX_QUERY_CHARS + 1)}, 422, "query"),
     ("/v1/retrieve", {"query": PRUNING, "topn": 3}, 422, "topn"),
-    ("/v1/retrieve", {"query": PRUNING, "top_n": 9}, 422, "top_n"),
     ("/v1/retrieve", {"query": PRUNING, "top_k": 0}, 422, "top_k"),
     ("/v1/retrieve", {"query": PRUNING, "top_k": 1000}, 422, "top_k"),
     ("/v1/retrieve", {}, 422, "query"),
@@ -245,9 +258,9 @@ LIMIT_CASES = [
     ("/v1/rerank", {"query": PRUNING, "documents": ["d", "x" * 2001]}, 422, "documents[1]"),
     (
         "/v1/rerank",
-        {"query": PRUNING, "documents": ["d", {"title": "t"}]},
+        {"query": PRUNING, "documents": ["d", {"text": "t", "n": {"a": 1}}], "rank_fields": ["n"]},
         422,
-        "documents[1].text",
+        "documents[1].n",
     ),
     ("/v1/rerank", {"query": PRUNING, "documents": ["d", 7]}, 422, "documents[1]"),
     ("/v1/rerank", {"query": PRUNING, "documents": ["d"], "top_n": 0}, 422, "top_n"),
