@@ -616,3 +616,18 @@ def test_rerank_failed_only_when_every_source_was_left_unjudged() -> None:
     assert not rerank_failed([node(rerank_score=None), node(rerank_score=0.1)])
     assert not rerank_failed([])  # an empty index: nothing to judge, so nothing failed
     assert not rerank_failed([node(), node()])  # no reranker of ours ran
+
+
+
+def test_sources_with_no_text_to_judge_are_not_an_outage() -> None:
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from llamaindex_rerankers import CrossEncoderReranker
+
+    # The base leaves a node without text unjudged on purpose; an answer over image nodes
+    # must not say "the reranker failed, retry later".
+    nodes = [NodeWithScore(node=TextNode(text=t), score=0.5) for t in ("", "  \n")]
+    out = CrossEncoderReranker(model="never-loaded").rerank(nodes, "q").nodes
+    assert all(n.node.metadata["rerank_score"] is None for n in out)
+    assert not rerank_failed(out)
+    assert rerank_failed([NodeWithScore(node=TextNode(text="x", metadata={"rerank_score": None}))])

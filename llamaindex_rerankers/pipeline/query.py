@@ -19,7 +19,7 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from llamaindex_rerankers.base import RERANK_SCORE, BaseReranker
+from llamaindex_rerankers.base import NO_TEXT, RERANK_ERROR, RERANK_SCORE, BaseReranker
 from llamaindex_rerankers.pipeline.chroma import (
     ChromaConfig,
     _check_collection_model,
@@ -249,8 +249,8 @@ def rerank_failed(nodes: Sequence[NodeWithScore]) -> bool:
     """Whether our reranker ran on ``nodes`` but could judge none of them (an outage, such as an
     unreachable LLM endpoint): every node carries ``rerank_score`` and every one is ``None``.
 
-    No nodes (an empty index) and nodes without ``rerank_score`` (no reranker, or one that is
-    not ours) are not a failure.
+    No nodes (an empty index), nodes without ``rerank_score`` (no reranker, or one that is
+    not ours) and nodes with no text to judge (left unjudged on purpose) are not a failure.
 
     Example:
         >>> from llama_index.core.schema import TextNode
@@ -259,6 +259,8 @@ def rerank_failed(nodes: Sequence[NodeWithScore]) -> bool:
         >>> rerank_failed([]), rerank_failed([NodeWithScore(node=TextNode())])
         (False, False)
     """
+    # Nodes with no text were left unjudged on purpose: they are no evidence of an outage.
+    nodes = [n for n in nodes if n.node.metadata.get(RERANK_ERROR) != NO_TEXT]
     return bool(nodes) and all(
         RERANK_SCORE in n.node.metadata and n.node.metadata[RERANK_SCORE] is None for n in nodes
     )
