@@ -351,7 +351,7 @@ async def _rerank(
 @api.post(
     "/v1/rerank",
     response_model=RerankResponse,
-    response_model_exclude_none=True,
+    response_model_exclude_unset=True,  # `document` only when asked; a null score stays
     tags=["rerank"],
     summary="Cohere-compatible rerank (v1)",
     responses={501: {"model": ErrorResponse, "description": "The server runs no reranker."}},
@@ -367,7 +367,7 @@ async def rerank_v1(body: RerankRequest, request: Request) -> dict[str, Any]:
 @api.post(
     "/v2/rerank",
     response_model=RerankResponse,
-    response_model_exclude_none=True,
+    response_model_exclude_unset=True,  # `document` only when asked; a null score stays
     tags=["rerank"],
     summary="Cohere-compatible rerank (v2: documents are strings, none returned)",
     responses={501: {"model": ErrorResponse, "description": "The server runs no reranker."}},

@@ -189,8 +189,14 @@ def test_a_document_with_nothing_to_score_comes_back_and_top_n_above_top_k_gives
     # above top_k a 422 although the schema cannot say so (every schema-valid request is served).
     body = {"query": PRUNING, "documents": [DOCS[1], {"title": "no text"}, DOCS[0]]}
     out = post(client, "/v1/rerank", body).json()
-    assert sorted(x["index"] for x in out["results"]) == [0, 1, 2]
-    assert out["results"][0]["index"] == 0
+    assert [x["index"] for x in out["results"]] == [0, 2, 1]  # nothing lost, unjudged last
+    assert out["results"][-1]["relevance_score"] is None  # null, not missing: the schema's shape
+    assert out["meta"]["report"]["n_skipped"] == 1
+    v2 = post(client, "/v2/rerank", {"query": PRUNING, "documents": ["", DOCS[1]]}).json()
+    assert [(x["index"], x["relevance_score"] is None) for x in v2["results"]] == [
+        (1, False),
+        (0, True),
+    ]
     r = post(client, "/v1/retrieve", {"query": PRUNING, "top_k": 4, "top_n": 9})
     assert r.status_code == 200, r.text
     assert len(r.json()["sources"]) == 4
