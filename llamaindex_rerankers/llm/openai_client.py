@@ -391,7 +391,11 @@ def _loop_bound_http_client_class() -> type:
         closing: asyncio.Task[None] | None = None
 
         def __del__(self) -> None:
-            if self.is_closed:
+            try:
+                closed = self.is_closed
+            except AttributeError:  # never initialised (a copy or unpickling that failed)
+                return
+            if closed:
                 return
             try:
                 running = asyncio.get_running_loop()
