@@ -131,6 +131,16 @@ def test_a_client_that_cannot_be_pickled_fails_the_pickle_with_the_fix() -> None
     assert "LockedClient" in str(raised.value)
 
 
+def test_a_given_openai_client_pickles_as_its_settings(fake: FakeOpenAI) -> None:
+    client = OpenAIChatClient(model="m", base_url=fake.url + "/v1", api_key="k", timeout=7.0)
+    reranker = LLMReranker(client=client, model="m", cache=None, **PLAIN)
+    reranker.rerank(nodes(), QUERY)  # its connection pool exists now
+    loaded = pickle.loads(pickle.dumps(reranker)).client
+    assert isinstance(loaded, OpenAIChatClient) and loaded is not client
+    assert (loaded.identity, loaded.timeout) == ((fake.url + "/v1", "m"), 7.0)
+    assert order(reranker.model_copy().rerank(nodes(), QUERY)) == EXPECTED
+
+
 def test_the_cache_objects_pickle_as_their_configuration(tmp_path: Any) -> None:
     sqlite = LLMReranker(model="m", cache=str(tmp_path / "j.sqlite"))
     assert pickle.loads(pickle.dumps(sqlite)).judgement_cache.path == str(tmp_path / "j.sqlite")
