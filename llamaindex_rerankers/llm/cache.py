@@ -27,13 +27,50 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+#: The ``cache=`` settings the reranker understands, for error messages.
+SUPPORTED_SPECS = (
+    "'memory' (an in-process LRU), a path to an SQLite file (e.g. 'judgements.sqlite' or "
+    "'/var/cache/judgements.sqlite'), an object with get/put (see JudgementCache), or None (no "
+    "cache)"
+)
+
+#: ``scheme://`` at the start of a string: a URL, not a file path. Two characters at least, so
+#: that a Windows drive (``C:/x``, ``C:\x``) is still a path.
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/")
+
+
+def check_cache_path(path: str | Path) -> str:
+    """``path`` as a string, if it names a file; a URL (``redis://...``, ``postgres://...``,
+    ``sqlite:///...``) raises instead of becoming a folder named after its scheme.
+
+    Raises:
+        ValueError: ``path`` starts with a URL scheme; the message lists the supported specs.
+
+    Example:
+        >>> check_cache_path("judgements.sqlite")
+        'judgements.sqlite'
+        >>> check_cache_path("redis://127.0.0.1:6379/0")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: cache='redis://127.0.0.1:6379/0': the URL scheme 'redis' is not supported. ...
+    """
+    text = str(path)
+    found = _URL.match(text) if isinstance(path, str) else None
+    if found is not None:
+        raise ValueError(
+            f"cache={text!r}: the URL scheme {found.group(1)!r} is not supported. Supported: "
+            f"{SUPPORTED_SPECS}. For an SQLite file give its path without a scheme."
+        )
+    return text
 
 
 @dataclass(frozen=True)
@@ -188,6 +225,11 @@ class MemoryCache:
     def __repr__(self) -> str:
         return f"MemoryCache(maxsize={self.maxsize}, entries={len(self._data)})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (and deep-copied, when not shared) as its configuration: an empty cache of
+        # the same size. The entries are not configuration, and the lock cannot be pickled.
+        return (MemoryCache, (self.maxsize,))
+
 
 class SQLiteCache:
     """Judgements in an SQLite file, kept across runs; thread-safe, one connection.
@@ -203,7 +245,7 @@ class SQLiteCache:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+        self.path = check_cache_path(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -260,6 +302,10 @@ class SQLiteCache:
 
     def __repr__(self) -> str:
         return f"SQLiteCache({self.path!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its path: the loaded copy opens the same file (its own connection).
+        return (SQLiteCache, (self.path,))
 
 
 #: Keys per ``IN (...)``: below SQLite's lowest limit on bound variables (999 before 3.32).

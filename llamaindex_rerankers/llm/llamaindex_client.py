@@ -2,21 +2,38 @@
 :class:`~llamaindex_rerankers.llm.reranker.LLMReranker` can judge with it
 (:meth:`LLMReranker.from_llm <llamaindex_rerankers.llm.reranker.LLMReranker.from_llm>`).
 
+* **A judgement generates a few tokens, whatever the LLM's own settings.** It needs one token
+  (``max_tokens``) when log-probabilities are read, ``text_max_tokens`` (8) when the label is
+  read from the text. The LLM's own limit wins over per-call options in LlamaIndex (and
+  ``OpenAILike``'s default is none: a small model then talks until its context is full), so
+  the client judges with a *copy* of the LLM whose limit field is set to the bound: ``max_tokens``
+  (the OpenAI family, Anthropic, Gemini, Mistral, Bedrock, ``MockLLM``...), ``max_new_tokens``
+  (``HuggingFaceLLM``) or ``max_output_tokens``. The OpenAI family's ``additional_kwargs`` lose
+  their ``max_tokens`` / ``max_completion_tokens`` in that copy. The user's LLM object is never
+  changed; a copy is made again when it is. An LLM class with none of these fields is warned
+  about at construction (:class:`UserWarning`), naming the setting to limit.
+* **Chat, not completion.** An ``OpenAI``-family LLM with ``is_chat_model=False`` (the default
+  of ``OpenAILike``) sends the judge prompt to ``/v1/completions`` as plain text, without the
+  chat template and without log-probabilities: warned at construction; pass
+  ``is_chat_model=True`` when the endpoint serves chat (llama.cpp, vLLM, Ollama, OpenAI do).
 * **Log-probabilities where the LLM class returns them.** LlamaIndex's ``OpenAI`` family
   (``OpenAI``, ``OpenAILike``, ``AzureOpenAI``: every subclass of
   ``llama_index.llms.openai.OpenAI``) used as a chat model takes ``logprobs=True,
   top_logprobs=k`` per call and returns ``ChatResponse.logprobs``; the reranker then scores by
-  expected relevance. Such an LLM also gets ``max_tokens`` per call, unless its own
-  ``max_tokens`` is set (which wins, in LlamaIndex). Answers without logprobs count towards the
-  endpoint's switch to text mode (:mod:`llamaindex_rerankers.llm.capabilities`).
+  expected relevance. Answers without logprobs count towards the endpoint's switch to text mode
+  (:mod:`llamaindex_rerankers.llm.capabilities`).
 * **The text otherwise.** Any other LLM is called with the messages alone (LLM classes differ in
   which options they take) and its label is parsed from the answer text.
+* **Callbacks are the LLM's**: its ``callback_manager`` gets the ``CBEventType.LLM`` events of
+  every judgement (LlamaIndex's own instrumentation of ``achat``), so token counting works as
+  for any use of that LLM.
 * **Identity** ``("llamaindex:<LLM class>", <model name>)``: the capability memory's key, and the
   default cache namespace ``"llamaindex:<class>|<model>"``.
 * **Retries and timeouts are the LLM's own** (``max_retries``, ``timeout`` of the LLM); the
   reranker's deadline cuts a call short. Any exception becomes a
   :class:`~llamaindex_rerankers.llm.types.ChatClientError`, so a failing LLM labels passages
   ``unknown`` instead of failing the rerank.
+* **Pickled as its LLM** (the copies are made again after loading).
 
 Example:
     >>> from llama_index.core.llms.mock import MockLLM
@@ -27,7 +44,9 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +60,41 @@ from llamaindex_rerankers.llm.capabilities import (
 from llamaindex_rerankers.llm.retry import rejects_logprobs
 from llamaindex_rerankers.llm.types import ChatClientError, ChatResult, GeneratedToken, TokenChoice
 
+#: Fields through which LLM classes limit what they generate, in the order they are looked for.
+BOUND_FIELDS = ("max_tokens", "max_new_tokens", "max_output_tokens")
+#: Request options of the OpenAI family that would override the copy's ``max_tokens``.
+_OPENAI_LIMIT_OPTIONS = ("max_tokens", "max_completion_tokens")
+
+
+def openai_family(llm: Any) -> bool:
+    """Whether ``llm`` is one of LlamaIndex's ``OpenAI`` LLMs (``OpenAI``, ``OpenAILike``,
+    ``AzureOpenAI``...), decided from the class without importing ``llama_index.llms.openai``.
+
+    Example:
+        >>> from llama_index.core.llms.mock import MockLLM
+        >>> openai_family(MockLLM())
+        False
+    """
+    return any(
+        cls.__name__ == "OpenAI" and cls.__module__.startswith("llama_index.llms.openai")
+        for cls in type(llm).__mro__
+    )
+
+
+def bound_field(llm: Any) -> str | None:
+    """The field of ``llm`` that limits the tokens it generates (see :data:`BOUND_FIELDS`),
+    or ``None`` when it has none the reranker can set.
+
+    Example:
+        >>> from llama_index.core.llms.mock import MockLLM
+        >>> bound_field(MockLLM())
+        'max_tokens'
+    """
+    fields = getattr(type(llm), "model_fields", None)
+    if not isinstance(fields, Mapping) or not callable(getattr(llm, "model_copy", None)):
+        return None
+    return next((name for name in BOUND_FIELDS if name in fields), None)
+
 
 def takes_openai_options(llm: Any) -> bool:
     """Whether ``llm`` is one of LlamaIndex's OpenAI chat LLMs, which take ``logprobs``,
@@ -52,12 +106,12 @@ def takes_openai_options(llm: Any) -> bool:
         >>> takes_openai_options(MockLLM())
         False
     """
-    from_openai = any(
-        cls.__name__ == "OpenAI" and cls.__module__.startswith("llama_index.llms.openai")
-        for cls in type(llm).__mro__
-    )
+    return openai_family(llm) and _is_chat_model(llm)
+
+
+def _is_chat_model(llm: Any) -> bool:
     metadata = getattr(llm, "metadata", None)
-    return from_openai and bool(getattr(metadata, "is_chat_model", False))
+    return bool(getattr(metadata, "is_chat_model", False))
 
 
 def llm_model_name(llm: Any) -> str:
@@ -80,9 +134,11 @@ class LlamaIndexChatClient:
 
     Args:
         llm: any ``llama_index.core.llms.LLM``.
+        warn: warn (:class:`UserWarning`) when ``llm`` is a completion model of the OpenAI
+            family, or has no field that bounds what it generates (see the module docstring).
     """
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, *, warn: bool = True) -> None:
         if not callable(getattr(llm, "achat", None)):
             raise TypeError(
                 f"llm must be a LlamaIndex LLM (with achat), got a {type(llm).__name__}; for an "
@@ -91,9 +147,74 @@ class LlamaIndexChatClient:
         self.llm = llm
         self._identity = (f"llamaindex:{type(llm).__name__}", llm_model_name(llm))
         self._logprobs = takes_openai_options(llm)
+        self._bound_field = bound_field(llm)
+        # bound -> (the LLM's fields when the copy was made, the copy)
+        self._bounded: dict[int, tuple[dict[str, Any], Any]] = {}
+        self._bounded_lock = threading.Lock()
+        if warn:
+            for problem in self._problems():
+                warnings.warn(problem, UserWarning, stacklevel=2)
+
+    def _problems(self) -> list[str]:
+        """What will make judgements slow or unreadable with this LLM, said at construction."""
+        name = type(self.llm).__name__
+        found = []
+        if openai_family(self.llm) and not _is_chat_model(self.llm):
+            found.append(
+                f"{name}(is_chat_model=False) sends each judgement to /v1/completions as plain "
+                "text, without the model's chat template and without log-probabilities: "
+                "instruct models often answer something that is not a label there. If the "
+                f"endpoint serves chat (llama.cpp, vLLM, Ollama and OpenAI do), pass "
+                f"{name}(..., is_chat_model=True) to LLMReranker.from_llm."
+            )
+        if self._bound_field is None:
+            found.append(
+                f"{name} has no {', '.join(BOUND_FIELDS)} field that the reranker can set, so "
+                "each judgement generates as many tokens as the LLM allows, where 1 to 8 are "
+                f"needed. Limit {name}'s output to about 8 tokens in its own settings, or use "
+                "an LLM class with max_tokens."
+            )
+        return found
 
     def __repr__(self) -> str:
         return f"LlamaIndexChatClient({type(self.llm).__name__}, model={self._identity[1]!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (and copied) as its LLM; the bounded copies and the lock are made again.
+        return (_client_of, (self.llm,))
+
+    def event_handlers(self) -> list[Any]:
+        """The callback handlers that the LLM reports its calls to (its callback manager's)."""
+        return list(getattr(getattr(self.llm, "callback_manager", None), "handlers", None) or ())
+
+    def bounded_llm(self, max_tokens: int) -> Any:
+        """The LLM to judge with when at most ``max_tokens`` may be generated: a copy of the
+        user's LLM with its limit field set (the LLM itself when it has none).
+
+        Example:
+            >>> from llama_index.core.llms.mock import MockLLM
+            >>> LlamaIndexChatClient(MockLLM(max_tokens=500)).bounded_llm(8).max_tokens
+            8
+        """
+        name = self._bound_field
+        if name is None:
+            return self.llm
+        fields = dict(self.llm.__dict__)
+        with self._bounded_lock:
+            held = self._bounded.get(max_tokens)
+            if held is not None and held[0] == fields:
+                return held[1]
+        update: dict[str, Any] = {name: max_tokens}
+        extra = fields.get("additional_kwargs")
+        if openai_family(self.llm) and isinstance(extra, Mapping):
+            update["additional_kwargs"] = {
+                k: v for k, v in extra.items() if k not in _OPENAI_LIMIT_OPTIONS
+            }
+        # A shallow copy: it shares the LLM's callback manager and HTTP clients.
+        copy = self.llm.model_copy(update=update)
+        with self._bounded_lock:
+            self._bounded[max_tokens] = (fields, copy)
+        return copy
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -116,7 +237,8 @@ class LlamaIndexChatClient:
         """
         chat = [ChatMessage(role=MessageRole(m["role"]), content=m["content"]) for m in messages]
         want = bool(logprobs) and self._logprobs and logprobs_supported(self._identity) is not False
-        options: dict[str, Any] = {"max_tokens": max_tokens} if self._logprobs else {}
+        llm = self.bounded_llm(max_tokens)
+        options: dict[str, Any] = {}
         attempts = 0
         while True:
             attempts += 1
@@ -126,7 +248,7 @@ class LlamaIndexChatClient:
                 options.pop("logprobs", None)
                 options.pop("top_logprobs", None)
             try:
-                response = await self._call(chat, options, deadline, attempts)
+                response = await self._call(llm, chat, options, deadline, attempts)
             except ChatClientError as exc:
                 if want and exc.status in (400, 422) and rejects_logprobs(str(exc)):
                     record_logprobs_rejected(self._identity, str(exc))
@@ -148,6 +270,7 @@ class LlamaIndexChatClient:
 
     async def _call(
         self,
+        llm: Any,
         chat: list[ChatMessage],
         options: dict[str, Any],
         deadline: float | None,
@@ -156,11 +279,11 @@ class LlamaIndexChatClient:
         name = type(self.llm).__name__
         try:
             if deadline is None:
-                return await self.llm.achat(chat, **options)
+                return await llm.achat(chat, **options)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ChatClientError(f"{name}: the deadline passed", attempts=attempts - 1)
-            return await asyncio.wait_for(self.llm.achat(chat, **options), timeout=left)
+            return await asyncio.wait_for(llm.achat(chat, **options), timeout=left)
         except ChatClientError:
             raise
         except asyncio.TimeoutError as exc:
@@ -174,6 +297,11 @@ class LlamaIndexChatClient:
                 status=status if isinstance(status, int) else None,
                 attempts=attempts,
             ) from exc
+
+
+def _client_of(llm: Any) -> LlamaIndexChatClient:
+    """Unpickles a :class:`LlamaIndexChatClient` (warned about when it was made)."""
+    return LlamaIndexChatClient(llm, warn=False)
 
 
 def _tokens(response: ChatResponse) -> tuple[GeneratedToken, ...] | None:

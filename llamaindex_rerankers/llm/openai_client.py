@@ -158,6 +158,23 @@ class OpenAIChatClient:
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIChatClient(model={self._model!r}, base_url={self._base_url!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (and copied) as its settings: the connection pools and the lock are made
+        # again. The API key travels with them, as it does in a pickled LlamaIndex LLM.
+        settings: dict[str, Any] = {
+            "model": self._model,
+            "base_url": self._base_url,
+            "api_key": self._api_key,
+            "default_headers": self._headers or None,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "backoff_base": self.backoff_base,
+            "backoff_max": self.backoff_max,
+            "temperature": self.temperature,
+            "rng": self._rng,
+        }
+        return (functools.partial(OpenAIChatClient, **settings), ())
+
     @property
     def identity(self) -> tuple[str, str]:
         """``(base_url, model)``, the base URL without a trailing slash."""
@@ -391,7 +408,11 @@ def _loop_bound_http_client_class() -> type:
         closing: asyncio.Task[None] | None = None
 
         def __del__(self) -> None:
-            if self.is_closed:
+            try:
+                closed = self.is_closed
+            except AttributeError:  # never initialised (a copy or unpickling that failed)
+                return
+            if closed:
                 return
             try:
                 running = asyncio.get_running_loop()

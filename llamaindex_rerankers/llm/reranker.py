@@ -34,16 +34,40 @@ after every judged passage, in retrieval order, with ``node.score = None``.
 
 Configuration round-trips: ``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json`` keep every
 setting, the prompts (string fields, also read and written by ``get_prompts`` /
-``update_prompts``) and the cache as a spec (``"memory"``, a path, or ``None``). Secrets
-(``api_key``, ``default_headers``) are never written.
+``update_prompts``) and the cache as a spec (``"memory"``, a path, or ``None``; a URL such as
+``redis://...`` is refused). Secrets (``api_key``, ``default_headers``) are never written.
+
+Copies and pickles (LlamaIndex and user code copy postprocessors; multiprocessing pickles them):
+
+* ``copy.copy``, ``copy.deepcopy`` and ``model_copy`` (``deep=`` or not, ``update=`` or not)
+  never fail. The copy has its own settings (deep: copied deeply), its own request limiter and
+  last report, and *shares* the heavy parts: the cache, the LLM or client object given, the
+  HTTP client while the endpoint settings are the same, the callback manager. A part whose
+  setting the copy changes is made again from it: ``model_copy(update={"base_url": ...})``
+  talks to the new endpoint, ``update={"cache": None}`` has no cache. The same holds for an
+  assignment (``reranker.cache = ...``).
+* ``pickle`` keeps the endpoint: the LLM of :meth:`LLMReranker.from_llm` (and a ``client=``)
+  is pickled with the reranker, a ``base_url`` reranker comes back to the same URL. A client or
+  LLM that cannot be pickled makes ``pickle.dumps`` raise a ``TypeError`` that says how to
+  rebuild the reranker around it (``to_dict(exclude={'client'})`` + ``from_dict(..., llm=)``).
+  An SQLite cache reopens its file; a memory cache comes back empty.
+
+Token counting: each request is a LlamaIndex ``CBEventType.LLM`` event on the reranker's
+``callback_manager`` (which a query engine sets to ``Settings.callback_manager``), with the
+messages and a response whose ``raw["usage"]`` holds the endpoint's own token counts, so
+``TokenCountingHandler`` counts what ``report.llm`` reports; a failed request ends its event
+with the exception. With :meth:`LLMReranker.from_llm` the LLM emits these events itself (to its
+own callback manager); the reranker then adds none when its handlers are already the LLM's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import hashlib
 import logging
+import pickle
 import threading
 import time
 from collections.abc import Awaitable, Mapping, Sequence
@@ -51,6 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole
 from llama_index.core.bridge.pydantic import (
     Field,
     PrivateAttr,
@@ -58,16 +83,19 @@ from llama_index.core.bridge.pydantic import (
     field_validator,
     model_validator,
 )
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.prompts.mixin import PromptMixin, PromptMixinType
 
 from llamaindex_rerankers.base import BaseReranker
 from llamaindex_rerankers.llm.cache import (
+    SUPPORTED_SPECS,
     CachedJudgement,
     JudgementCache,
     MemoryCache,
     SQLiteCache,
     cache_key,
+    check_cache_path,
     get_many,
     put_many,
 )
@@ -176,6 +204,9 @@ class _CallState:
     deadline: float | None
     limiter: asyncio.Semaphore
     counters: dict[str, float]
+    #: Where this call's LLM events go; None when the client emits its own (a LlamaIndex LLM
+    #: whose callback manager reaches the same handlers) or nobody listens.
+    events: CallbackManager | None = None
     errors: list[str] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -332,9 +363,10 @@ class LLMReranker(BaseReranker, PromptMixin):
     )
     cache: Any = Field(
         default="memory",
-        description="'memory' (an LRU per instance), a path to an SQLite file, a JudgementCache "
-        "object (get/put; get_many/put_many optional), or None for no cache. Written by to_dict "
-        "as 'memory', the SQLite path, or None.",
+        description="'memory' (an LRU per instance, shared with its copies), a path to an "
+        "SQLite file, a JudgementCache object (get/put; get_many/put_many optional), or None "
+        "for no cache; a URL (redis://, postgres://...) raises. Written by to_dict as 'memory', "
+        "the SQLite path, or None.",
     )
     cache_namespace: str | None = Field(
         default=None,
@@ -403,10 +435,17 @@ class LLMReranker(BaseReranker, PromptMixin):
         "detect_injection.",
     )
 
+    # The live parts, made from the fields and made again when the fields they come from change
+    # (an assignment, or a ``model_copy(update=...)``): each holds what it was made from.
+    #: The endpoint object given (``client=`` / ``llm=``); None: built from the fields.
     _client: ChatClient | None = PrivateAttr(default=None)
     _client_given: bool = PrivateAttr(default=False)
-    _cache: JudgementCache | None = PrivateAttr(default=None)
-    _counter: TokenCounter | None = PrivateAttr(default=None)
+    #: (endpoint settings, OpenAIChatClient) when no endpoint object was given.
+    _built_client: tuple[tuple[Any, ...], ChatClient] | None = PrivateAttr(default=None)
+    #: (the ``cache`` setting, the cache made from it).
+    _cache_state: tuple[Any, JudgementCache | None] | None = PrivateAttr(default=None)
+    #: (model, its token counter).
+    _counter_state: tuple[str, TokenCounter] | None = PrivateAttr(default=None)
     _limiter_state: tuple[Any, int, asyncio.Semaphore] | None = PrivateAttr(default=None)
 
     def __init__(self, *, client: ChatClient | None = None, llm: Any = None, **data: Any) -> None:
@@ -420,7 +459,78 @@ class LLMReranker(BaseReranker, PromptMixin):
         super().__init__(**data)
         self._client = client
         self._client_given = client is not None
-        self._cache = _make_cache(self.cache)
+        self._current_cache()  # made now: a bad path fails here, not at the first call
+
+    # -- copies and pickles ---------------------------------------------------------------
+    #
+    # LlamaIndex and user code copy postprocessors. A copy has settings of its own (fields) and
+    # its own request limiter and last report, and shares the heavy parts: the cache, the
+    # endpoint object given (an LLM, a client), the HTTP client while the endpoint settings
+    # are the same, the callback manager. A part whose setting the copy changes is made again
+    # from the copy's setting at its first use.
+
+    def __copy__(self) -> LLMReranker:
+        new = super().__copy__()
+        new._become_new_instance()
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> LLMReranker:
+        memo = {} if memo is None else memo
+        # Deep-copy the settings only; objects in fields that are live parts are shared (a
+        # deep copy of a cache or a callback manager would copy locks, connections, handlers).
+        for part in (self.cache, self.callback_manager):
+            if part is not None and not isinstance(part, (str, Path)):
+                memo[id(part)] = part
+        new = self.__copy__()  # the private state is shared, as for a shallow copy
+        object.__setattr__(new, "__dict__", copy.deepcopy(self.__dict__, memo))
+        return new
+
+    def model_copy(
+        self, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> LLMReranker:
+        """A copy with ``update`` applied (not validated, as in pydantic); see the comment
+        above for what a copy shares. Pydantic's own ``deep=True`` with an ``update``
+        deep-copies the live parts too, and fails on their locks."""
+        source = copy.deepcopy(self) if deep and update else self
+        return super(LLMReranker, source).model_copy(update=update, deep=deep and not update)
+
+    def _become_new_instance(self) -> None:
+        """After a copy: a limiter and a last report of its own."""
+        self._limiter_state = None
+        self._instance_id = self.__private_attributes__["_instance_id"].default_factory()  # type: ignore[call-arg,misc]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields and the endpoint object given; the live parts are made again when
+        loaded (an SQLite cache reopens its file, a memory cache comes back empty).
+
+        Raises:
+            TypeError: the client or LLM given cannot be pickled; the message says how to
+                rebuild the reranker around it instead.
+        """
+        endpoint = self._client if self._client_given else None
+        if endpoint is not None:
+            try:
+                pickle.dumps(endpoint)
+            except Exception as exc:
+                what = endpoint.llm if isinstance(endpoint, LlamaIndexChatClient) else endpoint
+                raise TypeError(
+                    f"{self.class_name()} cannot be pickled: the {type(what).__name__} it "
+                    f"judges with cannot be ({exc}). Pickle its settings instead, "
+                    "config = reranker.to_dict(exclude={'client'}), and pass the object again "
+                    "where it is loaded: LLMReranker.from_dict(config, llm=...) or "
+                    "from_dict(config, client=...)."
+                ) from exc
+        return {
+            "__dict__": dict(self.__dict__),
+            "__pydantic_fields_set__": set(self.__pydantic_fields_set__),
+            "endpoint": endpoint,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        endpoint = state.get("endpoint")
+        given = {"client": endpoint} if endpoint is not None else {}
+        self.__init__(**state["__dict__"], **given)  # type: ignore[misc]
+        object.__setattr__(self, "__pydantic_fields_set__", set(state["__pydantic_fields_set__"]))
 
     @classmethod
     def from_llm(cls, llm: Any, **settings: Any) -> LLMReranker:
@@ -431,6 +541,15 @@ class LLMReranker(BaseReranker, PromptMixin):
         the label is read from the answer text. The cache namespace defaults to the LLM's class
         and model name; ``model`` defaults to the LLM's model name (it picks the tokenizer of
         the token budgets). The LLM's own settings (retries, timeout) apply to its requests.
+
+        What the LLM needs: an ``achat`` (every LlamaIndex LLM has one) and, to bound what a
+        judgement generates (1 token with logprobs, ``text_max_tokens`` otherwise), a
+        ``max_tokens`` / ``max_new_tokens`` / ``max_output_tokens`` field: the reranker judges
+        with a copy of the LLM with that field set, whatever the LLM's own value. A class
+        without one is warned about (:class:`UserWarning`): limit its output yourself. For an
+        ``OpenAILike`` endpoint pass ``is_chat_model=True`` (its default, False, sends the
+        prompt to ``/v1/completions`` as plain text without logprobs; warned about too).
+        Token counting: the LLM's ``callback_manager`` gets its ``LLM`` events.
 
         Example:
             >>> from llama_index.llms.openai_like import OpenAILike  # doctest: +SKIP
@@ -446,6 +565,13 @@ class LLMReranker(BaseReranker, PromptMixin):
     @classmethod
     def _check_labels(cls, value: tuple[Label, ...]) -> tuple[Label, ...]:
         return validate_labels(value)
+
+    @field_validator("cache")
+    @classmethod
+    def _check_cache(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "memory":
+            check_cache_path(value)  # a URL is not a path
+        return value
 
     @field_validator("window_overlap")
     @classmethod
@@ -510,9 +636,20 @@ class LLMReranker(BaseReranker, PromptMixin):
     @property
     def client(self) -> ChatClient:
         """The chat client (an :class:`OpenAIChatClient` unless one was given)."""
+        given = self._client
+        if given is not None:
+            return given
+        settings = (
+            self.model, self.base_url, self.api_key,
+            tuple(sorted((self.default_headers or {}).items())),
+            self.timeout, self.max_retries, self.backoff_base, self.backoff_max,
+        )  # fmt: skip
         with _LAZY_LOCK:
-            if self._client is None:
-                self._client = OpenAIChatClient(
+            held = self._built_client
+            if held is None or held[0] != settings:
+                # Made again when a setting changed: an assignment, or a copy of this reranker
+                # pointed elsewhere (model_copy(update={"base_url": ...})).
+                held = (settings, OpenAIChatClient(
                     model=self.model,
                     base_url=self.base_url,
                     api_key=self.api_key,
@@ -521,13 +658,28 @@ class LLMReranker(BaseReranker, PromptMixin):
                     max_retries=self.max_retries,
                     backoff_base=self.backoff_base,
                     backoff_max=self.backoff_max,
-                )
-            return self._client
+                ))  # fmt: skip
+                self._built_client = held
+            return held[1]
 
     @property
     def judgement_cache(self) -> JudgementCache | None:
         """The cache in use (``None`` when caching is off)."""
-        return self._cache
+        return self._current_cache()
+
+    def _current_cache(self) -> JudgementCache | None:
+        """The cache made from the ``cache`` setting (again when the setting changed)."""
+        spec = self.cache
+        held = self._cache_state
+        if held is not None and _same_spec(held[0], spec):
+            return held[1]
+        made = _make_cache(spec)  # outside the lock: it may open a file
+        with _LAZY_LOCK:
+            held = self._cache_state
+            if held is None or not _same_spec(held[0], spec):
+                held = (spec, made)
+                self._cache_state = held
+            return held[1]
 
     @property
     def namespace(self) -> str:
@@ -575,7 +727,8 @@ class LLMReranker(BaseReranker, PromptMixin):
     def close(self) -> None:
         """Close the client's HTTP connections (the next call opens new ones). Optional: an
         instance that lives as long as the process never needs it."""
-        aclose = getattr(self._client, "aclose", None)
+        held = self._built_client
+        aclose = getattr(self._client or (held[1] if held else None), "aclose", None)
         if aclose is not None:
             run_sync(aclose())
 
@@ -680,6 +833,7 @@ class LLMReranker(BaseReranker, PromptMixin):
             deadline=None if self.deadline is None else started + self.deadline,
             limiter=self._limiter(),
             counters=dict.fromkeys(COUNTERS, 0),
+            events=self._llm_events(client),
         )
         counters = state.counters
         counters["truncated"] = sum(cut for _, cut in cuts)
@@ -748,7 +902,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         return judgements
 
     async def _read_cache(self, keys: Sequence[str]) -> dict[str, CachedJudgement]:
-        cache = self._cache
+        cache = self._current_cache()
         if cache is None or not keys:
             return {}
         try:
@@ -759,7 +913,7 @@ class LLMReranker(BaseReranker, PromptMixin):
             return {}
 
     async def _write_cache(self, items: Mapping[str, CachedJudgement]) -> None:
-        cache = self._cache
+        cache = self._current_cache()
         if cache is None or not items:
             return
         try:
@@ -769,9 +923,12 @@ class LLMReranker(BaseReranker, PromptMixin):
                            self.class_name(), len(items), exc)  # fmt: skip
 
     def _token_counter(self) -> TokenCounter:
-        if self._counter is None:
-            self._counter = TokenCounter.for_model(self.model)
-        return self._counter
+        model = self.model
+        held = self._counter_state
+        if held is None or held[0] != model:
+            held = (model, TokenCounter.for_model(model))
+            self._counter_state = held
+        return held[1]
 
     async def _judge_one(self, state: _CallState, passage: str, bar: Any) -> CachedJudgement | str:
         """One passage: its judgement, or why it has none."""
@@ -834,25 +991,43 @@ class LLMReranker(BaseReranker, PromptMixin):
             result = await self._request(state, messages, logprobs=False)
         return result
 
+    def _llm_events(self, client: ChatClient) -> CallbackManager | None:
+        """Where the LLM events of a call go: the reranker's callback manager, unless nobody
+        listens or the client is a LlamaIndex LLM that already reports to the same handlers
+        (counted once, not twice)."""
+        manager = self.callback_manager
+        handlers = list(getattr(manager, "handlers", None) or ())
+        if not handlers:
+            return None
+        if isinstance(client, LlamaIndexChatClient):
+            own = client.event_handlers()
+            if any(h is o for h in handlers for o in own):
+                return None
+        return manager
+
     async def _request(
         self, state: _CallState, messages: list[dict[str, str]], *, logprobs: bool
     ) -> ChatResult:
         counters = state.counters
+        max_tokens = self.max_tokens if logprobs else self.text_max_tokens
+        event = _LLMEvent(state, messages, max_tokens, logprobs, self.top_logprobs)
         try:
             result = await state.client.achat(
                 messages,
-                max_tokens=self.max_tokens if logprobs else self.text_max_tokens,
+                max_tokens=max_tokens,
                 logprobs=logprobs,
                 top_logprobs=self.top_logprobs,
                 deadline=state.deadline,
             )
         except ChatClientError as exc:
+            event.failed(exc)
             attempts = max(int(getattr(exc, "attempts", 1) or 0), 0)
             counters["calls"] += attempts
             counters["retries"] += max(attempts - 1, 0)
             counters["failures"] += 1
             state.errors.append(str(exc))
             raise _Failed(str(exc)) from exc
+        event.answered(result)
         counters["calls"] += result.attempts
         counters["retries"] += max(result.attempts - 1, 0)
         counters["prompt_tokens"] += result.prompt_tokens
@@ -942,6 +1117,70 @@ def _scored(
     )
 
 
+class _LLMEvent:
+    """One request as a LlamaIndex ``CBEventType.LLM`` event, with the payloads that
+    ``TokenCountingHandler`` and other handlers read: the messages, then the response whose
+    ``raw["usage"]`` holds the endpoint's own token counts (or the exception). Started when
+    made; nothing when the call has no callback manager to tell."""
+
+    def __init__(
+        self,
+        state: _CallState,
+        messages: Sequence[Mapping[str, str]],
+        max_tokens: int,
+        logprobs: bool,
+        top_logprobs: int,
+    ) -> None:
+        self._manager = state.events
+        self._id = ""
+        if self._manager is None:
+            return
+        self._chat = [
+            ChatMessage(role=MessageRole(m["role"]), content=m["content"]) for m in messages
+        ]
+        options: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0.0}
+        if logprobs:
+            options.update(logprobs=True, top_logprobs=top_logprobs)
+        base_url, model = state.identity
+        self._id = self._manager.on_event_start(
+            CBEventType.LLM,
+            payload={
+                EventPayload.MESSAGES: self._chat,
+                EventPayload.ADDITIONAL_KWARGS: options,
+                EventPayload.SERIALIZED: {
+                    "class_name": type(state.client).__name__,
+                    "model": model,
+                    "api_base": base_url,
+                },
+            },
+        )
+
+    def answered(self, result: ChatResult) -> None:
+        if self._manager is None:
+            return
+        usage = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        }
+        response = ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=result.text),
+            raw={"usage": usage},
+            additional_kwargs=dict(usage),
+        )
+        self._manager.on_event_end(
+            CBEventType.LLM,
+            payload={EventPayload.MESSAGES: self._chat, EventPayload.RESPONSE: response},
+            event_id=self._id,
+        )
+
+    def failed(self, exc: BaseException) -> None:
+        if self._manager is not None:
+            self._manager.on_event_end(
+                CBEventType.LLM, payload={EventPayload.EXCEPTION: exc}, event_id=self._id
+            )
+
+
 class _Failed(Exception):
     """A chat request failed for good (already counted and logged)."""
 
@@ -996,13 +1235,18 @@ def _make_cache(spec: Any) -> JudgementCache | None:
     if isinstance(spec, str) and spec == "memory":
         return MemoryCache()
     if isinstance(spec, (str, Path)):
-        return SQLiteCache(spec)
+        return SQLiteCache(check_cache_path(spec))
     if isinstance(spec, JudgementCache):
         return spec
-    raise ValueError(
-        f"cache must be 'memory', a path to an SQLite file, an object with get/put, or None; "
-        f"got {type(spec).__name__}"
-    )
+    raise ValueError(f"cache must be {SUPPORTED_SPECS}; got a {type(spec).__name__}.")
+
+
+def _same_spec(made_from: Any, spec: Any) -> bool:
+    """Whether a cache made from ``made_from`` is the one ``spec`` asks for: the same object,
+    or an equal string or path."""
+    if made_from is spec:
+        return True
+    return type(made_from) is type(spec) and isinstance(spec, (str, Path)) and made_from == spec
 
 
 def _cache_spec(value: Any) -> str | None:

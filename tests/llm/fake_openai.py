@@ -43,9 +43,12 @@ class Request:
 
     @property
     def prompt(self) -> str:
-        """All message contents joined (what the model would read)."""
+        """All message contents joined (what the model would read); a text completion's
+        prompt."""
         if not isinstance(self.body, dict):
             return ""
+        if isinstance(self.body.get("prompt"), str):
+            return str(self.body["prompt"])
         return "\n".join(str(m.get("content", "")) for m in self.body.get("messages", []))
 
 
@@ -114,6 +117,22 @@ def completion(
             "prompt_tokens": prompt_tokens,
             "completion_tokens": n_generated,
             "total_tokens": prompt_tokens + n_generated,
+        },
+    }
+
+
+def text_completion(text: str, prompt_tokens: int = 42) -> dict[str, Any]:
+    """An OpenAI *text* completion body (``/v1/completions``), as completion models answer."""
+    return {
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": "fake",
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": 1,
+            "total_tokens": prompt_tokens + 1,
         },
     }
 

@@ -371,3 +371,35 @@ def test_text_mode_and_logprobs_mode_do_not_share_judgements() -> None:
     assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (2, 0)
     _, report = text.rerank(nodes, "q")
     assert report.llm is not None and (report.llm.calls, report.llm.cache_hits) == (0, 2)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["redis://127.0.0.1:6379/0", "postgres://db/x", "postgresql+psycopg://u@db/x",
+     "sqlite:///judgements.sqlite", "file:///tmp/j.sqlite", "s3://bucket/cache"],
+)  # fmt: skip
+def test_a_url_as_cache_is_refused_and_creates_nothing(
+    spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"'memory'.*path.*None") as raised:
+        LLMReranker(model="m", cache=spec)
+    assert spec.split(":")[0] in str(raised.value)  # names the scheme it does not support
+    with pytest.raises(ValueError, match="not supported"):
+        LLMReranker.from_dict({**LLMReranker(model="m").to_dict(), "cache": spec})
+    assert list(tmp_path.iterdir()) == []  # no folder 'redis:' or file made on the way
+
+
+@pytest.mark.parametrize(
+    "spec", ["judgements.sqlite", "sub/dir/j.sqlite", "C:\\cache\\j.sqlite", "C:/cache/j.sqlite"]
+)
+def test_plain_and_windows_like_paths_are_still_sqlite_files(
+    spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path(spec).parent.mkdir(parents=True, exist_ok=True)
+    cache = LLMReranker(model="m", cache=spec).judgement_cache
+    assert isinstance(cache, SQLiteCache)
+    assert Path(cache.path).resolve() == (tmp_path / spec).resolve()
+    absolute = LLMReranker(model="m", cache=tmp_path / "abs.sqlite").judgement_cache
+    assert isinstance(absolute, SQLiteCache) and (tmp_path / "abs.sqlite").exists()
