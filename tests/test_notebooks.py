@@ -45,7 +45,7 @@ EXPECTED: dict[str, list[str]] = {
         r"\*\*Q:\*\* and which branches should I cut first\?",  # the chat engine's 2nd turn
         r"abstained: True",
         r"\*\*A:\*\* No relevant context found\.",
-        r"\*\*Q:\*\* why are my apples so small\?",  # the aquery answer
+        r"\*\*Q:\*\* how do I get bigger apples\?",  # the aquery answer
         r"\| query \| best source \| candidates \| returned \| best score \| pairs scored \|",
         r"\| is Apple stock a good buy after the earnings report\? \| Apple Inc\. Shares",
         r"'cross_encoder': \{'pairs'",
