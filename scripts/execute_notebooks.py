@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("ANONYMIZED_TELEMETRY", "False")
     paths = args.notebooks or sorted((REPO / "notebooks").glob("*.ipynb"))
+    first = time.perf_counter()
     for path in paths:
         started = time.perf_counter()
         print(f"executing {path.name} ...", flush=True)
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         nbformat.write(nb, path)
         print(f"  saved {path.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"{len(paths)} notebooks in {time.perf_counter() - first:.0f} s")
     return 0
 
 

@@ -8,10 +8,14 @@ The kernel runs this interpreter (the venv's) with the kernel's working folder s
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import os
 import re
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,7 @@ EXPECTED: dict[str, list[str]] = {
         r"\*\*Q:\*\* and which branches should I cut first\?",  # the chat engine's 2nd turn
         r"abstained: True",
         r"\*\*A:\*\* No relevant context found\.",
-        r"\*\*Q:\*\* why are my apples so small\?",  # the aquery answer
+        r"\*\*Q:\*\* how do I get bigger apples\?",  # the aquery answer
         r"\| query \| best source \| candidates \| returned \| best score \| pairs scored \|",
         r"\| is Apple stock a good buy after the earnings report\? \| Apple Inc\. Shares",
         r"'cross_encoder': \{'pairs'",
@@ -131,6 +135,132 @@ def _pngs(nb: Any) -> list[str]:
     ]
 
 
+#: The records each notebook must show printed (so that the check below cannot pass because a
+#: notebook stopped printing them). Names are those of :func:`current_records`.
+SHOWS_RECORDS: dict[str, set[str]] = {
+    "01_quickstart": {"RerankReport.to_dict()", "CrossEncoderUsage.to_dict()"},
+    "02_llm_labels": set(),
+    "03_choose_k_and_reranker": set(),
+    "04_chatbot_backend": {
+        "serve: data-report part",
+        "serve: chat response",
+        "serve: timings",
+        "RerankReport.to_dict()",
+        "CrossEncoderUsage.to_dict()",
+    },
+}
+
+
+@functools.cache
+def current_records() -> dict[str, frozenset[str]]:
+    """The keys of every record a notebook may print, as the current code builds them: the rerank
+    report and its backends' figures (no model needed), and the chat backend's report part,
+    non-streamed response and timings (built from an empty search, no server needed)."""
+    from llamaindex_rerankers.types import CrossEncoderUsage, LLMUsage, RerankReport
+
+    report = RerankReport(query="q", cross_encoder=CrossEncoderUsage(), llm=LLMUsage())
+    records = {
+        "RerankReport.to_dict()": report.to_dict(),
+        "CrossEncoderUsage.to_dict()": CrossEncoderUsage().to_dict(),
+        "LLMUsage.to_dict()": LLMUsage().to_dict(),
+    }
+    try:
+        from llamaindex_rerankers.server.backend import Search
+        from llamaindex_rerankers.server.chat import ChatTurn
+    except ImportError:  # no server extra: its records are not known, notebook 04 cannot run
+        pass
+    else:
+        search = Search("q", [], [], report, 0.0, 0.0, abstained=False, failed=False)
+        turn = ChatTurn("id", None, "q", search, "answered", time.perf_counter(), None)
+        records["serve: data-report part"] = turn.report_event()
+        records["serve: chat response"] = turn.document()
+        records["serve: timings"] = turn.timings()
+    return {name: frozenset(value) for name, value in records.items()}
+
+
+def _literals(text: str) -> Iterator[Any]:
+    """Every Python literal dict or list printed in ``text`` (a pretty-printed ``repr``, possibly
+    over several lines and inside a longer line), outermost first."""
+    i = 0
+    while i < len(text):
+        if text[i] not in "{[":
+            i += 1
+            continue
+        end = _closing(text, i)
+        if end is not None:
+            try:
+                value = ast.literal_eval(text[i : end + 1])
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                value = None
+            if isinstance(value, (dict, list)):
+                yield value
+                i = end + 1
+                continue
+        i += 1
+
+
+def _closing(text: str, start: int, limit: int = 20_000) -> int | None:
+    """The index of the bracket closing the one at ``start`` (quotes respected), or None when
+    there is none within ``limit`` characters (prose with an apostrophe, say)."""
+    depth, quote, i = 0, "", start
+    while i < min(len(text), start + limit):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def _key_sets(value: Any) -> Iterator[frozenset[str]]:
+    """The keys of every dict in ``value`` (nested ones included), and every list of three or
+    more strings (a printed ``sorted(response)``), as sets."""
+    if isinstance(value, dict):
+        if value and all(isinstance(k, str) for k in value):
+            yield frozenset(value)
+        for v in value.values():
+            yield from _key_sets(v)
+    elif isinstance(value, list):
+        if len(value) >= 3 and all(isinstance(v, str) for v in value):
+            yield frozenset(value)
+        for v in value:
+            yield from _key_sets(v)
+
+
+def printed_records(nb: Any) -> tuple[set[str], list[str]]:
+    """Which known records the notebook's outputs print, and how each stale one differs.
+
+    A printed dict (or list of keys) is taken for a record when it shares at least half of the
+    union of their keys; it must then have exactly the record's keys. So a key added to, or
+    removed from, a report makes every notebook that printed the old report fail here until it
+    is re-executed (``make notebooks``).
+    """
+    records = current_records()
+    found: set[str] = set()
+    stale: list[str] = []
+    for value in _literals(_outputs_text(nb)):
+        for keys in _key_sets(value):
+            name, now = max(records.items(), key=lambda r: len(keys & r[1]) / len(keys | r[1]))
+            if len(keys & now) / len(keys | now) < 0.5:
+                continue  # not a record we know
+            found.add(name)
+            if keys != now:
+                stale.append(
+                    f"{name}: printed without {sorted(now - keys)}, with {sorted(keys - now)}"
+                )
+    return found, stale
+
+
 def check_outputs(name: str, nb: Any) -> None:
     """What every executed notebook must show: run in order, no errors, the expected tables and
     a plot, no machine paths or secrets."""
@@ -146,13 +276,21 @@ def check_outputs(name: str, nb: Any) -> None:
     assert not leaks, f"{name}: outputs show paths or keys (print names instead): {leaks[:3]}"
     missing = [pattern for pattern in EXPECTED[name] if not re.search(pattern, text)]
     assert not missing, f"{name}: outputs lack {missing}"
+    found, stale = printed_records(nb)
+    assert not stale, (
+        f"{name}: printed reports differ from what the current code returns; re-execute it "
+        f"(make notebooks): {stale}"
+    )
+    assert SHOWS_RECORDS[name] <= found, (
+        f"{name}: outputs print no {sorted(SHOWS_RECORDS[name] - found)} any more"
+    )
     if name not in NO_PLOT:  # 02 and 03 plot
         pngs = _pngs(nb)
         assert pngs and all(p.startswith("iVBORw0KGgo") for p in pngs), f"{name}: no PNG plot"
 
 
 def test_every_notebook_is_checked() -> None:
-    assert sorted(p.stem for p in PATHS) == sorted(EXPECTED)
+    assert sorted(p.stem for p in PATHS) == sorted(EXPECTED) == sorted(SHOWS_RECORDS)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
@@ -255,3 +393,37 @@ def test_notebook_runs_in_a_jupyter_kernel(
     )
     check_outputs(path.stem, nb)
     assert sorted(NOTEBOOKS.iterdir()) == before, "the notebook wrote files into notebooks/"
+
+
+def test_a_printed_report_with_old_keys_is_stale() -> None:
+    """The staleness check itself: the current report passes, printed as a pretty ``repr`` or
+    inside a line of text; the same report without a key, or with one the code no longer has,
+    is reported with the keys that differ."""
+    from pprint import pformat
+
+    nbformat = pytest.importorskip("nbformat")
+    from llamaindex_rerankers.types import CrossEncoderUsage, RerankReport
+
+    def notebook(value: dict[str, Any]) -> Any:
+        cell = nbformat.v4.new_code_cell("report", execution_count=1)
+        cell.outputs = [
+            nbformat.v4.new_output(
+                "execute_result", {"text/plain": pformat(value)}, execution_count=1
+            ),
+            nbformat.v4.new_output("stream", name="stdout", text=f"report: {value}\n"),
+        ]
+        return nbformat.v4.new_notebook(cells=[cell])
+
+    current = RerankReport(query="q", n_candidates=2, cross_encoder=CrossEncoderUsage()).to_dict()
+    assert printed_records(notebook(current)) == (
+        {"RerankReport.to_dict()", "CrossEncoderUsage.to_dict()"},
+        [],
+    )
+    old = {k: v for k, v in current.items() if k != "retrieval_weight"}
+    old["cross_encoder"] = {**current["cross_encoder"], "batches": 1}
+    found, stale = printed_records(notebook(old))
+    assert found == {"RerankReport.to_dict()", "CrossEncoderUsage.to_dict()"}
+    assert stale == 2 * [
+        "RerankReport.to_dict(): printed without ['retrieval_weight'], with []",
+        "CrossEncoderUsage.to_dict(): printed without [], with ['batches']",
+    ]
