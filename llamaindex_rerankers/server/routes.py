@@ -150,7 +150,7 @@ async def _admit(gate: AdmissionGate, settings: ServerSettings, deadline: float)
         return await asyncio.wait_for(gate.acquire(), max(0.0, deadline - time.monotonic()))
     except Overloaded:
         raise overloaded(settings.retry_after, gate.name) from None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise _timeout() from None
 
 
@@ -165,7 +165,7 @@ async def _bounded(backend: Backend, gate: AdmissionGate, timeout: float, work: 
         raise
     try:
         return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise _timeout() from None
     finally:
         ticket.release()
@@ -455,7 +455,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
             ),
             max(0.0, deadline - time.monotonic()),
         )
-    except asyncio.TimeoutError:
+    except TimeoutError:
         ticket.release()
         raise _timeout() from None
     except BaseException:
