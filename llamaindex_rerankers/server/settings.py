@@ -36,7 +36,6 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from pydantic_settings.sources.utils import parse_env_vars
 
 #: Prefix of every environment variable the server reads.
 ENV_PREFIX = "LLAMAINDEX_RERANKERS_SERVE_"
@@ -384,10 +383,13 @@ class _MappingEnvSource(EnvSettingsSource):
         self._environ = environ
         super().__init__(settings_cls)
 
+    # The hook pydantic-settings' own dotenv source overrides to read another mapping.
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(
-            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
-        )
+        return {
+            (name if self.case_sensitive else name.lower()): value
+            for name, value in self._environ.items()
+            if not (self.env_ignore_empty and value == "")
+        }
 
 
 def _extra(name: str) -> dict[str, Any]:
