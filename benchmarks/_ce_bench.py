@@ -85,7 +85,7 @@ def run(
     rows = [row for setting in settings for row in measure(setting)]
     return {
         "command": " ".join([f".venv/bin/python benchmarks/{script}", *sys.argv[1:]]),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         **header,
         "machine": {
             "cores": os.cpu_count(),

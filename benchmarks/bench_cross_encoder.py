@@ -312,7 +312,7 @@ def _result(
     argv = " ".join(sys.argv[1:])
     return {
         "command": f".venv/bin/python benchmarks/bench_cross_encoder.py {argv}".strip(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "top_k": args.top_k,
         "max_length": max_length,
         "batch_size": args.batch_size,

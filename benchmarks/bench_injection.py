@@ -222,7 +222,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], model: str, t0: 
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": "python benchmarks/bench_injection.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": Path(model).name,
         "split": args.split,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",

@@ -294,7 +294,7 @@ def _write(
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": "python benchmarks/bench_llm.py " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": model,
         "base_url": base_url,
         "top_k": args.top_k,

@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run = {
         "command": command,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_s": time.monotonic() - started,
         "queries": args.queries,
         "datasets": args.datasets.split(","),

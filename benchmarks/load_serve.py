@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "source scripts/offline-env.sh && .venv/bin/python benchmarks/load_serve.py"
         + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": time.monotonic() - wall,
         "machine": {
             "cpus": os.cpu_count(),

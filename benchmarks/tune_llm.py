@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw_path = RESULTS / "tune_llm_raw.json"
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     if not args.score_only:
         Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
         if args.base_url:

@@ -37,6 +37,7 @@ from llamaindex_rerankers.presentation import (
 )
 
 if TYPE_CHECKING:
+    from llama_index.core import VectorStoreIndex
     from llama_index.core.base.embeddings.base import BaseEmbedding
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
 
@@ -105,29 +106,13 @@ def run_demo(
         >>> report.comparisons[0].reranked[0].title  # doctest: +SKIP
         'Pruning Apple Trees: When and How'
     """
-    from llamaindex_rerankers.pipeline import (
-        ChromaConfig,
-        index_folder,
-        load_index,
-        make_embed_model,
-        relevant_enough,
-        rerank_failed,
-        retrieve_and_rerank,
-    )
+    from llamaindex_rerankers.pipeline import ChromaConfig, index_folder, load_index
 
     if not questions or any(not q.strip() for q in questions):
         raise ValueError("run_demo needs at least one non-empty question.")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}.")
-    if reranker is None:
-        from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
-
-        reranker = CrossEncoderReranker()
-    # Load models before any work, so a missing model fails in a second, not after indexing.
-    load = getattr(reranker, "load", None)
-    if callable(load):
-        load()
-    embed = embed_model if embed_model is not None else make_embed_model()
+    reranker, embed = _load_models(reranker, embed_model)
 
     where: Any = (
         tempfile.TemporaryDirectory(prefix="llamaindex-rerankers-demo-", ignore_cleanup_errors=True)
@@ -141,28 +126,56 @@ def run_demo(
                 src, config, embed_model=embed, required_exts=[".md"], show_progress=show_progress
             )
         index = load_index(config, embed_model=embed)
-        comparisons = []
-        for question in questions:
-            result = retrieve_and_rerank(index, question, top_k=top_k, reranker=reranker)
-            # An outage (nothing judged) is not an abstention: the passages were never read.
-            failed = rerank_failed(result.reranked)
-            abstained = (
-                not failed
-                and abstain_below is not None
-                and not relevant_enough(result.reranked, abstain_below)
-            )
-            comparisons.append(
-                Comparison(
-                    question,
-                    retrieval_sources(result),
-                    ranked_sources(result),
-                    abstained=abstained,
-                    rerank_failed=failed,
-                )
-            )
+        comparisons = [
+            _compare(index, question, top_k, reranker, abstain_below) for question in questions
+        ]
     name = str(getattr(reranker, "model_name", None) or type(reranker).__name__)
     location = config.describe() + (" (temporary)" if persist_dir is None else "")
     return DemoReport(stats, location, name, comparisons)
+
+
+def _load_models(
+    reranker: BaseNodePostprocessor | None, embed_model: BaseEmbedding | None
+) -> tuple[BaseNodePostprocessor, BaseEmbedding]:
+    """The reranker (default: a ``CrossEncoderReranker``) and embedding model, both loaded."""
+    from llamaindex_rerankers.pipeline import make_embed_model
+
+    if reranker is None:
+        from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
+
+        reranker = CrossEncoderReranker()
+    # Load models before any work, so a missing model fails in a second, not after indexing.
+    load = getattr(reranker, "load", None)
+    if callable(load):
+        load()
+    return reranker, embed_model if embed_model is not None else make_embed_model()
+
+
+def _compare(
+    index: VectorStoreIndex,
+    question: str,
+    top_k: int,
+    reranker: BaseNodePostprocessor,
+    abstain_below: float | None,
+) -> Comparison:
+    """One question: the first-stage order and the reranked one."""
+    from llamaindex_rerankers.pipeline import relevant_enough, rerank_failed, retrieve_and_rerank
+
+    result = retrieve_and_rerank(index, question, top_k=top_k, reranker=reranker)
+    # An outage (nothing judged) is not an abstention: the passages were never read.
+    failed = rerank_failed(result.reranked)
+    abstained = (
+        not failed
+        and abstain_below is not None
+        and not relevant_enough(result.reranked, abstain_below)
+    )
+    return Comparison(
+        question,
+        retrieval_sources(result),
+        ranked_sources(result),
+        abstained=abstained,
+        rerank_failed=failed,
+    )
 
 
 __all__ = [

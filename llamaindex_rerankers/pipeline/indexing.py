@@ -142,20 +142,34 @@ def index_folder(
         >>> stats.added, stats.chunks  # doctest: +SKIP
         (12, 40)
     """
-    from llama_index.core import SimpleDirectoryReader
-
     _check_chunking(chunk_size, chunk_overlap)
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise ValueError(f"index_folder needs a folder; {str(root)!r} is not one.")
+    files = _folder_files(root, config, required_exts)
+    embed = embed_model if embed_model is not None else make_embed_model()
+    settings = _settings_tag(chunk_size, chunk_overlap, embed)
+    return _sync(
+        [_file_source(root, file, settings) for file in files],
+        config,
+        embed_model=embed,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        show_progress=show_progress,
+        delete_missing=delete_missing,
+    )
+
+
+def _folder_files(
+    root: Path, config: ChromaConfig, required_exts: Sequence[str] | None
+) -> list[Path]:
+    """The files ``SimpleDirectoryReader`` would read under ``root``, minus the index's own."""
+    from llama_index.core import SimpleDirectoryReader
+
     exts = [e if e.startswith(".") else f".{e}" for e in required_exts or []] or None
     try:
-        files = [
-            Path(f)
-            for f in SimpleDirectoryReader(
-                str(root), recursive=True, required_exts=exts
-            ).input_files
-        ]
+        reader = SimpleDirectoryReader(str(root), recursive=True, required_exts=exts)
+        files = [Path(f) for f in reader.input_files]
     except ValueError as exc:  # "No files found in ..."
         files = []
         logger.debug("SimpleDirectoryReader: %s", exc)
@@ -168,32 +182,24 @@ def index_folder(
             f"No files to index in {str(root)!r}; put .md/.txt files there or check "
             f"required_exts={list(required_exts or [])}."
         )
+    return files
 
-    def loader(file: Path, rel: str) -> Callable[[], list[Document]]:
-        def load() -> list[Document]:
-            reader = SimpleDirectoryReader(
-                input_files=[str(file)], file_metadata=lambda p: _file_metadata(Path(p), rel)
-            )
-            return list(reader.load_data(show_progress=False))
 
-        return load
+def _file_source(root: Path, file: Path, settings: str) -> _Source:
+    """One file as a source: keyed by its path under ``root``, fingerprinted by its bytes and
+    the indexing settings, read only if it has to be embedded."""
+    from llama_index.core import SimpleDirectoryReader
 
-    embed = embed_model if embed_model is not None else make_embed_model()
-    settings = _settings_tag(chunk_size, chunk_overlap, embed)
-    sources = []
-    for file in files:
-        rel = file.relative_to(root).as_posix()
-        digest = _sha256(file.read_bytes())
-        sources.append(_Source(rel, _sha256(f"{digest}|{settings}".encode()), loader(file, rel)))
-    return _sync(
-        sources,
-        config,
-        embed_model=embed,
-        chunk_size=chunk_size,
-        chunk_overlap=chunk_overlap,
-        show_progress=show_progress,
-        delete_missing=delete_missing,
-    )
+    rel = file.relative_to(root).as_posix()
+
+    def load() -> list[Document]:
+        reader = SimpleDirectoryReader(
+            input_files=[str(file)], file_metadata=lambda p: _file_metadata(Path(p), rel)
+        )
+        return list(reader.load_data(show_progress=False))
+
+    digest = _sha256(file.read_bytes())
+    return _Source(rel, _sha256(f"{digest}|{settings}".encode()), load)
 
 
 def index_documents(
@@ -313,20 +319,48 @@ def _sync(
     for key in gone:
         _delete_ids(collection, stored[key].ids)
 
-    # Read and chunk first (cheap) so the progress bar knows the number of chunks to embed.
-    chunked: list[tuple[_Source, list[BaseNode]]] = []
-    skipped = 0
-    for source in todo:
-        nodes = _chunk(source, chunk_size, chunk_overlap)
-        if not nodes:
-            logger.warning("%s produced no text to index; skipped", source.key)
-            skipped += 1
-        chunked.append((source, nodes))
+    chunked = _chunk_all(todo, chunk_size, chunk_overlap)
+    skipped = sum(1 for _, nodes in chunked if not nodes)
     if skipped:
         # A source with no chunks stores nothing, so it shows up as new on every run.
         added -= sum(1 for s, n in chunked if not n and s.key not in stored)
         updated -= sum(1 for s, n in chunked if not n and s.key in stored)
+    embedded = _embed_and_store(collection, chunked, stored, embed, show_progress)
+    return IndexStats(
+        added=added,
+        updated=updated,
+        removed=len(gone),
+        unchanged=unchanged,
+        chunks=int(collection.count()),
+        embedded=embedded,
+        skipped=skipped,
+    )
 
+
+def _chunk_all(
+    todo: Sequence[_Source], chunk_size: int, chunk_overlap: int
+) -> list[tuple[_Source, list[BaseNode]]]:
+    """Each source with its chunks (none: it had no text, and is skipped with a warning).
+
+    Reading and chunking come first (cheap) so the progress bar knows how many chunks to embed.
+    """
+    chunked: list[tuple[_Source, list[BaseNode]]] = []
+    for source in todo:
+        nodes = _chunk(source, chunk_size, chunk_overlap)
+        if not nodes:
+            logger.warning("%s produced no text to index; skipped", source.key)
+        chunked.append((source, nodes))
+    return chunked
+
+
+def _embed_and_store(
+    collection: Any,
+    chunked: Sequence[tuple[_Source, list[BaseNode]]],
+    stored: dict[str, _Stored],
+    embed: BaseEmbedding,
+    show_progress: bool,
+) -> int:
+    """Embed the chunks and swap them in for their sources' old ones; returns how many."""
     total = sum(len(n) for _, n in chunked)
     _warn_truncation(embed, [n for _, ns in chunked for n in ns])
     store = _vector_store(collection) if total else None
@@ -347,15 +381,7 @@ def _sync(
                 for start in range(0, len(nodes), _PAGE):
                     store.add(nodes[start : start + _PAGE])
             embedded += len(nodes)
-    return IndexStats(
-        added=added,
-        updated=updated,
-        removed=len(gone),
-        unchanged=unchanged,
-        chunks=int(collection.count()),
-        embedded=embedded,
-        skipped=skipped,
-    )
+    return embedded
 
 
 def _check_chunking(chunk_size: int, chunk_overlap: int) -> None:

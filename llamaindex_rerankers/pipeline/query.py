@@ -192,28 +192,11 @@ def build_query_engine(
         >>> response = engine.query("pruning apple trees")  # doctest: +SKIP
         >>> [s.node.metadata["rerank_score"] for s in response.source_nodes]  # doctest: +SKIP
     """
-    from llama_index.core import get_response_synthesizer
-    from llama_index.core.response_synthesizers import ResponseMode
-    from llama_index.core.response_synthesizers.no_text import NoText
-
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}.")
     if abstain_below is not None and not 0.0 <= abstain_below <= 1.0:
         raise ValueError(f"abstain_below must be in [0, 1] (a rerank score), got {abstain_below}.")
-    if llm is None:
-        mode = ResponseMode(kwargs.pop("response_mode", ResponseMode.NO_TEXT))
-        if mode != ResponseMode.NO_TEXT:
-            raise ValueError(
-                f"response_mode={mode.value!r} writes an answer and needs an LLM: pass llm=... "
-                "(or leave response_mode unset for sources only)."
-            )
-        from llama_index.core.llms import MockLLM
-
-        # NoText never calls its LLM; an explicit placeholder keeps LlamaIndex from resolving
-        # its default (OpenAI) LLM.
-        synthesizer: Any = NoText(llm=MockLLM(), **kwargs)
-    else:
-        synthesizer = get_response_synthesizer(llm=llm, **kwargs)
+    synthesizer = _synthesizer(llm, kwargs)
     parts: dict[str, Any] = {
         "retriever": index.as_retriever(similarity_top_k=top_k),
         "response_synthesizer": synthesizer,
@@ -227,6 +210,28 @@ def build_query_engine(
         rerank_failed_message=rerank_failed_message,
         **parts,
     )
+
+
+def _synthesizer(llm: LLM | None, kwargs: dict[str, Any]) -> Any:
+    """LlamaIndex's response synthesizer for ``llm``; without one, ``NoText`` (sources only)."""
+    from llama_index.core import get_response_synthesizer
+    from llama_index.core.response_synthesizers import ResponseMode
+    from llama_index.core.response_synthesizers.no_text import NoText
+
+    if llm is not None:
+        return get_response_synthesizer(llm=llm, **kwargs)
+    kwargs = dict(kwargs)
+    mode = ResponseMode(kwargs.pop("response_mode", ResponseMode.NO_TEXT))
+    if mode != ResponseMode.NO_TEXT:
+        raise ValueError(
+            f"response_mode={mode.value!r} writes an answer and needs an LLM: pass llm=... "
+            "(or leave response_mode unset for sources only)."
+        )
+    from llama_index.core.llms import MockLLM
+
+    # NoText never calls its LLM; an explicit placeholder keeps LlamaIndex from resolving its
+    # default (OpenAI) LLM.
+    return NoText(llm=MockLLM(), **kwargs)
 
 
 def relevant_enough(nodes: Sequence[NodeWithScore], threshold: float) -> bool:

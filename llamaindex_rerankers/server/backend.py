@@ -12,14 +12,13 @@ import asyncio
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.base import BaseReranker, _union
@@ -320,16 +319,16 @@ class Backend:
         else:
             checks["models"] = {"ok": False, "detail": "loading"}
         if self.index is not None:
-            checks["chroma"] = await self._probe(self._chroma_probe)
+            checks["chroma"] = await self._probe(asyncio.to_thread(self._chroma_probe))
         elif self._loaded:
             checks["chroma"] = {"ok": False, "detail": "no index"}
         if self.endpoint is not None and self.endpoint.base_url:
-            checks["llm"] = await self._probe(self._llm_probe)
+            checks["llm"] = await self._probe(self._llm_probe())
         return checks
 
-    async def _probe(self, fn: Any) -> dict[str, Any]:
+    async def _probe(self, check: Any) -> dict[str, Any]:
         try:
-            detail = await asyncio.wait_for(asyncio.to_thread(fn), _PROBE_TIMEOUT + 1)
+            detail = await asyncio.wait_for(check, _PROBE_TIMEOUT + 1)
             return {"ok": True, "detail": detail}
         except Exception as exc:
             return {"ok": False, "detail": _one_line(exc) or type(exc).__name__}
@@ -340,21 +339,19 @@ class Backend:
         count = self.index.vector_store.client.count()
         return f"collection answers ({count} chunks)"
 
-    def _llm_probe(self) -> str:
+    async def _llm_probe(self) -> str:
         assert self.endpoint is not None and self.endpoint.base_url
         url = self.endpoint.base_url.rstrip("/") + "/models"
-        request = urllib.request.Request(url)
         key = self.endpoint.api_key
-        if key:
-            request.add_header("Authorization", f"Bearer {key}")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            with urllib.request.urlopen(request, timeout=_PROBE_TIMEOUT) as response:
-                return f"GET {url}: {response.status}"
-        except urllib.error.HTTPError as exc:
-            raise ConnectionError(f"GET {url}: HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ConnectionError(f"GET {url}: {reason}") from None
+            async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT) as client:
+                response = await client.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ConnectionError(f"GET {url}: {_one_line(exc)}") from None
+        if response.is_error:
+            raise ConnectionError(f"GET {url}: HTTP {response.status_code}")
+        return f"GET {url}: {response.status_code}"
 
 
 def _build_reranker(settings: ServerSettings, endpoint: LLMEndpoint | None) -> BaseReranker:

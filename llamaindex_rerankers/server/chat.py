@@ -271,14 +271,14 @@ async def _deltas(turn: ChatTurn, deadline: float) -> AsyncIterator[str]:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             try:
                 delta = await asyncio.wait_for(deltas.__anext__(), remaining)
             except StopAsyncIteration:
                 return
             if delta:
                 yield delta
-    except asyncio.TimeoutError:
+    except TimeoutError:
         turn.error = "the answer took longer than the server's --chat-timeout"
     except Exception as exc:
         logger.warning("the answer LLM failed while streaming: %s", exc)

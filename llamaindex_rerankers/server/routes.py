@@ -150,7 +150,7 @@ async def _admit(gate: AdmissionGate, settings: ServerSettings, deadline: float)
         return await asyncio.wait_for(gate.acquire(), max(0.0, deadline - time.monotonic()))
     except Overloaded:
         raise overloaded(settings.retry_after, gate.name) from None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise _timeout() from None
 
 
@@ -165,7 +165,7 @@ async def _bounded(backend: Backend, gate: AdmissionGate, timeout: float, work: 
         raise
     try:
         return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise _timeout() from None
     finally:
         ticket.release()
@@ -379,6 +379,35 @@ async def rerank_v2(body: RerankRequestV2, request: Request) -> dict[str, Any]:
 # -- /v1/chat ---------------------------------------------------------------------------------
 
 
+def _chat_texts(body: ChatRequest, settings: ServerSettings) -> tuple[list[str], str]:
+    """The messages' texts and the question (the last, the user's), checked against the limits.
+
+    Raises:
+        ApiError: 422 naming the message (or part) that is empty, too long or not the user's.
+    """
+    if not body.messages:
+        raise invalid("messages", "is empty; send at least the user's question")
+    if len(body.messages) > settings.max_messages:
+        raise invalid(
+            "messages",
+            f"has {len(body.messages)} messages; the limit is {settings.max_messages} "
+            "(--max-messages)",
+        )
+    for i, message in enumerate(body.messages):
+        # Every text the schema bounds, whichever of content and parts the server reads.
+        for j, part in enumerate(message.parts or ()):
+            if part.text is not None and len(part.text) > settings.max_query_chars:
+                check_text(part.text, f"messages[{i}].parts[{j}].text", settings)
+    texts = [m.text() for m in body.messages]
+    for i, text in enumerate(texts[:-1]):
+        if len(text) > settings.max_query_chars:
+            check_text(text, f"messages[{i}].content", settings)
+    last = len(texts) - 1
+    if body.messages[last].role != "user":
+        raise invalid(f"messages[{last}].role", "the last message must be the user's question")
+    return texts, check_text(texts[last], f"messages[{last}].content", settings)
+
+
 @api.post(
     "/v1/chat",
     response_model=ChatResponse,
@@ -411,27 +440,8 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         raise ApiError(
             501, "answers_disabled", "this server writes no answers; use /v1/retrieve for sources"
         )
-    if not body.messages:
-        raise invalid("messages", "is empty; send at least the user's question")
-    if len(body.messages) > settings.max_messages:
-        raise invalid(
-            "messages",
-            f"has {len(body.messages)} messages; the limit is {settings.max_messages} "
-            "(--max-messages)",
-        )
-    for i, message in enumerate(body.messages):
-        # Every text the schema bounds, whichever of content and parts the server reads.
-        for j, part in enumerate(message.parts or ()):
-            if part.text is not None and len(part.text) > settings.max_query_chars:
-                check_text(part.text, f"messages[{i}].parts[{j}].text", settings)
-    texts = [m.text() for m in body.messages]
-    for i, text in enumerate(texts[:-1]):
-        if len(text) > settings.max_query_chars:
-            check_text(text, f"messages[{i}].content", settings)
+    texts, question = _chat_texts(body, settings)
     last = len(texts) - 1
-    if body.messages[last].role != "user":
-        raise invalid(f"messages[{last}].role", "the last message must be the user's question")
-    question = check_text(texts[last], f"messages[{last}].content", settings)
     top_k, top_n = k_and_n(body.top_k, body.top_n, settings)
     session_id = body.session_id
     history = backend.sessions.history(session_id) if session_id else []
@@ -455,7 +465,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
             ),
             max(0.0, deadline - time.monotonic()),
         )
-    except asyncio.TimeoutError:
+    except TimeoutError:
         ticket.release()
         raise _timeout() from None
     except BaseException:

@@ -17,7 +17,12 @@ from llamaindex_rerankers.server import streaming
 from llamaindex_rerankers.server.command import add_serve_arguments, settings_from_args
 from llamaindex_rerankers.server.errors import field_path
 from llamaindex_rerankers.server.limits import AdmissionGate, Overloaded, SessionStore
-from llamaindex_rerankers.server.settings import ServerSettings, env_name, settings_table
+from llamaindex_rerankers.server.settings import (
+    ServerSettings,
+    env_name,
+    settings_markdown,
+    settings_table,
+)
 from llamaindex_rerankers.server.sources import source_records
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,6 +79,23 @@ def test_settings_reject_top_n_above_top_k_and_unknown_names() -> None:
         ServerSettings(top_k=3, top_n=5)
     with pytest.raises(ValueError, match="unknown server settings: top_m"):
         ServerSettings.from_env({}, top_m=3)
+
+
+def test_the_constructor_reads_its_arguments_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMAINDEX_RERANKERS_SERVE_TOP_K", "40")
+    assert ServerSettings().top_k == 20
+    assert ServerSettings.from_env().top_k == 40
+
+
+def test_a_settings_error_never_repeats_a_secret() -> None:
+    with pytest.raises(ValueError, match="top_n") as raised:
+        ServerSettings(top_k=3, top_n=5, api_key="s3cr3t-key", llm_api_key="llm-s3cr3t")
+    assert "s3cr3t" not in str(raised.value)
+
+
+def test_the_settings_table_in_the_docs_is_the_one_the_fields_give() -> None:
+    doc = (REPO / "docs" / "guides" / "serving.md").read_text()
+    assert settings_markdown() in doc, "paste settings_markdown() into docs/guides/serving.md"
 
 
 def test_every_setting_is_documented_with_its_variable_and_argument() -> None:
