@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from llamaindex_rerankers._models import ModelLoadError
 from llamaindex_rerankers.cli.commands import AnswerError, run_command
 from llamaindex_rerankers.cli.parser import PROG, UsageError, build_parser, check_args
-from llamaindex_rerankers.llm.server import LocalLLMServerError
+from llamaindex_rerankers.endpoints.llamacpp import LocalLLMServerError
 
 #: Exit code for bad input and for models that cannot be loaded.
 EXIT_USAGE = 2

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import NodeWithScore
 
-    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+    from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
     from llamaindex_rerankers.pipeline import ChromaConfig
 
 
@@ -162,7 +162,11 @@ def _demo(args: argparse.Namespace, endpoint: LLMEndpoint | None) -> int:
 
 def _cmd_llm_server(args: argparse.Namespace) -> int:
     from llamaindex_rerankers.cli.llm_options import cpu_extra_buffers
-    from llamaindex_rerankers.llm.server import build_llama_server, find_llama_server, serve_forever
+    from llamaindex_rerankers.endpoints.llamacpp import (
+        build_llama_server,
+        find_llama_server,
+        serve_forever,
+    )
 
     if args.build:
         found = find_llama_server(args.llama_server)

@@ -18,7 +18,7 @@ from llamaindex_rerankers.cli.llm_options import (
     add_local_server_arguments,
 )
 from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV, DEFAULT_CROSS_ENCODER
-from llamaindex_rerankers.llm.server import CACHE_ENV, LLM_GGUF_ENV
+from llamaindex_rerankers.endpoints.llamacpp import CACHE_ENV, LLM_GGUF_ENV
 from llamaindex_rerankers.pipeline.chroma import DEFAULT_COLLECTION
 from llamaindex_rerankers.pipeline.embeddings import DEFAULT_EMBED_MODEL, EMBED_MODEL_ENV
 from llamaindex_rerankers.registry import RERANKER_NAMES

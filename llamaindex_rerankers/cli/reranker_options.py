@@ -16,7 +16,7 @@ from llamaindex_rerankers.evaluation.anchors import LLM_ANCHORS
 from llamaindex_rerankers.registry import LLM_RERANKERS
 
 if TYPE_CHECKING:
-    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+    from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
 
 #: Every reranker name, ours or an anchor, that needs an OpenAI-compatible LLM endpoint.
 LLM_BACKED: frozenset[str] = LLM_RERANKERS | LLM_ANCHORS

@@ -46,7 +46,7 @@ def _sbert(*, top_n: int | None = None, model: str | None = None, **options: Any
 
 
 def _openai_like(base_url: str | None, model: str | None, api_key: str | None) -> Any:
-    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+    from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
 
     if not base_url or not model:
         raise ValueError(

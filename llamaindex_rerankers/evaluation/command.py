@@ -25,6 +25,7 @@ from llamaindex_rerankers.cli.llm_options import DEFAULT_N_CTX, add_llm_argument
 from llamaindex_rerankers.cli.parser import positive_int
 from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
 from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV
+from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
 from llamaindex_rerankers.evaluation.anchors import (
     ANCHOR_N_CTX,
     ANCHOR_NAMES,
@@ -42,7 +43,6 @@ from llamaindex_rerankers.evaluation.harness import (
     run_rerankers,
     score_runs,
 )
-from llamaindex_rerankers.llm.endpoint import LLMEndpoint
 from llamaindex_rerankers.registry import LLM_RERANKERS, RERANKER_NAMES, make_reranker
 
 #: Names ``--reranker`` accepts: ours, then LlamaIndex's (the anchors).

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from llamaindex_rerankers._models import ModelLoadError
 from llamaindex_rerankers.cli import configure_logging
-from llamaindex_rerankers.llm.server import LocalLLMServerError
+from llamaindex_rerankers.endpoints.llamacpp import LocalLLMServerError
 from llamaindex_rerankers.server.command import add_serve_arguments, run_serve_command
 
 _USER_ERRORS = (

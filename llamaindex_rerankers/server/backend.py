@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.base import BaseReranker, _union
-from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
 from llamaindex_rerankers.pipeline.query import relevant_enough
 from llamaindex_rerankers.server.limits import AdmissionGate, SessionStore
 from llamaindex_rerankers.server.metrics import Metrics

@@ -221,7 +221,7 @@ def test_source_records_carry_the_injection_flag_null_when_no_detector_ran() -> 
 def test_the_servers_reranker_detects_injections_unless_told_not_to(
     reranker: str, detect: bool
 ) -> None:
-    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+    from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
     from llamaindex_rerankers.server.backend import _build_reranker
 
     settings = ServerSettings(reranker=reranker, detect_injection=detect)
