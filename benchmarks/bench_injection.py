@@ -154,7 +154,7 @@ def build(name: str, base_url: str, model: str, namespace: str, args: argparse.N
             timeout=args.timeout, concurrency=args.concurrency, **CASCADES[name],
         )  # fmt: skip
     if name in ANCHORS:
-        from llamaindex_rerankers.evaluation.anchors import make_anchor
+        from llamaindex_rerankers.registry import make_anchor
 
         return make_anchor(name, llm_base_url=base_url, llm_model=model)
     raise SystemExit(f"unknown contestant {name!r}; choose from {', '.join(ALL)}")

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING
 
 from llamaindex_rerankers.cli.llm_options import llm_endpoint
 from llamaindex_rerankers.cli.parser import PROG, UsageError
-from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
-from llamaindex_rerankers.registry import make_reranker
+from llamaindex_rerankers.registry import make_reranker, needs_llm, reranker_options
 
 logger = logging.getLogger(__name__)
 

@@ -23,15 +23,8 @@ from llamaindex_rerankers._imports import require
 from llamaindex_rerankers.base import check_weight
 from llamaindex_rerankers.cli.llm_options import DEFAULT_N_CTX, add_llm_arguments, llm_endpoint
 from llamaindex_rerankers.cli.parser import positive_int
-from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
 from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV
 from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
-from llamaindex_rerankers.evaluation.anchors import (
-    ANCHOR_N_CTX,
-    ANCHOR_NAMES,
-    LLM_ANCHORS,
-    make_anchor,
-)
 from llamaindex_rerankers.evaluation.data import DatasetError, load_beir, load_trec_run
 from llamaindex_rerankers.evaluation.harness import (
     ChromaStage,
@@ -43,10 +36,21 @@ from llamaindex_rerankers.evaluation.harness import (
     run_rerankers,
     score_runs,
 )
-from llamaindex_rerankers.registry import LLM_RERANKERS, RERANKER_NAMES, make_reranker
+from llamaindex_rerankers.registry import (
+    ALL_NAMES,
+    ANCHOR_N_CTX,
+    ANCHOR_NAMES,
+    LLM_ANCHORS,
+    LLM_RERANKERS,
+    cascade_keep_default,
+    make_anchor,
+    make_reranker,
+    needs_llm,
+    reranker_options,
+)
 
 #: Names ``--reranker`` accepts: ours, then LlamaIndex's (the anchors).
-EVAL_RERANKER_NAMES: tuple[str, ...] = RERANKER_NAMES + ANCHOR_NAMES
+EVAL_RERANKER_NAMES: tuple[str, ...] = ALL_NAMES
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,8 +107,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cascade-keep",
         type=positive_int,
-        default=6,
-        help="candidates the cascade's LLM stage sees (default 6: under a third of K=20)",
+        default=cascade_keep_default(),
+        help="candidates the cascade's LLM stage sees (default %(default)s: under a third of K=20)",
     )
     parser.add_argument(
         "--cascade-weight",

@@ -358,8 +358,7 @@ class Backend:
 
 
 def _build_reranker(settings: ServerSettings, endpoint: LLMEndpoint | None) -> BaseReranker:
-    from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
-    from llamaindex_rerankers.registry import make_reranker
+    from llamaindex_rerankers.registry import make_reranker, needs_llm, reranker_options
 
     name = settings.reranker
     if needs_llm(name) and endpoint is None:

@@ -199,9 +199,9 @@ def _endpoint(
 ) -> tuple[Any, ServerSettings]:
     """The LLM endpoint for answers (and the LLM rerankers): --llm-base-url, else OpenAI with
     $OPENAI_API_KEY, else a local llama.cpp server on a GGUF, else none (answers off)."""
-    from llamaindex_rerankers.cli.reranker_options import needs_llm
     from llamaindex_rerankers.endpoints import resolve_llm_endpoint
     from llamaindex_rerankers.endpoints.llamacpp import LLM_GGUF_ENV
+    from llamaindex_rerankers.registry import needs_llm
 
     llm_reranker = needs_llm(settings.reranker)
     if not settings.answers and not llm_reranker:

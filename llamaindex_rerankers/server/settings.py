@@ -21,10 +21,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llamaindex_rerankers.registry import RERANKER_NAMES
+
 #: Prefix of every environment variable the server reads.
 ENV_PREFIX = "LLAMAINDEX_RERANKERS_SERVE_"
-#: The rerankers the server offers.
-SERVER_RERANKERS = ("none", "cross-encoder", "llm", "cascade")
+#: The rerankers the server offers: ours, from the one registry (the anchors are benchmarks).
+SERVER_RERANKERS = RERANKER_NAMES
 
 
 def _positive_int(text: str) -> int:
