@@ -186,7 +186,7 @@ def _cmd_llm_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from llamaindex_rerankers.evaluation.command import run_eval_command
+    from llamaindex_rerankers.cli.evaluate import run_eval_command
 
     _quiet_third_parties()
     # Per-call truncation warnings would repeat for every query; the table's total_truncated
@@ -264,7 +264,7 @@ def _quiet_third_parties() -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from llamaindex_rerankers.server.command import run_serve_command
+    from llamaindex_rerankers.cli.serve import run_serve_command
 
     return run_serve_command(args)
 

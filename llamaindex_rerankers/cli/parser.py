@@ -167,13 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_local_server_arguments(p)
 
-    from llamaindex_rerankers.evaluation.command import add_eval_arguments
+    from llamaindex_rerankers.cli.evaluate import add_eval_arguments
 
     text = "rerank a BEIR dataset's first-stage candidates side by side and score the runs"
     p = sub.add_parser("eval", help=text, description=text)
     add_eval_arguments(p)
 
-    from llamaindex_rerankers.server.command import add_serve_arguments
+    from llamaindex_rerankers.cli.serve import add_serve_arguments
 
     text = "serve the RAG chatbot backend (chat, retrieve, Cohere-compatible rerank, a chat page)"
     p = sub.add_parser("serve", help=text, description=text)
