@@ -25,6 +25,11 @@ from llamaindex_rerankers.endpoints.llamacpp import LLM_GGUF_ENV
 
 #: Context window of a local llama.cpp server: enough for pointwise judgements.
 DEFAULT_N_CTX = 2048
+#: The API key given for a local server, which checks none: explicit, so that a client never
+#: falls back to ``OPENAI_API_KEY`` and sends a real key to it. Defined here, not imported from
+#: the LLM client, so that ``endpoints`` does not depend on ``llm`` (``llm`` re-exports the
+#: launcher).
+LOCAL_API_KEY = "not-needed"
 
 
 @contextlib.contextmanager
@@ -69,10 +74,6 @@ def resolve_llm_endpoint(
         return
     from llamaindex_rerankers.endpoints.llamacpp import local_llm_server
 
-    # The key the OpenAI client sends to a server that checks none: the client's own constant,
-    # imported here so that resolving a remote endpoint loads no client module.
-    from llamaindex_rerankers.llm.openai_client import PLACEHOLDER_API_KEY
-
     if none_without_gguf and not (gguf or os.environ.get(LLM_GGUF_ENV)):
         yield None
         return
@@ -85,7 +86,7 @@ def resolve_llm_endpoint(
         yield LLMEndpoint(
             server.base_url,
             server.model,
-            PLACEHOLDER_API_KEY,
+            LOCAL_API_KEY,
             local=True,
             namespace=server.namespace,
         )
