@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
 from llamaindex_rerankers.evaluation import candidates, evaluate
-from llamaindex_rerankers.llm.detector import SUSPECTED_KEY
+from llamaindex_rerankers.injection import SUSPECTED_KEY
 
 MODES = ("off", "on")
 

@@ -64,7 +64,7 @@ from typing import Any
 
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from llamaindex_rerankers.llm.detector import SUSPECTED_KEY
+from llamaindex_rerankers.injection import SUSPECTED_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 CASE_FILES = (
@@ -154,7 +154,7 @@ def build(name: str, base_url: str, model: str, namespace: str, args: argparse.N
             timeout=args.timeout, concurrency=args.concurrency, **CASCADES[name],
         )  # fmt: skip
     if name in ANCHORS:
-        from llamaindex_rerankers.evaluation.anchors import make_anchor
+        from llamaindex_rerankers.registry import make_anchor
 
         return make_anchor(name, llm_base_url=base_url, llm_model=model)
     raise SystemExit(f"unknown contestant {name!r}; choose from {', '.join(ALL)}")
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args.tag = args.tag or args.split
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from llamaindex_rerankers.llm.server import local_llm_server
+    from llamaindex_rerankers.endpoints.llamacpp import local_llm_server
 
     cases = load_cases(args.split, args.cases)
     names = [n.strip() for n in args.contestants.split(",") if n.strip()]

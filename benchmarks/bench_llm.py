@@ -51,6 +51,7 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
+from llamaindex_rerankers.endpoints.llamacpp import local_llm_server
 from llamaindex_rerankers.evaluation.data import Dataset, load_beir, load_trec_run
 from llamaindex_rerankers.evaluation.harness import (
     RerankerRun,
@@ -60,7 +61,6 @@ from llamaindex_rerankers.evaluation.harness import (
     score_runs,
 )
 from llamaindex_rerankers.llm import LLMReranker, MemoryCache
-from llamaindex_rerankers.llm.server import local_llm_server
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -38,9 +38,13 @@ from typing import Any
 
 from llama_index.core.schema import NodeWithScore, TextNode
 
+from llamaindex_rerankers.endpoints.llamacpp import (
+    LocalLLMServer,
+    find_llama_server,
+    local_llm_server,
+)
 from llamaindex_rerankers.evaluation.data import load_beir, load_trec_run
 from llamaindex_rerankers.llm import LLMReranker
-from llamaindex_rerankers.llm.server import LocalLLMServer, find_llama_server, local_llm_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench-llm-server  # .venv/bin/python benchmarks/bench_llm_server.py"

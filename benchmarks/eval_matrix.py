@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llamaindex_rerankers.cli.reranker_options import LLM_BACKED as LLM_NAMES
+from llamaindex_rerankers.registry import LLM_BACKED as LLM_NAMES
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -151,8 +151,8 @@ def _llm(args: argparse.Namespace, needed: bool) -> Iterator[list[str]]:
         model = ["--llm-model", args.llm_model] if args.llm_model else []
         yield ["--llm-base-url", args.llm_base_url, *model, "--llm-cache", CACHE]
         return
-    from llamaindex_rerankers.evaluation.anchors import ANCHOR_N_CTX
-    from llamaindex_rerankers.llm.server import local_llm_server
+    from llamaindex_rerankers.endpoints.llamacpp import local_llm_server
+    from llamaindex_rerankers.registry import ANCHOR_N_CTX
 
     # A fixed port keeps the base URL, part of the cache key, the same from one run to the next.
     with local_llm_server(port=args.llm_port, n_ctx=ANCHOR_N_CTX) as server:

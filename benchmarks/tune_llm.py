@@ -38,6 +38,7 @@ from typing import Any
 
 from llama_index.core.schema import NodeWithScore, TextNode
 
+from llamaindex_rerankers.endpoints.llamacpp import local_llm_server
 from llamaindex_rerankers.evaluation.data import candidates, load_beir, load_trec_run
 from llamaindex_rerankers.evaluation.harness import markdown_table
 from llamaindex_rerankers.evaluation.metrics import per_query
@@ -45,7 +46,6 @@ from llamaindex_rerankers.llm import LLMReranker
 from llamaindex_rerankers.llm.calibration import calibrate, content_free_prior
 from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, expected_relevance
 from llamaindex_rerankers.llm.prompts import FEW_SHOT_EXAMPLES, V1_JUDGE_PROMPT, V1_SYSTEM_PROMPT
-from llamaindex_rerankers.llm.server import local_llm_server
 from llamaindex_rerankers.scoring import fuse, fusion_weight, normalized_entropy, rank_prior
 
 REPO = Path(__file__).resolve().parents[1]

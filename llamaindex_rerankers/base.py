@@ -53,6 +53,8 @@ RETRIEVAL_SCORE = "retrieval_score"
 RETRIEVAL_RANK = "retrieval_rank"
 #: Metadata key of an unjudged node's reason (also the LLM reranker's failed judgements).
 RERANK_ERROR = "rerank_error"
+#: Metadata key of the model's own score when the base fused it with the retrieval score.
+RERANK_MODEL_SCORE = "rerank_model_score"
 #: The reason given to a node with no text: nothing to judge, so it is never sent to the model.
 NO_TEXT = (
     "no text to judge (the node's text is empty or whitespace, e.g. an image node); "
@@ -659,7 +661,7 @@ def _new_node(
     meta: dict[str, Any] = dict(extra)
     meta[RERANK_SCORE] = score
     if fused:
-        meta["rerank_model_score"] = model_score
+        meta[RERANK_MODEL_SCORE] = model_score
     if weight is not None:
         meta["rerank_retrieval_weight"] = weight
     meta[RETRIEVAL_SCORE] = None if original.score is None else float(original.score)

@@ -42,7 +42,7 @@ class CascadeReranker(BaseReranker):
 
     first: BaseReranker = Field(description="Cheap first stage that prunes K candidates to keep.")
     second: BaseReranker = Field(description="Stronger second stage that orders the survivors.")
-    keep: int = Field(default=10, ge=1, description="How many candidates the second stage sees.")
+    keep: int = Field(default=6, ge=1, description="How many candidates the second stage sees.")
     stage1_weight: float | Literal["auto"] = Field(
         default="auto",
         description="Weight w of the first stage's score in a survivor's score: (1 - w) * "

@@ -40,7 +40,7 @@ from llamaindex_rerankers.cross_encoder_backends import (
     resolve_precision,
     torch_threads,
 )
-from llamaindex_rerankers.llm.detector import flag_injections
+from llamaindex_rerankers.injection import flag_injections
 from llamaindex_rerankers.scoring import sigmoid
 from llamaindex_rerankers.types import CrossEncoderUsage, Judgement, RerankReport
 from llamaindex_rerankers.windows import (
@@ -121,7 +121,7 @@ class CrossEncoderReranker(BaseReranker):
     the passage text); ``report.cross_encoder.windows`` counts the window pairs.
 
     Untrusted corpora (``detect_injection=True``, off by default): passages with instructions
-    aimed at a judge (:func:`~llamaindex_rerankers.llm.detector.injection_signals`) get
+    aimed at a judge (:func:`~llamaindex_rerankers.injection.injection_signals`) get
     ``rerank_injection_suspected`` (and ``rerank_injection_signals``) in their metadata, and
     with ``suspected_penalty=1.0`` go after every clean passage. The model itself does not obey
     instructions; this is for what reads the top passages next (a response synthesizer, or the

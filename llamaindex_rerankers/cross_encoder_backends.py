@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -509,8 +508,3 @@ def _quantize_int8(fp32: Path, path: Path) -> None:
         per_channel=True,
         op_types_to_quantize=["MatMul"],
     )
-
-
-def clear_onnx_cache() -> None:
-    """Delete every cached export (the next ``backend='onnx'`` load exports again)."""
-    shutil.rmtree(cache_dir() / "onnx", ignore_errors=True)

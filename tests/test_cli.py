@@ -20,7 +20,6 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.cli import main
 from llamaindex_rerankers.demo import DEMO_QUESTIONS, sample_corpus_dir
-from llamaindex_rerankers.evaluation.anchors import make_anchor
 from llamaindex_rerankers.pipeline import RetrievalResult
 from llamaindex_rerankers.presentation import (
     Comparison,
@@ -30,7 +29,7 @@ from llamaindex_rerankers.presentation import (
     ranked_sources,
     retrieval_sources,
 )
-from llamaindex_rerankers.registry import RERANKER_NAMES, make_reranker
+from llamaindex_rerankers.registry import RERANKER_NAMES, make_anchor, make_reranker
 
 GUIDE = "pruning-apple-trees.md"
 # The guide and the confusers the issue names: shears, Apple Inc., apple pie, pear trees, ...
@@ -156,7 +155,7 @@ def test_registry_builds_the_llm_rerankers_and_anchors_on_one_endpoint() -> None
         assert anchor.llm.api_base == "http://127.0.0.1:9/v1"
         with pytest.raises(ValueError, match="llm_base_url and llm_model"):
             make_anchor(name, top_n=3)
-        # The public registry lists only ours; the anchors are built by evaluation.anchors.
+        # make_reranker builds only ours; the anchors are built by make_anchor.
         with pytest.raises(ValueError, match=f"unknown reranker {name!r}"):
             make_reranker(name, top_n=3, **endpoint)
     assert RERANKER_NAMES == ("none", "cross-encoder", "llm", "cascade")

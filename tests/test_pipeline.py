@@ -618,7 +618,6 @@ def test_rerank_failed_only_when_every_source_was_left_unjudged() -> None:
     assert not rerank_failed([node(), node()])  # no reranker of ours ran
 
 
-
 def test_sources_with_no_text_to_judge_are_not_an_outage() -> None:
     from llama_index.core.schema import NodeWithScore, TextNode
 

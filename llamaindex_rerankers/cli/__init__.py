@@ -24,10 +24,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from llamaindex_rerankers._errors import one_line
 from llamaindex_rerankers._models import ModelLoadError
 from llamaindex_rerankers.cli.commands import AnswerError, run_command
 from llamaindex_rerankers.cli.parser import PROG, UsageError, build_parser, check_args
-from llamaindex_rerankers.llm.server import LocalLLMServerError
+from llamaindex_rerankers.endpoints.llamacpp import LocalLLMServerError
 
 #: Exit code for bad input and for models that cannot be loaded.
 EXIT_USAGE = 2
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except _USER_ERRORS as exc:
-        print(f"error: {_one_line(exc)}{_cli_hint(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}{_cli_hint(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -92,10 +93,6 @@ def _cli_hint(exc: BaseException) -> str:
 
     flag = "--embed-model" if isinstance(exc, EmbedModelLoadError) else "--cross-encoder-model"
     return f" On the command line: {flag} M."
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 __all__ = ["EXIT_USAGE", "PROG", "UsageError", "build_parser", "configure_logging", "main"]

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING
 
 from llamaindex_rerankers.cli.llm_options import llm_endpoint
 from llamaindex_rerankers.cli.parser import PROG, UsageError
-from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
-from llamaindex_rerankers.registry import make_reranker
+from llamaindex_rerankers.registry import make_reranker, needs_llm, reranker_options
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import NodeWithScore
 
-    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+    from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
     from llamaindex_rerankers.pipeline import ChromaConfig
 
 
@@ -162,7 +161,11 @@ def _demo(args: argparse.Namespace, endpoint: LLMEndpoint | None) -> int:
 
 def _cmd_llm_server(args: argparse.Namespace) -> int:
     from llamaindex_rerankers.cli.llm_options import cpu_extra_buffers
-    from llamaindex_rerankers.llm.server import build_llama_server, find_llama_server, serve_forever
+    from llamaindex_rerankers.endpoints.llamacpp import (
+        build_llama_server,
+        find_llama_server,
+        serve_forever,
+    )
 
     if args.build:
         found = find_llama_server(args.llama_server)
@@ -183,7 +186,7 @@ def _cmd_llm_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from llamaindex_rerankers.evaluation.command import run_eval_command
+    from llamaindex_rerankers.cli.evaluate import run_eval_command
 
     _quiet_third_parties()
     # Per-call truncation warnings would repeat for every query; the table's total_truncated
@@ -261,7 +264,7 @@ def _quiet_third_parties() -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from llamaindex_rerankers.server.command import run_serve_command
+    from llamaindex_rerankers.cli.serve import run_serve_command
 
     return run_serve_command(args)
 

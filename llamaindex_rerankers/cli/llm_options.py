@@ -4,6 +4,8 @@ Resolution, first match wins: ``--llm-base-url`` (any OpenAI-compatible server: 
 Azure, a llama.cpp server already running); ``OPENAI_API_KEY`` in the environment (OpenAI's API,
 model ``--llm-model`` or the reranker's default); otherwise a local llama.cpp server is started
 for the duration of the command on the GGUF of ``--llm-gguf`` / ``$LLAMAINDEX_RERANKERS_LLM_GGUF``.
+The resolution itself is :func:`llamaindex_rerankers.endpoints.resolve_llm_endpoint` (re-exported
+here); this module only turns flags into its arguments.
 
 Example:
     >>> import argparse
@@ -18,17 +20,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import sys
 from collections.abc import Iterator
 from typing import Literal
 
-from llamaindex_rerankers.llm.endpoint import LLMEndpoint
-from llamaindex_rerankers.llm.openai_client import PLACEHOLDER_API_KEY
-from llamaindex_rerankers.llm.server import LLAMA_SERVER_ENV, LLM_GGUF_ENV
+from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
+from llamaindex_rerankers.endpoints.llamacpp import LLAMA_SERVER_ENV, LLM_GGUF_ENV
+from llamaindex_rerankers.endpoints.resolve import DEFAULT_N_CTX, resolve_llm_endpoint
 
-#: Context window of a local llama.cpp server: enough for pointwise judgements.
-DEFAULT_N_CTX = 2048
+__all__ = [
+    "DEFAULT_N_CTX",
+    "add_llm_arguments",
+    "add_local_server_arguments",
+    "cpu_extra_buffers",
+    "llm_endpoint",
+    "resolve_llm_endpoint",
+]
 
 
 def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,57 +104,3 @@ def llm_endpoint(
         extra_buffers=cpu_extra_buffers(getattr(args, "cpu_extra_buffers", "auto")),
     ) as endpoint:
         yield endpoint
-
-
-@contextlib.contextmanager
-def resolve_llm_endpoint(
-    base_url: str | None,
-    model: str | None,
-    api_key: str | None,
-    gguf: str | None,
-    *,
-    n_ctx: int = DEFAULT_N_CTX,
-    none_without_gguf: bool = False,
-    announce: bool = False,
-    llama_server: str | None = None,
-    extra_buffers: bool | Literal["auto"] = "auto",
-) -> Iterator[LLMEndpoint | None]:
-    """The endpoint that ``--llm-base-url`` / ``--llm-model`` / ``--llm-api-key`` / ``--llm-gguf``
-    values name, for the duration of a ``with`` block (the resolution of the module docstring).
-
-    ``base_url``, else ``OPENAI_API_KEY`` (unless a ``gguf`` is given), is used as it is;
-    otherwise a local llama.cpp server on ``gguf`` (else ``$LLAMAINDEX_RERANKERS_LLM_GGUF``) is
-    started with context window ``n_ctx`` and stopped on exit. Its endpoint is ``local`` and
-    carries the GGUF's ``namespace``, so that judgement caches are hit across runs.
-
-    Args:
-        none_without_gguf: when no GGUF is given either, yield ``None`` instead of failing to
-            start a server (``serve`` then runs without answers).
-        announce: say on stderr that a local server is starting (it takes seconds).
-        llama_server: the local server's llama-server binary (``--llama-server``).
-        extra_buffers: the local server's ``cpu_extra_buffers`` (``--cpu-extra-buffers``).
-
-    Raises:
-        LocalLLMServerError: the local server has no GGUF or does not start.
-        ImportError: the local server's package is missing.
-    """
-    if base_url or (os.environ.get("OPENAI_API_KEY") and not gguf):
-        yield LLMEndpoint(base_url, model, api_key)
-        return
-    from llamaindex_rerankers.llm.server import local_llm_server
-
-    if none_without_gguf and not (gguf or os.environ.get(LLM_GGUF_ENV)):
-        yield None
-        return
-    if announce:
-        print("starting a local LLM server (llama.cpp) ...", file=sys.stderr, flush=True)
-    with local_llm_server(
-        gguf, n_ctx=n_ctx, llama_server=llama_server, cpu_extra_buffers=extra_buffers
-    ) as server:
-        yield LLMEndpoint(
-            server.base_url,
-            server.model,
-            PLACEHOLDER_API_KEY,
-            local=True,
-            namespace=server.namespace,
-        )

@@ -18,12 +18,15 @@ from llamaindex_rerankers.cli.llm_options import (
     add_local_server_arguments,
 )
 from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV, DEFAULT_CROSS_ENCODER
-from llamaindex_rerankers.llm.server import CACHE_ENV, LLM_GGUF_ENV
+from llamaindex_rerankers.endpoints.llamacpp import CACHE_ENV, LLM_GGUF_ENV
 from llamaindex_rerankers.pipeline.chroma import DEFAULT_COLLECTION
 from llamaindex_rerankers.pipeline.embeddings import DEFAULT_EMBED_MODEL, EMBED_MODEL_ENV
 from llamaindex_rerankers.registry import RERANKER_NAMES
 
 PROG = "llamaindex-rerankers"
+
+# What ``add_subparsers`` returns; each subcommand's arguments are added by one function below.
+_Subcommands = argparse._SubParsersAction
 
 
 class UsageError(Exception):
@@ -53,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_index(sub)
+    _add_query(sub)
+    _add_demo(sub)
+    _add_llm_server(sub)
+    _add_eval(sub)
+    _add_serve(sub)
+    return parser
+
+
+def _add_index(sub: _Subcommands) -> None:
+    """``index``: a folder into Chroma."""
     text = "index (or re-index) a folder of documents into Chroma; unchanged files are skipped"
     p = sub.add_parser("index", help=text, description=text)
     p.add_argument("path", metavar="PATH", help="folder of .md/.txt/... files (recursive)")
@@ -68,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokens shared by neighbouring chunks (default: 64)",
     )
 
+
+def _add_query(sub: _Subcommands) -> None:
+    """``query``: retrieve, rerank, print (and answer)."""
     text = "retrieve the top K chunks, rerank them, print the top N sources"
     p = sub.add_parser("query", help=text, description=text)
     p.add_argument("question", metavar="QUESTION", help="what to ask, in quotes")
@@ -110,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_llm_arguments(p)
 
+
+def _add_demo(sub: _Subcommands) -> None:
+    """``demo``: the sample corpus, retrieval against reranked order."""
     text = "index the bundled sample corpus and compare retrieval and reranked orders"
     p = sub.add_parser("demo", help=text, description=text)
     p.add_argument(
@@ -139,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_llm_arguments(p)
 
+
+def _add_llm_server(sub: _Subcommands) -> None:
+    """``llm-server``: a local GGUF served OpenAI-compatibly, or ``--build``."""
     text = "serve a local GGUF model OpenAI-compatibly (llama.cpp) until interrupted"
     p = sub.add_parser(
         "llm-server",
@@ -167,18 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_local_server_arguments(p)
 
-    from llamaindex_rerankers.evaluation.command import add_eval_arguments
+
+def _add_eval(sub: _Subcommands) -> None:
+    """``eval``: its arguments live with the command (:mod:`.evaluate`)."""
+    from llamaindex_rerankers.cli.evaluate import add_eval_arguments
 
     text = "rerank a BEIR dataset's first-stage candidates side by side and score the runs"
     p = sub.add_parser("eval", help=text, description=text)
     add_eval_arguments(p)
 
-    from llamaindex_rerankers.server.command import add_serve_arguments
+
+def _add_serve(sub: _Subcommands) -> None:
+    """``serve``: its arguments live with the command (:mod:`.serve`)."""
+    from llamaindex_rerankers.cli.serve import add_serve_arguments
 
     text = "serve the RAG chatbot backend (chat, retrieve, Cohere-compatible rerank, a chat page)"
     p = sub.add_parser("serve", help=text, description=text)
     add_serve_arguments(p)
-    return parser
 
 
 def _add_store_args(p: argparse.ArgumentParser, *, persist_required: bool) -> None:

@@ -4,8 +4,9 @@ The layer, one job per module: :mod:`~.types` (chat data types, the ``ChatClient
 :mod:`~.retry` (backoff maths), :mod:`~.capabilities` (which endpoints give logprobs),
 :mod:`~.openai_client` (the only importer of ``openai``), :mod:`~.llamaindex_client` (any
 LlamaIndex LLM), :mod:`~.labels` and :mod:`~.prompts` (pure), :mod:`~.cache`, :mod:`~.tokens`,
-:mod:`~.loop` (the background event loop), :mod:`~.reranker` and :mod:`~.server` (a local
-llama.cpp server).
+:mod:`~.loop` (the background event loop), :mod:`~.codes` (answer codes, datamarking) and
+:mod:`~.reranker`. The local llama.cpp server (``local_llm_server`` ...) lives in
+:mod:`llamaindex_rerankers.endpoints` and is re-exported here.
 
 Example:
     >>> from llamaindex_rerankers.llm import LLMReranker
@@ -14,14 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from llamaindex_rerankers.llm.cache import CachedJudgement, JudgementCache, MemoryCache, SQLiteCache
-from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
-from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, UNKNOWN, Label
-from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
-from llamaindex_rerankers.llm.openai_client import OpenAIChatClient
-from llamaindex_rerankers.llm.prompts import PROMPT_VERSION
-from llamaindex_rerankers.llm.reranker import LLMReranker
-from llamaindex_rerankers.llm.server import (
+from llamaindex_rerankers.endpoints.llamacpp import (
     LLM_GGUF_ENV,
     LocalLLMServer,
     LocalLLMServerError,
@@ -29,6 +23,13 @@ from llamaindex_rerankers.llm.server import (
     local_llm_server,
     serve_forever,
 )
+from llamaindex_rerankers.llm.cache import CachedJudgement, JudgementCache, MemoryCache, SQLiteCache
+from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
+from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, UNKNOWN, Label
+from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
+from llamaindex_rerankers.llm.openai_client import OpenAIChatClient
+from llamaindex_rerankers.llm.prompts import PROMPT_VERSION
+from llamaindex_rerankers.llm.reranker import LLMReranker
 from llamaindex_rerankers.llm.types import ChatClient, ChatClientError, ChatResult
 
 __all__ = [

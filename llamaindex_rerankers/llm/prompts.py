@@ -42,7 +42,7 @@ from typing import Any, cast
 
 from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 
-from llamaindex_rerankers.llm.injection import datamark
+from llamaindex_rerankers.llm.codes import datamark
 from llamaindex_rerankers.llm.labels import Label
 
 #: Bump when a default template or the default labels change: old cache entries then stop
@@ -214,7 +214,7 @@ def render_messages(
     Tags that the passage forges (``</passage>``) become ``[/passage]``. ``sandwich`` appends
     :data:`SANDWICH_PROMPT` after the question; ``datamark_with`` (a
     marker character) datamarks every passage, the examples' too, and says so in the system
-    message (:data:`DATAMARK_NOTE`). See :mod:`llamaindex_rerankers.llm.injection`.
+    message (:data:`DATAMARK_NOTE`). See :mod:`llamaindex_rerankers.llm.codes`.
 
     Raises:
         ValueError: an example names a label that is not in ``labels``.

@@ -19,7 +19,13 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from llamaindex_rerankers.base import NO_TEXT, RERANK_ERROR, RERANK_SCORE, BaseReranker
+from llamaindex_rerankers.base import (
+    NO_TEXT,
+    RERANK_ERROR,
+    RERANK_MODEL_SCORE,
+    RERANK_SCORE,
+    BaseReranker,
+)
 from llamaindex_rerankers.pipeline.chroma import (
     ChromaConfig,
     _check_collection_model,
@@ -244,7 +250,7 @@ def relevant_enough(nodes: Sequence[NodeWithScore], threshold: float) -> bool:
     """
     for n in nodes:
         meta = n.node.metadata
-        score = meta.get("rerank_model_score", meta.get(RERANK_SCORE))
+        score = meta.get(RERANK_MODEL_SCORE, meta.get(RERANK_SCORE))
         if isinstance(score, (int, float)) and score >= threshold:
             return True
     return False

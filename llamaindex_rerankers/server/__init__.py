@@ -1,7 +1,7 @@
 """The chatbot backend: ``llamaindex-rerankers serve`` and :func:`create_app` for your own app.
 
 Importing this package is light (no FastAPI, no models) so that the command line can build its
-parser from :mod:`~llamaindex_rerankers.server.command`; ``create_app`` and ``Backend`` import
+parser from :mod:`~llamaindex_rerankers.server.settings`; ``create_app`` and ``Backend`` import
 FastAPI when first used, and raise an ImportError naming the ``server`` extra without it.
 
 Example:

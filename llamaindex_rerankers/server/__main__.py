@@ -1,47 +1,29 @@
 """``python -m llamaindex_rerankers.server``: the ``serve`` command on its own (same arguments).
 
-Exit codes: 0 after a clean shutdown (SIGTERM, Ctrl-C), 2 for bad arguments or a model, index
-or package that is missing (one line on stderr, no traceback).
+A thin entry point: it runs ``llamaindex-rerankers serve ARGS`` through the command line's one
+``main`` (:func:`llamaindex_rerankers.cli.main`), so that both spellings share the arguments, the
+logging and the list of errors shown as one line. Exit codes: 0 after a clean shutdown (SIGTERM,
+Ctrl-C), 2 for bad arguments or a model, index or package that is missing (one line on stderr,
+no traceback).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from llamaindex_rerankers._models import ModelLoadError
-from llamaindex_rerankers.cli import configure_logging
-from llamaindex_rerankers.llm.server import LocalLLMServerError
-from llamaindex_rerankers.server.command import add_serve_arguments, run_serve_command
-
-_USER_ERRORS = (
-    ModelLoadError,
-    ValueError,
-    FileNotFoundError,
-    ConnectionError,
-    ImportError,
-    LocalLLMServerError,  # a GGUF that is missing or does not start
-)
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m llamaindex_rerankers.server",
-        description="Serve the RAG chatbot backend (as `llamaindex-rerankers serve`).",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    add_serve_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    try:
-        return run_serve_command(args)
-    except _USER_ERRORS as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """Run ``serve`` with ``argv`` (default: this process's arguments); returns the exit code."""
+    # The one application import of this package, on purpose: this module is a process entry
+    # point, not part of the backend (tests/llm/test_module_boundaries.py names it).
+    from llamaindex_rerankers.cli import main as cli_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    # -v/--verbose is the top-level parser's; accept it here, where it used to be.
+    verbose = [a for a in args if a in ("-v", "--verbose")]
+    rest = [a for a in args if a not in ("-v", "--verbose")]
+    return cli_main([*verbose[:1], "serve", *rest])
 
 
 if __name__ == "__main__":

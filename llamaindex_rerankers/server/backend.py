@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from llama_index.core.schema import NodeWithScore, TextNode
 
-from llamaindex_rerankers.base import BaseReranker, _union
-from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+from llamaindex_rerankers._errors import one_line
+from llamaindex_rerankers.base import BaseReranker, _new_node
+from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
 from llamaindex_rerankers.pipeline.query import relevant_enough
 from llamaindex_rerankers.server.limits import AdmissionGate, SessionStore
 from llamaindex_rerankers.server.metrics import Metrics
@@ -218,7 +219,7 @@ class Backend:
         try:
             await asyncio.shield(self._load_task)
         except Exception as exc:
-            raise NotReady(f"the server could not load: {_one_line(exc)}") from exc
+            raise NotReady(f"the server could not load: {one_line(exc)}") from exc
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -240,7 +241,7 @@ class Backend:
                 lambda: index.as_retriever(similarity_top_k=top_k).retrieve(query)
             )
         except Exception as exc:
-            logger.warning("retrieval failed: %s: %s", type(exc).__name__, _one_line(exc))
+            logger.warning("retrieval failed: %s: %s", type(exc).__name__, one_line(exc))
             raise IndexUnavailable(
                 f"the index did not answer ({type(exc).__name__}); retry later"
             ) from exc
@@ -315,7 +316,7 @@ class Backend:
         if self._loaded:
             checks["models"] = {"ok": True, "detail": f"reranker {self.reranker_name} loaded"}
         elif self._load_error is not None:
-            checks["models"] = {"ok": False, "detail": _one_line(self._load_error)}
+            checks["models"] = {"ok": False, "detail": one_line(self._load_error)}
         else:
             checks["models"] = {"ok": False, "detail": "loading"}
         if self.index is not None:
@@ -331,7 +332,7 @@ class Backend:
             detail = await asyncio.wait_for(check, _PROBE_TIMEOUT + 1)
             return {"ok": True, "detail": detail}
         except Exception as exc:
-            return {"ok": False, "detail": _one_line(exc) or type(exc).__name__}
+            return {"ok": False, "detail": one_line(exc)}
 
     def _chroma_probe(self) -> str:
         assert self.index is not None
@@ -355,8 +356,7 @@ class Backend:
 
 
 def _build_reranker(settings: ServerSettings, endpoint: LLMEndpoint | None) -> BaseReranker:
-    from llamaindex_rerankers.cli.reranker_options import needs_llm, reranker_options
-    from llamaindex_rerankers.registry import make_reranker
+    from llamaindex_rerankers.registry import make_reranker, needs_llm, reranker_options
 
     name = settings.reranker
     if needs_llm(name) and endpoint is None:
@@ -404,22 +404,7 @@ def public_model_name(name: str) -> str:
 def _with_ranks(node: NodeWithScore, rank: int) -> NodeWithScore:
     """A copy of a retrieved node carrying its retrieval rank and score, as the rerankers'
     output does (for ``--reranker none``)."""
-    added = {
-        "retrieval_rank": rank,
-        "retrieval_score": None if node.score is None else float(node.score),
-        "rerank_score": None,
-    }
-    inner = node.node
-    # As the rerankers do: these keys are bookkeeping, never text for the LLM or the embedder.
-    copy = inner.model_copy(
-        update={
-            "metadata": {**inner.metadata, **added},
-            "excluded_llm_metadata_keys": _union(inner.excluded_llm_metadata_keys, list(added)),
-            "excluded_embed_metadata_keys": _union(inner.excluded_embed_metadata_keys, list(added)),
-        }
-    )
-    return NodeWithScore(node=copy, score=node.score)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    # The rerankers' own copy (bookkeeping keys kept out of the LLM's and embedder's text),
+    # unjudged; the node keeps its retrieval score as its score.
+    copy = _new_node(node, None, None, rank, {}, fused=False)
+    return NodeWithScore(node=copy.node, score=node.score)

@@ -37,11 +37,16 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from llamaindex_rerankers.registry import RERANKER_NAMES
+
 #: Prefix of every environment variable the server reads.
 ENV_PREFIX = "LLAMAINDEX_RERANKERS_SERVE_"
+#: The rerankers the server offers: ours, from the one registry (the anchors are benchmarks).
+SERVER_RERANKERS: tuple[str, ...] = RERANKER_NAMES
+# The same names as a type, for pydantic; kept equal to the registry's by the check below.
 ServerReranker = Literal["none", "cross-encoder", "llm", "cascade"]
-#: The rerankers the server offers.
-SERVER_RERANKERS: tuple[str, ...] = get_args(ServerReranker)
+if get_args(ServerReranker) != SERVER_RERANKERS:  # pragma: no cover - a developer's slip
+    raise RuntimeError("server.settings.ServerReranker must list registry.RERANKER_NAMES")
 
 
 # pydantic converts the text; these only check bounds, in words that say what to pass (pydantic's

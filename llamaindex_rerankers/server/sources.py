@@ -9,7 +9,7 @@ from typing import Any
 from llama_index.core.schema import NodeWithScore
 
 from llamaindex_rerankers.base import RERANK_SCORE, RETRIEVAL_RANK, RETRIEVAL_SCORE
-from llamaindex_rerankers.llm.detector import SIGNALS_KEY, SUSPECTED_KEY
+from llamaindex_rerankers.injection import SIGNALS_KEY, SUSPECTED_KEY
 from llamaindex_rerankers.presentation import node_title, text_snippet
 
 #: Characters of a source's text shown as its snippet.

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from llamaindex_rerankers.llm.server import LocalLLMServer, local_llm_server
+from llamaindex_rerankers.endpoints.llamacpp import LocalLLMServer, local_llm_server
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from llama_index.core.schema import MetadataMode
 from scripted_judge import DistributionClient, nodes_of
 
-from llamaindex_rerankers.llm import LLMReranker, detector
-from llamaindex_rerankers.llm.detector import SIGNALS, injection_signals, looks_injected
+from llamaindex_rerankers import injection as detector
+from llamaindex_rerankers.injection import SIGNALS, injection_signals, looks_injected
+from llamaindex_rerankers.llm import LLMReranker
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

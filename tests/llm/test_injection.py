@@ -11,14 +11,9 @@ from scripted_judge import DistributionClient, nodes_of
 from table_reranker import TableReranker
 
 from llamaindex_rerankers.cascade import CascadeReranker
+from llamaindex_rerankers.injection import looks_injected
 from llamaindex_rerankers.llm import LLMReranker
-from llamaindex_rerankers.llm.injection import (
-    CODE_POOL,
-    datamark,
-    draw_codes,
-    looks_injected,
-    relabel,
-)
+from llamaindex_rerankers.llm.codes import CODE_POOL, datamark, draw_codes, relabel
 from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, normalize_token, validate_labels
 from llamaindex_rerankers.llm.prompts import default_prompts, render_messages
 from llamaindex_rerankers.llm.tokens import tiktoken_encoding
@@ -227,7 +222,7 @@ async def test_the_detector_runs_off_the_callers_event_loop(
     # stall on it while other requests wait.
     import threading
 
-    import llamaindex_rerankers.llm.detector as module
+    import llamaindex_rerankers.injection as module
 
     threads: list[int] = []
     real = module.injection_signals

@@ -15,10 +15,8 @@ from typing import Any
 import pytest
 from test_local_server import QUERY, apple_nodes
 
-from llamaindex_rerankers.llm import LLMReranker
-from llamaindex_rerankers.llm import server as server_module
-from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
-from llamaindex_rerankers.llm.server import (
+from llamaindex_rerankers.endpoints import llamacpp as server_module
+from llamaindex_rerankers.endpoints.llamacpp import (
     CACHE_ENV,
     LLAMA_SERVER_ENV,
     LocalLLMServer,
@@ -26,6 +24,8 @@ from llamaindex_rerankers.llm.server import (
     find_llama_server,
     local_llm_server,
 )
+from llamaindex_rerankers.llm import LLMReranker
+from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
 
 FAKE = Path(__file__).with_name("fake_llama_server.py")
 
@@ -96,7 +96,7 @@ def test_a_bad_llama_server_variable_is_an_error_not_a_fallback(
 def test_auto_without_llama_server_chooses_llama_cpp_python_and_says_so(
     no_llama_server: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="llamaindex_rerankers.llm.server")
+    caplog.set_level(logging.INFO, logger="llamaindex_rerankers.endpoints.llamacpp")
     with pytest.raises(LocalLLMServerError, match="does not exist"):
         start("/nonexistent/model.gguf")
     assert "local LLM server: llama-cpp-python" in caplog.text
@@ -147,14 +147,20 @@ def test_an_installed_package_does_not_look_beside_its_source_files(tmp_path: Pa
     package = Path(server_module.__file__).parents[1]
     site = tmp_path / "lib" / "python3" / "site-packages"
     shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("__pycache__"))
-    code = "from llamaindex_rerankers.llm import server; print(server.LLAMA_SERVER_CACHE)"
+    code = (
+        "from llamaindex_rerankers.endpoints import llamacpp as server; "
+        "print(server.LLAMA_SERVER_CACHE)"
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
     proc = subprocess.run(
         [sys.executable, "-c", code + "; print(server.__file__)"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["None", str(site / "llamaindex_rerankers" / "llm" / "server.py")]
+    assert proc.stdout.split() == [
+        "None",
+        str(site / "llamaindex_rerankers" / "endpoints" / "llamacpp.py"),
+    ]
     # From this checkout, its .cache/llama-server (make llama-server) is searched.
     assert package.parent / ".cache" / "llama-server" == server_module.LLAMA_SERVER_CACHE
 

@@ -24,11 +24,11 @@ from llama_index.core.llms import CustomLLM
 from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.llms.openai_like import OpenAILike
 
+from llamaindex_rerankers.endpoints.llamacpp import LocalLLMServer
 from llamaindex_rerankers.llm import LLMReranker
 from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
 from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
 from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
-from llamaindex_rerankers.llm.server import LocalLLMServer
 
 QUERY = "how do I prune apple trees"
 TEXTS = {

@@ -14,11 +14,7 @@ from typing import Any
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
-from llamaindex_rerankers.llm import LLMReranker
-from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
-from llamaindex_rerankers.llm.labels import DEFAULT_LABELS
-from llamaindex_rerankers.llm.prompts import FEW_SHOT_EXAMPLES, V1_JUDGE_PROMPT, V1_SYSTEM_PROMPT
-from llamaindex_rerankers.llm.server import (
+from llamaindex_rerankers.endpoints.llamacpp import (
     LLM_GGUF_ENV,
     LocalLLMServer,
     LocalLLMServerError,
@@ -26,6 +22,10 @@ from llamaindex_rerankers.llm.server import (
     local_llm_server,
     resolve_model_path,
 )
+from llamaindex_rerankers.llm import LLMReranker
+from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
+from llamaindex_rerankers.llm.labels import DEFAULT_LABELS
+from llamaindex_rerankers.llm.prompts import FEW_SHOT_EXAMPLES, V1_JUDGE_PROMPT, V1_SYSTEM_PROMPT
 
 pytestmark = pytest.mark.server
 
@@ -189,7 +189,7 @@ def test_the_cache_is_hit_through_a_second_server_on_another_port(
 ) -> None:
     cache = str(tmp_path / "judgements.sqlite")
     two = apple_nodes()[:2]
-    from llamaindex_rerankers.llm.server import _free_port
+    from llamaindex_rerankers.endpoints.llamacpp import _free_port
 
     first_port = _free_port("127.0.0.1")
     second_port = next(p for p in iter(lambda: _free_port("127.0.0.1"), None) if p != first_port)
@@ -272,7 +272,7 @@ def test_llm_server_command_stops_its_server_on_sigterm(gguf_path: str) -> None:
     import sys
     import urllib.request
 
-    from llamaindex_rerankers.llm.server import _free_port, _wait_ready
+    from llamaindex_rerankers.endpoints.llamacpp import _free_port, _wait_ready
 
     port = _free_port("127.0.0.1")
     base_url = f"http://127.0.0.1:{port}/v1"

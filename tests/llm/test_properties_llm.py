@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 from scripted_judge import DistributionClient
 
+from llamaindex_rerankers.injection import looks_injected
 from llamaindex_rerankers.llm import LLMReranker
 from llamaindex_rerankers.llm.calibration import CONTENT_FREE_PASSAGES
-from llamaindex_rerankers.llm.detector import looks_injected
 
 MANY = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

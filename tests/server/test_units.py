@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
+from llamaindex_rerankers.cli.serve import add_serve_arguments, settings_from_args
 from llamaindex_rerankers.presentation import text_snippet
 from llamaindex_rerankers.server import streaming
-from llamaindex_rerankers.server.command import add_serve_arguments, settings_from_args
 from llamaindex_rerankers.server.errors import field_path
 from llamaindex_rerankers.server.limits import AdmissionGate, Overloaded, SessionStore
 from llamaindex_rerankers.server.settings import (
@@ -243,7 +243,7 @@ def test_source_records_carry_the_injection_flag_null_when_no_detector_ran() -> 
 def test_the_servers_reranker_detects_injections_unless_told_not_to(
     reranker: str, detect: bool
 ) -> None:
-    from llamaindex_rerankers.llm.endpoint import LLMEndpoint
+    from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
     from llamaindex_rerankers.server.backend import _build_reranker
 
     settings = ServerSettings(reranker=reranker, detect_injection=detect)
@@ -334,7 +334,7 @@ def test_the_serve_arguments_need_no_server_extra_and_create_app_names_it() -> N
         "for m in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette'):\n"
         "    sys.modules[m] = None\n"
         "import argparse\n"
-        "from llamaindex_rerankers.server.command import add_serve_arguments\n"
+        "from llamaindex_rerankers.cli.serve import add_serve_arguments\n"
         "p = argparse.ArgumentParser(); add_serve_arguments(p)\n"
         "assert p.parse_args(['--demo']).demo\n"
         "try:\n"
