@@ -263,7 +263,7 @@ def _write_json(
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "command": "llamaindex-rerankers " + " ".join(sys.argv[1:]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),

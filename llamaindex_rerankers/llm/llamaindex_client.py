@@ -286,7 +286,7 @@ class LlamaIndexChatClient:
             return await asyncio.wait_for(llm.achat(chat, **options), timeout=left)
         except ChatClientError:
             raise
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise ChatClientError(
                 f"{name}: the deadline passed during the call", attempts=attempts
             ) from exc

@@ -1192,7 +1192,7 @@ async def _acquire(limiter: asyncio.Semaphore, deadline: float | None) -> bool:
         return True
     try:
         await asyncio.wait_for(limiter.acquire(), timeout=max(0.0, deadline - time.monotonic()))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     return True
 

@@ -349,7 +349,7 @@ class Backend:
             async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT) as client:
                 response = await client.get(url, headers=headers)
         except httpx.HTTPError as exc:
-            raise ConnectionError(f"GET {url}: {_one_line(exc)}") from None
+            raise ConnectionError(f"GET {url}: {one_line(exc)}") from None
         if response.is_error:
             raise ConnectionError(f"GET {url}: HTTP {response.status_code}")
         return f"GET {url}: {response.status_code}"
