@@ -206,8 +206,8 @@ class CrossEncoderReranker(BaseReranker):
     quantize: Literal["none", "int8"] = Field(
         default="none",
         description="backend='onnx' only: 'int8' runs a dynamically quantized export (int8 "
-        "MatMul weights, per channel). Faster than float32 ONNX, but it moves logits far more "
-        "than bfloat16 does; see the benchmark before using it.",
+        "MatMul weights, per channel); it trades accuracy for speed: see the cross-encoder guide "
+        "before using it.",
     )
     threads: int | None = Field(
         default=None,
@@ -218,10 +218,10 @@ class CrossEncoderReranker(BaseReranker):
     )
     detect_injection: bool = Field(
         default=False,
-        description="Flag passages with instruction-like text (llm.detector.injection_signals) "
+        description="Flag passages with instruction-like text (injection.injection_signals) "
         "as rerank_injection_suspected in the node metadata, for untrusted corpora whose top "
         "passages go on to an LLM. Off by default: a cross-encoder does not obey instructions, "
-        "and the detector costs about 3 ms per 1,000 characters (up to 1.27x a call).",
+        "and the detector costs a few ms per 1,000 characters (see the prompt-injection guide).",
     )
     suspected_penalty: float = Field(
         default=1.0,
