@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     StrictBool,
     StrictStr,
     model_validator,
@@ -323,25 +324,14 @@ class RerankDocument(BaseModel):
     )
 
 
-class RerankRequest(_Body):
-    """Cohere's rerank request, v1: documents are strings or objects."""
+_DOCS_EXAMPLE: list[JsonValue] = [
+    "Prune apple trees in late winter while they are dormant.",
+    "Apple Inc. shares rose 2% after the earnings report.",
+]
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "query": _QUESTION,
-                    "documents": [
-                        "Prune apple trees in late winter while they are dormant.",
-                        "Apple Inc. shares rose 2% after the earnings report.",
-                    ],
-                    "top_n": 1,
-                    "return_documents": True,
-                }
-            ]
-        },
-    )
+
+class _RerankFields(_Body):
+    """The fields v1 and v2 share; each version adds its own documents."""
 
     model: Text | None = Field(
         default=None,
@@ -352,79 +342,6 @@ class RerankRequest(_Body):
     query: NonBlank = Field(
         description="The search query (at most --max-query-chars characters).",
         examples=[_QUESTION],
-    )
-    documents: list[Text | RerankDocument] = Field(
-        min_length=1,
-        description="Strings, or objects with a `text` field (other fields are returned as "
-        "they came); at most --max-documents, each at most --max-document-chars characters. "
-        "An empty document is returned unjudged.",
-    )
-    top_n: Count | None = Field(
-        default=None,
-        description="Results returned (default: all; values above the number of documents "
-        "return all).",
-        examples=[3],
-    )
-    return_documents: StrictBool = Field(
-        default=False, description="Return each result's document."
-    )
-    rank_fields: list[NonBlank] | None = Field(
-        default=None,
-        min_length=1,
-        description="For object documents: the fields whose values are scored, in order "
-        "(joined as `field: value` lines); the values must be strings or numbers. Default: "
-        "`text`.",
-    )
-    max_chunks_per_doc: Count | None = Field(
-        default=None,
-        description="Accepted for compatibility and not used: long documents are cut to the "
-        "reranker's token limit instead of being chunked.",
-    )
-    max_tokens_per_doc: Count | None = Field(
-        default=None,
-        description="Accepted for compatibility and not used (see max_chunks_per_doc).",
-    )
-    priority: NonNegative | None = Field(
-        default=None,
-        description="Accepted for compatibility and not used (requests are served in arrival "
-        "order; beyond the queue the answer is 503).",
-    )
-
-
-class RerankRequestV2(_Body):
-    """Cohere's rerank request, v2: documents are strings, and none is returned."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "rerank-v3.5",
-                    "query": _QUESTION,
-                    "documents": [
-                        "Prune apple trees in late winter while they are dormant.",
-                        "Apple Inc. shares rose 2% after the earnings report.",
-                    ],
-                    "top_n": 1,
-                }
-            ]
-        },
-    )
-
-    model: Text | None = Field(
-        default=None,
-        description="Accepted for compatibility; the server's reranker is used whatever it says "
-        "(the response's meta names it).",
-        examples=["rerank-v3.5"],
-    )
-    query: NonBlank = Field(
-        description="The search query (at most --max-query-chars characters).",
-        examples=[_QUESTION],
-    )
-    documents: list[Text] = Field(
-        min_length=1,
-        description="The documents as strings; at most --max-documents, each at most "
-        "--max-document-chars characters. An empty document is returned unjudged.",
     )
     top_n: Count | None = Field(
         default=None,
@@ -441,6 +358,65 @@ class RerankRequestV2(_Body):
         default=None,
         description="Accepted for compatibility and not used (requests are served in arrival "
         "order; beyond the queue the answer is 503).",
+    )
+
+
+class RerankRequest(_RerankFields):
+    """Cohere's rerank request, v1: documents are strings or objects."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "query": _QUESTION,
+                    "documents": _DOCS_EXAMPLE,
+                    "top_n": 1,
+                    "return_documents": True,
+                }
+            ]
+        },
+    )
+
+    documents: list[Text | RerankDocument] = Field(
+        min_length=1,
+        description="Strings, or objects with a `text` field (other fields are returned as "
+        "they came); at most --max-documents, each at most --max-document-chars characters. "
+        "An empty document is returned unjudged.",
+    )
+    return_documents: StrictBool = Field(
+        default=False, description="Return each result's document."
+    )
+    rank_fields: list[NonBlank] | None = Field(
+        default=None,
+        min_length=1,
+        description="For object documents: the fields whose values are scored, in order "
+        "(joined as `field: value` lines); the values must be strings or numbers. Default: "
+        "`text`.",
+    )
+    max_chunks_per_doc: Count | None = Field(
+        default=None,
+        description="Accepted for compatibility and not used: long documents are cut to the "
+        "reranker's token limit instead of being chunked.",
+    )
+
+
+class RerankRequestV2(_RerankFields):
+    """Cohere's rerank request, v2: documents are strings, and none is returned."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"model": "rerank-v3.5", "query": _QUESTION, "documents": _DOCS_EXAMPLE, "top_n": 1}
+            ]
+        },
+    )
+
+    documents: list[Text] = Field(
+        min_length=1,
+        description="The documents as strings; at most --max-documents, each at most "
+        "--max-document-chars characters. An empty document is returned unjudged.",
     )
 
 
