@@ -346,10 +346,17 @@ def test_real_llama_server_scores_agree_with_llama_cpp_python(
         assert other.kind == "llama-cpp-python" and other.namespace == real_llama_server.namespace
         theirs = label_probs(other)
     assert ours.keys() == theirs.keys()
-    # Same model, prompt and label tokens; the numbers differ only as much as two runs of one
-    # llama-server differ (batch shapes and prefix-cache reuse change the float sums): up to
-    # 0.07 per label probability on DL19 (benchmarks/results/llm_server.md).
+    # Same model, prompt and label tokens; the numbers differ as much as llama-server differs
+    # from itself. Measured on 2026-12-05 (3 passages x 3 labels): a fresh llama-server's first
+    # call and its later calls (which reuse the prompt prefix from its cache, and so sum the
+    # floats in other batch shapes) differ by up to 0.05 per label probability; llama-cpp-python
+    # (no reuse here, deterministic) differs from llama-server by 0.085 (first call) to 0.134
+    # (later calls) at most, 0.029 to 0.040 on average. The bounds sit above those figures and
+    # well below what a wrong template or wrong label tokens do (probabilities that move by
+    # tenths on every passage, not on one).
+    gaps = []
     for node_id, probs in ours.items():
         assert probs.keys() == theirs[node_id].keys()
-        for label, p in probs.items():
-            assert p == pytest.approx(theirs[node_id][label], abs=0.1), (node_id, label)
+        gaps += [abs(p - theirs[node_id][label]) for label, p in probs.items()]
+    assert max(gaps) <= 0.2, (gaps, ours, theirs)
+    assert sum(gaps) / len(gaps) <= 0.06, (gaps, ours, theirs)
