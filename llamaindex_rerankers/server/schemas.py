@@ -177,6 +177,8 @@ class CrossEncoderUsageOut(_Open):
     pairs: int = Field(description="(query, passage) pairs the cross-encoder scored.")
     deduplicated: int = Field(description="Repeated passages scored once.")
     truncated: int = Field(description="Pairs longer than the model's max_length (cut).")
+    windowed: int = Field(description="Passages split into several windows (long_text=windows).")
+    windows: int = Field(description="Windows of those passages scored (included in pairs).")
     seconds: float = Field(description="Time in the cross-encoder.")
 
 
@@ -186,8 +188,29 @@ class LLMUsageOut(_Open):
     prompt_tokens: int = Field(description="Prompt tokens the LLM endpoint reported.")
     completion_tokens: int = Field(description="Generated tokens the LLM endpoint reported.")
     cache_hits: int = Field(description="Judgements served from the judgement cache.")
+    deduplicated: int = Field(description="Repeated passages judged once.")
     failures: int = Field(description="Judgements whose request failed for good.")
+    retries: int = Field(description="HTTP requests that repeated a failed one.")
+    parse_failures: int = Field(description="Answers from which no label could be read.")
+    truncated: int = Field(description="Passages (or the query) cut to their token budget.")
+    unknown: int = Field(description="Passages whose judgement ended as unknown.")
+    windowed: int = Field(description="Passages split into several windows (long_text=windows).")
+    windows: int = Field(description="Windows of those passages judged (in judgements).")
+    calibration_judgements: int = Field(
+        description="Content-free judgements asked for calibration (their requests in calls)."
+    )
+    uncalibrated: int = Field(description="Judged passages left uncalibrated.")
+    max_in_flight: int = Field(description="The most requests this call had in flight at once.")
     seconds: float = Field(description="Time spent judging.")
+    prompt_tokens_evaluated: int = Field(
+        description="Prompt tokens the endpoint said it computed (the rest came from its cache)."
+    )
+    prompt_tokens_cached: int = Field(
+        description="Prompt tokens the endpoint said it reused from its prefix cache."
+    )
+    prompt_cache_reports: int = Field(
+        description="Answers that reported the two figures above; 0 means they are unknown."
+    )
 
 
 class ReportOut(_Open):
@@ -201,7 +224,13 @@ class ReportOut(_Open):
         description="Candidates it could not score (kept, after the judged ones, score null)."
     )
     n_pruned: int = Field(description="Candidates a cascade kept from its second stage.")
+    n_skipped: int = Field(
+        description="Candidates with no text to judge (unjudged, counted in n_unjudged)."
+    )
     best_score: float | None = Field(description="Highest rerank score; null if none judged.")
+    retrieval_weight: float | None = Field(
+        description="The first-stage weight this call fused with; null when it fused none."
+    )
     seconds: float = Field(description="Wall-clock time of the rerank call.")
     cross_encoder: CrossEncoderUsageOut | None = Field(
         default=None, description="The cross-encoder's figures; null when none ran."

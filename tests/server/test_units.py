@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
+from llamaindex_rerankers import types
 from llamaindex_rerankers.cli.serve import add_serve_arguments, settings_from_args
 from llamaindex_rerankers.presentation import text_snippet
-from llamaindex_rerankers.server import streaming
+from llamaindex_rerankers.server import schemas, streaming
 from llamaindex_rerankers.server.errors import field_path
 from llamaindex_rerankers.server.limits import AdmissionGate, Overloaded, SessionStore
 from llamaindex_rerankers.server.settings import (
@@ -403,3 +404,23 @@ def test_responses_name_local_models_without_the_servers_paths() -> None:
         "cross-encoder/ms-marco-MiniLM-L-6-v2"
     )
     assert public_model_name("gpt-4o-mini") == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize(
+    ("record", "model_name"),
+    [
+        (types.RerankReport, "ReportOut"),
+        (types.CrossEncoderUsage, "CrossEncoderUsageOut"),
+        (types.LLMUsage, "LLMUsageOut"),
+    ],
+)
+def test_the_response_schema_documents_every_field_of_the_report(
+    record: type, model_name: str
+) -> None:
+    """/docs and the OpenAPI schema list every field the server returns in `report`, each with a
+    description (the records' fields pass through the open models; a field only the JSON shows
+    is one a client cannot discover)."""
+    model = getattr(schemas, model_name)
+    fields = {f.name for f in dataclasses.fields(record) if not f.name.startswith("_")}
+    assert set(model.model_fields) == fields
+    assert all(model.model_fields[name].description for name in fields)
