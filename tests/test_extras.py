@@ -151,7 +151,7 @@ def test_every_optional_module_maps_to_an_extra_that_pyproject_defines(
     [
         "kwargs = {'server': 'llama-cpp-python'}",
         # "auto" with no llama-server to be found falls back to llama-cpp-python's server.
-        "import os, pathlib, llamaindex_rerankers.endpoints.llamacpp as s\n"
+        "import os, pathlib, llamaindex_rerankers.endpoints.llamacpp_files as s\n"
         "s.LLAMA_SERVER_CACHE = pathlib.Path('/nonexistent')\n"
         "os.environ.pop(s.LLAMA_SERVER_ENV, None); os.environ['PATH'] = '/nonexistent'\n"
         "kwargs = {}",

