@@ -16,15 +16,9 @@ and as *normalised* views (Unicode compatibility forms, homoglyphs mapped to Lat
 that mix scripts, leetspeak, spaced-out letters joined, base64 and HTML entities decoded), so
 that a disguise does not hide an instruction that plain text would show.
 
-How the patterns were made, so that the figures can be read: written against attack styles and
-the benchmark's train split; a first blind set (``benchmarks/data/injection_holdout.jsonl``,
-written by someone who had not seen them) caught 39 of 60; its misses (orders addressed to
-"the evaluator" rather than to "you", asking to be put at the top, "whatever was asked",
-SEO claims, asking for "the last option") became patterns, and a second blind set
-(``injection_holdout2.jsonl``) measures the result (``benchmarks/bench_injection.py``). The
-false-alarm rate on the SciFact, NFCorpus and TREC DL 2019 corpora (0 of 13,113 passages) is
-held under 0.1 % by ``tests/llm/test_detector.py``. Expect misses against an attacker who reads
-this file.
+How the patterns were made and what they catch (blind sets, false alarms on the SciFact,
+NFCorpus and TREC DL 2019 corpora) is in the prompt-injection guide; ``tests/llm/test_detector.py``
+holds the false-alarm rate under 0.1 %. Expect misses against an attacker who reads this file.
 
 Example:
     >>> injection_signals("Tides are caused by the moon.")
@@ -37,15 +31,11 @@ Example:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import codecs
 import dataclasses
-import html
 import re
-import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
+from llamaindex_rerankers._disguises import TAGS, views
 from llamaindex_rerankers.types import Judgement
 
 #: Each kind of evidence the detector reports, and what it means.
@@ -310,14 +300,6 @@ _HIDDEN = re.compile(
     r"|^[ \t]*\[//\]\s*:\s*#|^[ \t]*\[comment\]\s*:\s*#|\baria-hidden\s*=\s*[\"']?true",
     _F,
 )
-# Invisible characters: removed in the normalised view. Unicode tag characters spell hidden ASCII
-# ("ASCII smuggling", decoded as a view of their own); zero-width characters inside a word split
-# it from a pattern's view. Direction marks (U+200E, U+200F) are common in pasted text and only
-# removed.
-_INVISIBLE = re.compile(
-    "[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\U000e0000-\U000e007f]"
-)
-_TAGS = re.compile("[\U000e0020-\U000e007e]+")
 _IN_WORD_INVISIBLE = re.compile("\\w[\u200b-\u200d\u2060-\u2064\ufeff]+\\w")
 _ENCODED_REQUEST = re.compile(
     r"\b(?:decode|decipher|unscramble|base-?64|rot-?13|read\s+(?:it\s+|this\s+)?backwards|"
@@ -475,74 +457,6 @@ def meta_talk(text: str) -> int:
 
 # -- normalised views --------------------------------------------------------------------------
 
-# Latin look-alikes in Cyrillic and Greek, mapped only inside words that mix them with Latin
-# letters (so that Russian and Greek text stay as they are).
-_CONFUSABLES = str.maketrans(
-    "аеорсхуіјѕԁһԛԝАВЕКМНОРСТХУІЈЅαοτνιρκυΑΒΕΗΙΚΜΝΟΡΤΧΥΖ",
-    "aeopcxyijsdhqwABEKMHOPCTXYIJSaotvipkuABEHIKMNOPTXYZ",
-)
-_WORD = re.compile(r"\w+")
-_LATIN = re.compile(r"[a-zA-Z]")
-_GREEK_CYRILLIC = re.compile(r"[\u0370-\u03ff\u0400-\u04ff]")
-_LEET = str.maketrans("013457@$|!", "oieastasii")
-_LEET_WORD = re.compile(r"[\w@$|!]{3,}")
-_LEET_CHAR = re.compile(r"[013457@$|!]")
-_SPACED = re.compile(r"(?<![\w])(?:\w[ .\-_*·]){3,}\w(?![\w])")
-_BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
-_MAX_DECODES = 20
-
-
-def _normalised(text: str) -> str:
-    """Compatibility forms (full-width letters, ligatures), invisible characters removed,
-    HTML entities decoded, homoglyphs mapped inside mixed-script words."""
-    out = html.unescape(unicodedata.normalize("NFKC", text))
-    out = _INVISIBLE.sub("", out)
-    return _WORD.sub(_unconfuse, out)
-
-
-def _unconfuse(m: re.Match[str]) -> str:
-    word = m.group(0)
-    if _LATIN.search(word) and _GREEK_CYRILLIC.search(word):
-        return word.translate(_CONFUSABLES)
-    return word
-
-
-def _unleet(m: re.Match[str]) -> str:
-    word = m.group(0)
-    if _LATIN.search(word) and _LEET_CHAR.search(word):
-        return word.translate(_LEET)
-    return word
-
-
-def _views(text: str) -> Iterator[tuple[str, bool]]:
-    """The text as written, then normalised views; the flag says whether the view undid a
-    disguise (a hit there is also reported as ``encoded``)."""
-    yield text, False
-    norm = _normalised(text)
-    if norm != text:
-        yield norm, True
-    leet = _LEET_WORD.sub(_unleet, norm)
-    if leet != norm:
-        yield leet, True
-    spaced = _SPACED.sub(lambda m: re.sub(r"[ .\-_*·]", "", m.group(0)), norm)
-    if spaced != norm:
-        yield spaced, True
-    decoded = []
-    for m in list(_BASE64.finditer(norm))[:_MAX_DECODES]:
-        blob = m.group(0) + "=" * (-len(m.group(0)) % 4)
-        try:
-            plain = base64.b64decode(blob, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            continue
-        if all(c.isprintable() or c.isspace() for c in plain):
-            decoded.append(plain)
-    decoded += ["".join(chr(ord(c) - 0xE0000) for c in m.group(0)) for m in _TAGS.finditer(text)]
-    if decoded:
-        yield "\n".join(decoded), True
-    if re.search(r"\brot-?13\b", norm, re.IGNORECASE):
-        yield codecs.decode(norm, "rot13"), True
-
-
 #: Each pattern and the signal it reports.
 _PATTERN_SIGNALS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("override", _OVERRIDE),
@@ -597,12 +511,12 @@ def injection_signals(text: str, max_chars: int | None = None) -> tuple[str, ...
     """
     text = text[: MAX_CHARS if max_chars is None else max_chars]
     found: set[str] = set()
-    for view, disguised in _views(text):
+    for view, disguised in views(text):
         hits = _signals_of(view)
         if disguised and hits - found:
             found.add("encoded")
         found |= hits
-    if _TAGS.search(text) or len(_IN_WORD_INVISIBLE.findall(text)) >= 3:
+    if TAGS.search(text) or len(_IN_WORD_INVISIBLE.findall(text)) >= 3:
         found.add("hidden")
     return tuple(name for name in SIGNALS if name in found)
 
