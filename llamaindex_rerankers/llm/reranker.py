@@ -61,6 +61,7 @@ from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.prompts.mixin import PromptMixin, PromptMixinType
 
 from llamaindex_rerankers.base import BaseReranker
+from llamaindex_rerankers.injection import flag_injections
 from llamaindex_rerankers.llm.cache import (
     SUPPORTED_SPECS,
     JudgementCache,
@@ -68,8 +69,7 @@ from llamaindex_rerankers.llm.cache import (
     SQLiteCache,
     check_cache_path,
 )
-from llamaindex_rerankers.llm.detector import flag_injections
-from llamaindex_rerankers.llm.injection import DEFAULT_SALT, draw_codes, relabel
+from llamaindex_rerankers.llm.codes import DEFAULT_SALT, draw_codes, relabel
 from llamaindex_rerankers.llm.judging import JudgeSetup, event_manager, judge
 from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, Label, validate_labels
 from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
@@ -133,6 +133,15 @@ class LLMReranker(BaseReranker, PromptMixin):
 
     The endpoint is an OpenAI-compatible server (``base_url``, ``model``), any LlamaIndex
     ``LLM`` (:meth:`from_llm`), or any :class:`ChatClient` (``client=``).
+
+    The HTTP settings (``base_url``, ``api_key``, ``default_headers``, ``timeout``,
+    ``max_retries``, ``backoff_base``, ``backoff_max``) stay flat fields rather than a nested
+    endpoint config: flat is how they are written and read everywhere already (``to_dict``
+    keys in saved configurations and benchmark results, ``model_copy(update={"base_url":
+    ...})``, which pydantic applies without validation, so a nested config would need an alias
+    layer there and in assignment, and some 90 keyword arguments across the registry, the CLI,
+    ``serve``, benchmarks and tests). They are grouped where grouping does work: :attr:`client`
+    builds one :class:`OpenAIChatClient` from them and builds it again only when one changes.
 
     Calibration and fusion with the first stage: label probabilities are calibrated per query
     against a content-free passage (``calibration``, :mod:`llamaindex_rerankers.llm.calibration`),
@@ -617,7 +626,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         return relabel(self.labels, draw_codes(query, salt, len(self.labels)))
 
     def _flag_injections(self, texts: Sequence[str], judged: list[Judgement]) -> list[Judgement]:
-        """:func:`~llamaindex_rerankers.llm.detector.flag_injections` when ``detect_injection``
+        """:func:`~llamaindex_rerankers.injection.flag_injections` when ``detect_injection``
         is on: the base (or a cascade around this reranker) takes ``suspected_penalty`` off the
         final score, after fusion, so that deferring to the first-stage order cannot undo it."""
         if not self.detect_injection:
