@@ -62,7 +62,8 @@ def test_the_engine_returns_the_calls_usage_and_touches_no_report(
     first = dataclasses.replace(usage)
 
     again, usage2 = judged_by_engine(reranker, texts)
-    assert again == judgements
+    assert [j.score for j in again] == [j.score for j in judgements]
+    assert all(j.metadata["rerank_cached"] for j in again)
     assert (usage2.cache_hits, usage2.calls, usage2.judgements) == (4, 0, 3)
     assert usage == first  # the first call's record is its own: the second did not add to it
 
