@@ -3,9 +3,11 @@ judgements with a typed usage record of that call's own, and writes nothing anyw
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers.endpoints.llamacpp import LocalLLMServer
@@ -108,3 +110,38 @@ def test_concurrent_calls_on_one_instance_each_get_their_own_usage(
             solo.unknown,
         )
         assert usage.max_in_flight <= 2  # the instance's limit, shared by the six calls
+
+
+class BrokenClient:
+    """A chat client with a bug: every request raises a TypeError (not a ChatClientError, so
+    not a counted failure); the first after the others have started, which it leaves hanging."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.cancelled = 0
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return ("http://broken/v1", "broken")
+
+    async def achat(self, messages: object, **options: object) -> object:
+        self.started += 1
+        if self.started == 1:
+            await asyncio.sleep(0.05)
+            raise TypeError("bug in the client")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        raise AssertionError("never answered")
+
+
+def test_a_client_bug_is_raised_as_itself_and_cancels_the_other_requests() -> None:
+    client = BrokenClient()
+    reranker = LLMReranker(client=client, cache=None, concurrency=4)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bug in the client"):  # not an ExceptionGroup
+        reranker.rerank(nodes_of(list(PASSAGES[:3])), QUERY)
+    # The content-free request and two passages were left in flight: all cancelled and
+    # awaited, so their request slots are free again.
+    assert client.started == 4 and client.cancelled == 3
