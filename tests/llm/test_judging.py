@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
@@ -27,9 +28,9 @@ PASSAGES = (
 )
 
 
-def reranker_for(server: LocalLLMServer, **settings: object) -> LLMReranker:
-    settings = {"cache": None, "timeout": 120.0, "concurrency": 2, **settings}
-    return LLMReranker(model=server.model, base_url=server.base_url, **settings)
+def reranker_for(server: LocalLLMServer, **settings: Any) -> LLMReranker:
+    merged: dict[str, Any] = {"cache": None, "timeout": 120.0, "concurrency": 2, **settings}
+    return LLMReranker(model=server.model, base_url=server.base_url, **merged)
 
 
 def judged_by_engine(reranker: LLMReranker, texts: list[str]) -> tuple[list[Judgement], LLMUsage]:
