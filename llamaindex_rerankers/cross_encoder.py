@@ -47,8 +47,8 @@ from llamaindex_rerankers.windows import (
     DEFAULT_WINDOW_OVERLAP,
     LongText,
     Window,
+    best_window,
     check_overlap,
-    max_passage,
     split_windows,
 )
 
@@ -435,15 +435,8 @@ def _best_window(
     windows: Sequence[Window], logits: dict[str, float], windowed: bool
 ) -> tuple[float, dict[str, Any]]:
     """MaxP: the best window's logit and, when windowing, its metadata."""
-    found = max_passage([logits[w.text] for w in windows])
-    assert found is not None  # every window has a logit
-    best, logit = found
-    if not windowed:
-        return logit, {}
-    return logit, {
-        "rerank_windows": len(windows),
-        "rerank_best_window_offset": windows[best].offset,
-    }
+    best, metadata = best_window(windows, [logits[w.text] for w in windows])
+    return logits[windows[best].text], metadata if windowed else {}
 
 
 @dataclass

@@ -130,6 +130,24 @@ def max_passage(scores: Sequence[float | None]) -> tuple[int, float] | None:
     return best
 
 
+def best_window(
+    windows: Sequence[Window], scores: Sequence[float | None]
+) -> tuple[int, dict[str, int]]:
+    """MaxP over one passage's windows, as both rerankers report it: the index of the best
+    window (:func:`max_passage`; the first window when none has a score) and the node metadata
+    that says which it was (``rerank_windows``, ``rerank_best_window_offset``).
+
+    Example:
+        >>> best_window([Window(0, "a b"), Window(2, "b c")], [0.2, 0.9])
+        (1, {'rerank_windows': 2, 'rerank_best_window_offset': 2})
+        >>> best_window([Window(0, "a b"), Window(2, "b c")], [None, None])[0]
+        0
+    """
+    found = max_passage(scores)
+    best = 0 if found is None else found[0]
+    return best, {"rerank_windows": len(windows), "rerank_best_window_offset": windows[best].offset}
+
+
 def _piece_bounds(text: str, budget: int, count: Callable[[str], int]) -> list[int]:
     """Start offsets of the pieces of ``text`` (words with their whitespace, a word too long
     for the budget cut by characters), then ``len(text)``."""

@@ -4,9 +4,10 @@ The layer, one job per module: :mod:`~.types` (chat data types, the ``ChatClient
 :mod:`~.retry` (backoff maths), :mod:`~.capabilities` (which endpoints give logprobs),
 :mod:`~.openai_client` (the only importer of ``openai``), :mod:`~.llamaindex_client` (any
 LlamaIndex LLM), :mod:`~.labels` and :mod:`~.prompts` (pure), :mod:`~.cache`, :mod:`~.tokens`,
-:mod:`~.loop` (the background event loop), :mod:`~.codes` (answer codes, datamarking) and
-:mod:`~.reranker`. The local llama.cpp server (``local_llm_server`` ...) lives in
-:mod:`llamaindex_rerankers.endpoints` and is re-exported here.
+:mod:`~.loop` (the background event loop), :mod:`~.codes` (answer codes, datamarking),
+:mod:`~.reranker` (the settings) and :mod:`~.judging` (the per-call engine). The local
+llama.cpp server (``local_llm_server`` ...) lives in :mod:`llamaindex_rerankers.endpoints` and
+is re-exported here.
 
 Example:
     >>> from llamaindex_rerankers.llm import LLMReranker

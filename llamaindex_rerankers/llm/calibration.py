@@ -14,7 +14,8 @@ are floored at :data:`PRIOR_FLOOR` so that a label the content-free answers neve
 from the top log-probabilities) does not divide by zero.
 
 The content-free judgements are ordinary judgements of the same query: cached like any other,
-counted in the call's ``report.llm.calls`` and separately in ``report.llm.calibration_calls``.
+counted in the call's ``report.llm.calls`` and separately in
+``report.llm.calibration_judgements``.
 
 Example:
     >>> prior = content_free_prior([{"unlikely": 0.1, "likely": 0.3, "very likely": 0.6}])

@@ -7,30 +7,17 @@ generates a single token: an answer code standing for *unlikely*, *likely* or *v
 log-probabilities of that token are renormalised over the label set and the score is the
 expected relevance Σ p(label) · value(label) (Zhuang et al. 2023, "Beyond Yes and No").
 
-One instance serves many threads and tasks at once (a chatbot backend for weeks):
-
-* **One limiter per instance.** Every call, sync or async, runs its requests on one background
-  event loop (:mod:`llamaindex_rerankers.llm.loop`), so an instance has one semaphore, one chat
-  client and one connection pool: ``concurrency`` bounds the requests in flight across *all*
-  its concurrent calls. ``report.llm.max_in_flight`` is the peak of the call's own requests.
-* **Identical passages** (after truncation) in one call are judged once; every copy gets the
-  same judgement (``report.llm.deduplicated`` counts the repeats).
-* **The cache** is read once per call and written once per call, in a worker thread off the
-  event loop (one SQL statement / one transaction for :class:`SQLiteCache`). Its key holds
-  ``cache_namespace`` (default ``"base_url|model"``): give a stable name of the model, e.g. a
-  local server's ``server.namespace``, and the cache survives the server moving to another port.
-
-Failure policy (a node is never dropped):
-
-* Endpoint without logprobs: the label is parsed from the answer text and the score is its
-  value (``rerank_source="text"``). The process switches an endpoint to text mode only on clear
-  evidence (:mod:`llamaindex_rerankers.llm.capabilities`), with a WARNING.
-* Unparseable answer: one retry with a stricter instruction, then the label ``unknown``.
-* Failed request (retries spent, deadline reached): the label ``unknown``; failures are counted
-  in the report and logged once per call.
-
+This module holds the reranker's settings, their validation and serialisation, its prompts and
+its live parts (client, cache, request limiter); the per-call engine (limits shared by all of
+an instance's calls, deduplication, the cache reads and writes, the failure policy, the LLM
+events for token counting) is :mod:`llamaindex_rerankers.llm.judging`, which returns each
+call's judgements with its :class:`~llamaindex_rerankers.types.LLMUsage` (``report.llm``).
 Passages labelled ``unknown`` get ``Judgement(score=None)``: :class:`BaseReranker` places them
 after every judged passage, in retrieval order, with ``node.score = None``.
+
+The module is longer than the ~600 lines we aim at because of what the class must hold: about
+190 lines declare its 40 settings (each description is part of the JSON schema and the API
+reference) and 70 make copies and pickles share or rebuild each live part.
 
 Configuration round-trips: ``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json`` keep every
 setting, the prompts (string fields, also read and written by ``get_prompts`` /
@@ -52,30 +39,21 @@ Copies and pickles (LlamaIndex and user code copy postprocessors; multiprocessin
   rebuild the reranker around it (``to_dict(exclude={'client'})`` + ``from_dict(..., llm=)``).
   An SQLite cache reopens its file; a memory cache comes back empty.
 
-Token counting: each request is a LlamaIndex ``CBEventType.LLM`` event on the reranker's
-``callback_manager`` (which a query engine sets to ``Settings.callback_manager``), with the
-messages and a response whose ``raw["usage"]`` holds the endpoint's own token counts, so
-``TokenCountingHandler`` counts what ``report.llm`` reports; a failed request ends its event
-with the exception. With :meth:`LLMReranker.from_llm` the LLM emits these events itself (to its
-own callback manager); the reranker then adds none when its handlers are already the LLM's.
+Token counting: with :meth:`LLMReranker.from_llm` the LLM emits its ``LLM`` events itself (to
+its own callback manager); the reranker then adds none when its handlers are already the LLM's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import hashlib
-import logging
 import pickle
 import threading
-import time
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole
 from llama_index.core.bridge.pydantic import (
     Field,
     PrivateAttr,
@@ -83,40 +61,21 @@ from llama_index.core.bridge.pydantic import (
     field_validator,
     model_validator,
 )
-from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.prompts.mixin import PromptMixin, PromptMixinType
 
 from llamaindex_rerankers.base import BaseReranker
+from llamaindex_rerankers.injection import flag_injections
 from llamaindex_rerankers.llm.cache import (
     SUPPORTED_SPECS,
-    CachedJudgement,
     JudgementCache,
     MemoryCache,
     SQLiteCache,
-    cache_key,
     check_cache_path,
-    get_many,
-    put_many,
 )
-from llamaindex_rerankers.llm.calibration import (
-    CONTENT_FREE_PASSAGES,
-    calibrate,
-    content_free_prior,
-)
-from llamaindex_rerankers.llm.capabilities import logprobs_supported
-from llamaindex_rerankers.llm.detector import flag_injections
-from llamaindex_rerankers.llm.injection import DEFAULT_SALT, draw_codes, relabel
-from llamaindex_rerankers.llm.labels import (
-    DEFAULT_LABELS,
-    UNKNOWN,
-    Label,
-    expected_relevance,
-    most_probable,
-    parse_text_label,
-    probs_from_tokens,
-    validate_labels,
-)
+from llamaindex_rerankers.llm.codes import DEFAULT_SALT, draw_codes, relabel
+from llamaindex_rerankers.llm.judging import JudgeSetup, event_manager, judge
+from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, Label, validate_labels
 from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
 from llamaindex_rerankers.llm.loop import run_async, run_sync
 from llamaindex_rerankers.llm.openai_client import OpenAIChatClient
@@ -130,45 +89,13 @@ from llamaindex_rerankers.llm.prompts import (
     FewShotExample,
     check_prompts,
     prompt_key,
-    render_messages,
 )
 from llamaindex_rerankers.llm.tokens import TokenCounter
-from llamaindex_rerankers.llm.types import ChatClient, ChatClientError, ChatResult
-from llamaindex_rerankers.scoring import normalized_entropy
+from llamaindex_rerankers.llm.types import ChatClient
 from llamaindex_rerankers.types import Judgement, LLMUsage, RerankReport
-from llamaindex_rerankers.windows import (
-    DEFAULT_WINDOW_OVERLAP,
-    LongText,
-    Window,
-    check_overlap,
-    max_passage,
-    split_windows,
-)
-
-logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
+from llamaindex_rerankers.windows import DEFAULT_WINDOW_OVERLAP, LongText, check_overlap
 
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
-
-#: Counters of ``report.llm`` that the judging adds up (all start at 0).
-COUNTERS = (
-    "calls",
-    "prompt_tokens",
-    "completion_tokens",
-    "cache_hits",
-    "deduplicated",
-    "failures",
-    "retries",
-    "parse_failures",
-    "truncated",
-    "unknown",
-    "calibration_judgements",
-    "uncalibrated",
-    "prompt_tokens_evaluated",
-    "prompt_tokens_cached",
-    "prompt_cache_reports",
-)
 
 #: Guards the lazy creation of an instance's client and limiter: held for microseconds, so one
 #: lock serves every instance.
@@ -187,29 +114,6 @@ def default_namespace(identity: tuple[str, str]) -> str:
     """
     base_url, model = identity
     return f"{base_url}|{model}"
-
-
-@dataclass
-class _CallState:
-    """Working state of one rerank call, shared by its concurrent judgements (all on the
-    background loop, so no lock is needed). The prompts and labels are read once, at the start:
-    an ``update_prompts`` during the call does not mix two prompts (or two cache keys) in it."""
-
-    query: str
-    templates: dict[str, BasePromptTemplate]
-    labels: tuple[Label, ...]
-    examples: tuple[FewShotExample, ...]
-    client: ChatClient
-    identity: tuple[str, str]
-    deadline: float | None
-    limiter: asyncio.Semaphore
-    counters: dict[str, float]
-    #: Where this call's LLM events go; None when the client emits its own (a LlamaIndex LLM
-    #: whose callback manager reaches the same handlers) or nobody listens.
-    events: CallbackManager | None = None
-    errors: list[str] = field(default_factory=list)
-    in_flight: int = 0
-    max_in_flight: int = 0
 
 
 class LLMReranker(BaseReranker, PromptMixin):
@@ -233,6 +137,15 @@ class LLMReranker(BaseReranker, PromptMixin):
 
     The endpoint is an OpenAI-compatible server (``base_url``, ``model``), any LlamaIndex
     ``LLM`` (:meth:`from_llm`), or any :class:`ChatClient` (``client=``).
+
+    The HTTP settings (``base_url``, ``api_key``, ``default_headers``, ``timeout``,
+    ``max_retries``, ``backoff_base``, ``backoff_max``) stay flat fields rather than a nested
+    endpoint config: flat is how they are written and read everywhere already (``to_dict``
+    keys in saved configurations and benchmark results, ``model_copy(update={"base_url":
+    ...})``, which pydantic applies without validation, so a nested config would need an alias
+    layer there and in assignment, and some 90 keyword arguments across the registry, the CLI,
+    ``serve``, benchmarks and tests). They are grouped where grouping does work: :attr:`client`
+    builds one :class:`OpenAIChatClient` from them and builds it again only when one changes.
 
     Calibration and fusion with the first stage: label probabilities are calibrated per query
     against a content-free passage (``calibration``, :mod:`llamaindex_rerankers.llm.calibration`),
@@ -717,7 +630,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         return relabel(self.labels, draw_codes(query, salt, len(self.labels)))
 
     def _flag_injections(self, texts: Sequence[str], judged: list[Judgement]) -> list[Judgement]:
-        """:func:`~llamaindex_rerankers.llm.detector.flag_injections` when ``detect_injection``
+        """:func:`~llamaindex_rerankers.injection.flag_injections` when ``detect_injection``
         is on: the base (or a cascade around this reranker) takes ``suspected_penalty`` off the
         final score, after fusion, so that deferring to the first-stage order cannot undo it."""
         if not self.detect_injection:
@@ -760,12 +673,12 @@ class LLMReranker(BaseReranker, PromptMixin):
         for name, text in texts.items():
             setattr(self, name, text)
 
-    # -- judging --------------------------------------------------------------------------
+    # -- judging (the engine is llm.judging) ----------------------------------------------
 
     def _judge(self, query: str, texts: Sequence[str], report: RerankReport) -> list[Judgement]:
         """Runs the judging on the background loop and waits for it; works in any thread,
         with or without a running event loop (Jupyter, async web handlers)."""
-        judged = run_sync(self._judge_windowed(query, texts, report))
+        judged, report.llm = run_sync(self._judge_async(query, texts))
         return self._flag_injections(texts, judged)
 
     async def _ajudge(
@@ -773,26 +686,47 @@ class LLMReranker(BaseReranker, PromptMixin):
     ) -> list[Judgement]:
         """Awaits the judging on the background loop; cancelling the caller cancels it. The
         detector (milliseconds per passage) runs in a worker thread, off the caller's loop."""
-        judged = await run_async(self._judge_windowed(query, texts, report))
+        judged, report.llm = await run_async(self._judge_async(query, texts))
         return await asyncio.to_thread(self._flag_injections, texts, judged)
 
-    async def _judge_windowed(
-        self, query: str, texts: Sequence[str], report: RerankReport
-    ) -> list[Judgement]:
-        """With ``long_text="windows"``: judge every window of every passage (as passages of
-        their own, so that repeats are judged once and cached) and give each passage its best
-        window's judgement (MaxP). Otherwise :meth:`_judge_on_loop` itself."""
-        budget = self.passage_max_tokens
-        if self.long_text != "windows" or budget is None:
-            return await self._judge_on_loop(query, texts, report)
-        spans = _expand_windows(texts, self._token_counter(), budget, self.window_overlap)
-        judged = await self._judge_on_loop(query, [w.text for ws in spans for w in ws], report)
-        if report.llm is not None:
-            split = {t: ws for t, ws in zip(texts, spans, strict=True) if len(ws) > 1}
-            report.llm.deduplicated = len(texts) - len(set(texts))
-            report.llm.windowed = len(split)
-            report.llm.windows = len({w.text for ws in split.values() for w in ws})
-        return _aggregate_windows(spans, judged)
+    async def _judge_async(
+        self, query: str, texts: Sequence[str]
+    ) -> tuple[list[Judgement], LLMUsage]:
+        """On the background loop: this call's judgements and usage."""
+        return await judge(self._setup(), query, texts)
+
+    def _setup(self) -> JudgeSetup:
+        """What one call judges with, read once (on the background loop: the limiter is
+        bound to it)."""
+        client = self.client
+        templates = self._templates()
+        return JudgeSetup(
+            owner=self.class_name(),
+            client=client,
+            cache=self._current_cache(),
+            limiter=self._limiter(),
+            counter=self._token_counter(),
+            events=event_manager(self.callback_manager, client),
+            templates=templates,
+            labels_for=self._labels_for,
+            examples=self.examples,
+            namespace=self.cache_namespace or default_namespace(client.identity),
+            prompt_key=self._prompt_key(templates),
+            concurrency=self.concurrency,
+            deadline=self.deadline,
+            query_max_tokens=self.query_max_tokens,
+            passage_max_tokens=self.passage_max_tokens,
+            long_text=self.long_text,
+            window_overlap=self.window_overlap,
+            use_logprobs=self.use_logprobs,
+            calibration=self.calibration,
+            max_tokens=self.max_tokens,
+            text_max_tokens=self.text_max_tokens,
+            top_logprobs=self.top_logprobs,
+            sandwich=self.sandwich,
+            datamark=self.datamark,
+            show_progress=self.show_progress,
+        )
 
     def _limiter(self) -> asyncio.Semaphore:
         """The instance's semaphore (on the background loop; renewed if the loop or
@@ -805,123 +739,6 @@ class LLMReranker(BaseReranker, PromptMixin):
                 self._limiter_state = held
             return held[2]
 
-    async def _judge_on_loop(
-        self, query: str, texts: Sequence[str], report: RerankReport
-    ) -> list[Judgement]:
-        """Judge each distinct passage once, at most ``concurrency`` requests in flight for
-        the whole instance; read and write the cache once each."""
-        started = time.monotonic()
-        counter = self._token_counter()
-        query_cut, query_truncated = counter.truncate(query, self.query_max_tokens)
-        cuts = [counter.truncate(text, self.passage_max_tokens) for text in texts]
-        passages = list(dict.fromkeys(passage for passage, _ in cuts))
-        # Calibration's content-free passages are judged with the real ones (same prompt, same
-        # query, same cache); they are not part of the result.
-        free = []
-        if self.calibration == "content-free" and self.use_logprobs:  # text has no prior
-            seen = set(passages)
-            free = [t for t in CONTENT_FREE_PASSAGES if t not in seen]
-        asked = passages + free
-        client = self.client
-        state = _CallState(
-            query=query_cut,
-            templates=self._templates(),
-            labels=self._labels_for(query_cut),
-            examples=self.examples,
-            client=client,
-            identity=client.identity,
-            deadline=None if self.deadline is None else started + self.deadline,
-            limiter=self._limiter(),
-            counters=dict.fromkeys(COUNTERS, 0),
-            events=self._llm_events(client),
-        )
-        counters = state.counters
-        counters["truncated"] = sum(cut for _, cut in cuts)
-        counters["deduplicated"] = len(texts) - len(passages)
-        counters["calibration_judgements"] = len(free)
-        namespace = self.cache_namespace or default_namespace(state.identity)
-        key_prompt = self._prompt_key(state.templates)
-        keys = [cache_key(namespace, key_prompt, query_cut, p) for p in asked]
-
-        found = await self._read_cache(keys)
-        counters["cache_hits"] = len(found)
-        missing = [i for i, key in enumerate(keys) if key not in found]
-        bar = _progress(len(asked), self.show_progress)
-        try:
-            if bar is not None:
-                bar.update(len(found))
-            answers = await _all([self._judge_one(state, asked[i], bar) for i in missing])
-        finally:
-            if bar is not None:
-                bar.close()
-        fresh = {keys[i]: a for i, a in zip(missing, answers, strict=True)
-                 if isinstance(a, CachedJudgement)}  # fmt: skip
-        await self._write_cache(fresh)
-
-        outcome: dict[str, tuple[CachedJudgement | str, bool]] = {
-            asked[i]: (found[key], True) for i, key in enumerate(keys) if key in found
-        }
-        outcome.update((asked[i], (a, False)) for i, a in zip(missing, answers, strict=True))
-        # Passages, not calibration's content-free ones (their failures are in ``failures``).
-        counters["unknown"] = sum(not isinstance(outcome[p][0], CachedJudgement) for p in passages)
-        prior = None
-        if self.calibration == "content-free" and self.use_logprobs:
-            prior = content_free_prior([
-                value.probs
-                for value, _ in (outcome[t] for t in CONTENT_FREE_PASSAGES)
-                if isinstance(value, CachedJudgement) and value.source == "logprobs"
-            ])  # fmt: skip
-        judgements = []
-        for passage, passage_truncated in cuts:
-            value, hit = outcome[passage]
-            truncated = passage_truncated or query_truncated
-            if isinstance(value, CachedJudgement):
-                judged = _scored(value, state.labels, truncated, cached_hit=hit, prior=prior)
-                if prior is None and self.calibration != "none":
-                    counters["uncalibrated"] += 1
-                judgements.append(judged)
-            else:
-                judgements.append(_unknown(truncated, value))
-        report.llm = LLMUsage(
-            judgements=len(passages),
-            max_in_flight=state.max_in_flight,
-            seconds=time.monotonic() - started,
-            **{k: int(v) for k, v in counters.items()},
-        )
-        if state.errors:
-            logger.warning(
-                "%s: %d of %d judgements failed and were labelled %r (kept after the judged "
-                "nodes); last error: %s",
-                self.class_name(), len(state.errors), len(asked), UNKNOWN, state.errors[-1],
-            )  # fmt: skip
-        if counters["parse_failures"]:
-            logger.info(
-                "%s: %d answers could not be parsed (%d passages labelled %r)",
-                self.class_name(), counters["parse_failures"], counters["unknown"], UNKNOWN,
-            )  # fmt: skip
-        return judgements
-
-    async def _read_cache(self, keys: Sequence[str]) -> dict[str, CachedJudgement]:
-        cache = self._current_cache()
-        if cache is None or not keys:
-            return {}
-        try:
-            return await asyncio.to_thread(get_many, cache, keys)
-        except Exception as exc:  # a broken cache must not take the reranker down with it
-            logger.warning("%s: the judgement cache could not be read (%r); judging without it",
-                           self.class_name(), exc)  # fmt: skip
-            return {}
-
-    async def _write_cache(self, items: Mapping[str, CachedJudgement]) -> None:
-        cache = self._current_cache()
-        if cache is None or not items:
-            return
-        try:
-            await asyncio.to_thread(put_many, cache, items)
-        except Exception as exc:
-            logger.warning("%s: %d judgements could not be written to the cache (%r)",
-                           self.class_name(), len(items), exc)  # fmt: skip
-
     def _token_counter(self) -> TokenCounter:
         model = self.model
         held = self._counter_state
@@ -929,304 +746,6 @@ class LLMReranker(BaseReranker, PromptMixin):
             held = (model, TokenCounter.for_model(model))
             self._counter_state = held
         return held[1]
-
-    async def _judge_one(self, state: _CallState, passage: str, bar: Any) -> CachedJudgement | str:
-        """One passage: its judgement, or why it has none."""
-        try:
-            if not await _acquire(state.limiter, state.deadline):
-                why = (
-                    f"the deadline passed while waiting for one of the {self.concurrency} "
-                    "request slots (concurrency) that this reranker's calls share"
-                )
-                state.counters["failures"] += 1
-                state.counters["unknown"] += 1
-                state.errors.append(why)
-                return why
-            try:
-                state.in_flight += 1
-                state.max_in_flight = max(state.max_in_flight, state.in_flight)
-                result = await self._ask(state, passage)
-            except _Failed as exc:
-                state.counters["unknown"] += 1
-                return str(exc)
-            finally:
-                state.in_flight -= 1
-                state.limiter.release()
-            if result is None:
-                state.counters["unknown"] += 1
-                return "unparseable answer"
-            return result
-        finally:
-            if bar is not None:
-                bar.update(1)
-
-    async def _ask(self, state: _CallState, passage: str) -> CachedJudgement | None:
-        """One judgement: the first answer, and a stricter retry if it cannot be read.
-
-        Returns ``None`` when neither answer gives a label; raises :class:`_Failed` when a
-        request fails for good.
-        """
-        for retry in (False, True):
-            messages = render_messages(
-                state.templates, state.query, passage, state.labels, retry=retry,
-                examples=state.examples, sandwich=self.sandwich, datamark_with=self.datamark,
-            )  # fmt: skip
-            parsed = _read(await self._chat(state, messages), state.labels)
-            if parsed is not None:
-                return parsed
-            state.counters["parse_failures"] += 1
-        return None
-
-    async def _chat(self, state: _CallState, messages: list[dict[str, str]]) -> ChatResult:
-        want = self.use_logprobs and logprobs_supported(state.identity) is not False
-        result = await self._request(state, messages, logprobs=want)
-        if (
-            want
-            and result.tokens is None
-            and self.max_tokens < self.text_max_tokens
-            and parse_text_label(result.text, state.labels) is None
-        ):
-            # The answer came without logprobs and a one-token answer may be cut short: ask
-            # again in text mode.
-            result = await self._request(state, messages, logprobs=False)
-        return result
-
-    def _llm_events(self, client: ChatClient) -> CallbackManager | None:
-        """Where the LLM events of a call go: the reranker's callback manager, unless nobody
-        listens or the client is a LlamaIndex LLM that already reports to the same handlers
-        (counted once, not twice)."""
-        manager = self.callback_manager
-        handlers = list(getattr(manager, "handlers", None) or ())
-        if not handlers:
-            return None
-        if isinstance(client, LlamaIndexChatClient):
-            own = client.event_handlers()
-            if any(h is o for h in handlers for o in own):
-                return None
-        return manager
-
-    async def _request(
-        self, state: _CallState, messages: list[dict[str, str]], *, logprobs: bool
-    ) -> ChatResult:
-        counters = state.counters
-        max_tokens = self.max_tokens if logprobs else self.text_max_tokens
-        event = _LLMEvent(state, messages, max_tokens, logprobs, self.top_logprobs)
-        try:
-            result = await state.client.achat(
-                messages,
-                max_tokens=max_tokens,
-                logprobs=logprobs,
-                top_logprobs=self.top_logprobs,
-                deadline=state.deadline,
-            )
-        except ChatClientError as exc:
-            event.failed(exc)
-            attempts = max(int(getattr(exc, "attempts", 1) or 0), 0)
-            counters["calls"] += attempts
-            counters["retries"] += max(attempts - 1, 0)
-            counters["failures"] += 1
-            state.errors.append(str(exc))
-            raise _Failed(str(exc)) from exc
-        event.answered(result)
-        counters["calls"] += result.attempts
-        counters["retries"] += max(result.attempts - 1, 0)
-        counters["prompt_tokens"] += result.prompt_tokens
-        counters["completion_tokens"] += result.completion_tokens
-        if result.prompt_tokens_evaluated is not None:  # the server said what its cache saved
-            counters["prompt_cache_reports"] += 1
-            counters["prompt_tokens_evaluated"] += result.prompt_tokens_evaluated
-            counters["prompt_tokens_cached"] += result.prompt_tokens_cached or 0
-        return result
-
-
-def _expand_windows(
-    texts: Sequence[str], counter: TokenCounter, budget: int, overlap: float
-) -> list[list[Window]]:
-    """Each passage's windows within ``budget`` tokens (one window when it fits)."""
-    found: dict[str, list[Window]] = {}
-    for text in texts:
-        if text not in found:
-            found[text] = split_windows(text, budget, counter.count, overlap)
-    return [found[text] for text in texts]
-
-
-def _aggregate_windows(
-    spans: Sequence[Sequence[Window]], judged: Sequence[Judgement]
-) -> list[Judgement]:
-    """MaxP: per passage, the judgement of its best-scored window (its first window's when none
-    could be judged), with ``rerank_windows`` and ``rerank_best_window_offset`` added.
-    ``judged`` holds the windows' judgements, passage after passage."""
-    out: list[Judgement] = []
-    start = 0
-    for windows in spans:
-        own = judged[start : start + len(windows)]
-        start += len(windows)
-        found = max_passage([j.score for j in own])
-        best = 0 if found is None else found[0]
-        meta = {
-            **own[best].metadata,
-            "rerank_windows": len(windows),
-            "rerank_best_window_offset": windows[best].offset,
-        }
-        out.append(dataclasses.replace(own[best], metadata=meta))
-    return out
-
-
-def _read(result: ChatResult, labels: Sequence[Label]) -> CachedJudgement | None:
-    """The label probabilities an answer gives: from the logprobs, else the parsed text."""
-    if result.tokens is not None:
-        probs = probs_from_tokens(result.tokens, labels)
-        if probs is not None:
-            return CachedJudgement(probs, "logprobs")
-    label = parse_text_label(result.text, labels)
-    if label is None:
-        return None
-    return CachedJudgement({lab.name: float(lab is label) for lab in labels}, "text")
-
-
-def _scored(
-    judged: CachedJudgement,
-    labels: Sequence[Label],
-    truncated: bool,
-    *,
-    cached_hit: bool,
-    prior: Mapping[str, float] | None = None,
-) -> Judgement:
-    """A cached answer as a judgement: calibrated by ``prior`` when there is one (log-probability
-    answers only: a text answer has no distribution to calibrate), its uncertainty the
-    normalised entropy of the distribution scored (None for a text answer: one label is not a
-    measure of confidence)."""
-    names = {lab.name for lab in labels}
-    raw = {k: float(v) for k, v in judged.probs.items() if k in names}
-    logprobs = judged.source == "logprobs"
-    probs = calibrate(raw, prior) if prior is not None and logprobs else raw
-    metadata: dict[str, Any] = {
-        "rerank_label": most_probable(probs, labels),
-        "rerank_label_probs": probs,
-        "rerank_source": judged.source,
-        "rerank_truncated": truncated,
-        "rerank_cached": cached_hit,
-    }
-    if probs is not raw:
-        metadata["rerank_raw_label_probs"] = raw
-    full = {lab.name: probs.get(lab.name, 0.0) for lab in labels}
-    return Judgement(
-        score=expected_relevance(probs, labels),
-        metadata=metadata,
-        uncertainty=normalized_entropy(full) if logprobs else None,
-    )
-
-
-class _LLMEvent:
-    """One request as a LlamaIndex ``CBEventType.LLM`` event, with the payloads that
-    ``TokenCountingHandler`` and other handlers read: the messages, then the response whose
-    ``raw["usage"]`` holds the endpoint's own token counts (or the exception). Started when
-    made; nothing when the call has no callback manager to tell."""
-
-    def __init__(
-        self,
-        state: _CallState,
-        messages: Sequence[Mapping[str, str]],
-        max_tokens: int,
-        logprobs: bool,
-        top_logprobs: int,
-    ) -> None:
-        self._manager = state.events
-        self._id = ""
-        if self._manager is None:
-            return
-        self._chat = [
-            ChatMessage(role=MessageRole(m["role"]), content=m["content"]) for m in messages
-        ]
-        options: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0.0}
-        if logprobs:
-            options.update(logprobs=True, top_logprobs=top_logprobs)
-        base_url, model = state.identity
-        self._id = self._manager.on_event_start(
-            CBEventType.LLM,
-            payload={
-                EventPayload.MESSAGES: self._chat,
-                EventPayload.ADDITIONAL_KWARGS: options,
-                EventPayload.SERIALIZED: {
-                    "class_name": type(state.client).__name__,
-                    "model": model,
-                    "api_base": base_url,
-                },
-            },
-        )
-
-    def answered(self, result: ChatResult) -> None:
-        if self._manager is None:
-            return
-        usage = {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-        }
-        response = ChatResponse(
-            message=ChatMessage(role=MessageRole.ASSISTANT, content=result.text),
-            raw={"usage": usage},
-            additional_kwargs=dict(usage),
-        )
-        self._manager.on_event_end(
-            CBEventType.LLM,
-            payload={EventPayload.MESSAGES: self._chat, EventPayload.RESPONSE: response},
-            event_id=self._id,
-        )
-
-    def failed(self, exc: BaseException) -> None:
-        if self._manager is not None:
-            self._manager.on_event_end(
-                CBEventType.LLM, payload={EventPayload.EXCEPTION: exc}, event_id=self._id
-            )
-
-
-class _Failed(Exception):
-    """A chat request failed for good (already counted and logged)."""
-
-
-async def _acquire(limiter: asyncio.Semaphore, deadline: float | None) -> bool:
-    """Take a request slot; False when the deadline passes first."""
-    if deadline is None:
-        await limiter.acquire()
-        return True
-    try:
-        await asyncio.wait_for(limiter.acquire(), timeout=max(0.0, deadline - time.monotonic()))
-    except TimeoutError:
-        return False
-    return True
-
-
-async def _all(awaitables: Sequence[Awaitable[T]]) -> list[T]:
-    """Run concurrently and return the results in order; if one raises (a misconfiguration,
-    not a counted failure) or the caller is cancelled, the others are cancelled."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    if not tasks:
-        return []
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        for task in tasks:
-            task.cancel()  # no-op for finished ones
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            await asyncio.wait(tasks)  # let the cancelled ones release their slots
-            raise task.exception()  # type: ignore[misc]
-    return [task.result() for task in tasks]
-
-
-def _unknown(truncated: bool, why: str) -> Judgement:
-    return Judgement(
-        score=None,
-        metadata={
-            "rerank_label": UNKNOWN,
-            "rerank_label_probs": {},
-            "rerank_source": UNKNOWN,
-            "rerank_truncated": truncated,
-            "rerank_cached": False,
-            "rerank_error": why,
-        },
-    )
 
 
 def _make_cache(spec: Any) -> JudgementCache | None:
@@ -1265,11 +784,3 @@ def _cache_spec(value: Any) -> str | None:
         "with to_dict(exclude={'cache'}) and pass it again: LLMReranker.from_dict(config, "
         "cache=your_cache)."
     )
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="LLM rerank", unit="passage", leave=False)

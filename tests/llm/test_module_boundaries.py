@@ -48,6 +48,16 @@ def test_pure_modules_import_no_client() -> None:
         assert not any(n.startswith("openai") for n in names), name
 
 
+def test_the_judging_engine_sits_below_the_reranker_class() -> None:
+    # llm/judging.py is the per-call engine: the reranker class builds its setup and calls it,
+    # never the other way round, and it talks to the endpoint through the ChatClient protocol
+    # (the LlamaIndex client only to tell whose events are whose), not through openai.
+    names = imported(PACKAGE / "llm" / "judging.py")
+    assert "llamaindex_rerankers.llm.reranker" not in names
+    assert "llamaindex_rerankers.llm.openai_client" not in names
+    assert "llamaindex_rerankers.llm.judging" in imported(PACKAGE / "llm" / "reranker.py")
+
+
 # -- the floors: library below, applications above ---------------------------------------------
 
 #: The applications: they import the library, never the other way round.
@@ -147,6 +157,7 @@ def test_the_compatibility_modules_are_not_imported_inside_the_package() -> None
     shims |= {
         "llamaindex_rerankers.llm.server",
         "llamaindex_rerankers.llm.detector",
+        "llamaindex_rerankers.llm.injection",
         "llamaindex_rerankers.llm.endpoint",
         "llamaindex_rerankers.cli.reranker_options",
         "llamaindex_rerankers.evaluation.anchors",
@@ -157,8 +168,7 @@ def test_the_compatibility_modules_are_not_imported_inside_the_package() -> None
         for target in targets
         if target in shims
     }
-    # llm/reranker.py (not ours to edit here) still imports the detector through its old path.
-    assert users <= {"llamaindex_rerankers.llm.reranker -> llamaindex_rerankers.llm.detector"}
+    assert users == set()
     # Each compatibility module re-exports the module it names, and only that.
     for rel, target in COMPAT_UP.items():
         assert target in imported(PACKAGE / rel), rel
