@@ -162,7 +162,6 @@ def retry_after_from_headers(headers: Mapping[str, str], now: float | None = Non
     return parse_retry_after(lowered.get("retry-after"), now)
 
 
-
 # -- the loop ---------------------------------------------------------------------------
 
 
