@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
-from serve_helpers import ServeProcess, start
+from serve_helpers import HOST, REPO, ServeProcess, free_port, start
 
 from llamaindex_rerankers import CascadeReranker, CrossEncoderReranker, RemoteReranker
 from llamaindex_rerankers.base import BaseReranker
@@ -153,3 +158,56 @@ def test_a_remote_first_stage_in_a_cascade(
     rebuilt = BaseReranker.from_dict(cascade.to_dict())
     assert isinstance(rebuilt.first, RemoteReranker)
     assert rebuilt.first.base_url == ce_server.url
+
+
+# -- a rerank server we did not write: Infinity ------------------------------------------------
+
+#: Infinity's command, from `make infinity` (its own virtualenv); the test is skipped without it.
+INFINITY = Path(
+    os.environ.get("LLAMAINDEX_RERANKERS_INFINITY", REPO / ".cache/infinity-venv/bin/infinity_emb")
+)
+
+
+@pytest.fixture(scope="module")
+def infinity(ce_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not INFINITY.exists():
+        pytest.skip(f"Infinity is not installed at {INFINITY} (make infinity)")
+    port = free_port()
+    log = tmp_path_factory.mktemp("infinity") / "infinity.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(INFINITY), "v2", "--model-id", ce_model_path, "--engine", "torch", "--device",
+             "cpu", "--port", str(port), "--host", HOST, "--no-bettertransformer"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        )  # fmt: skip
+    url = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text(errors="replace")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_infinity_scores_equal_the_local_float32_cross_encoder(
+    infinity: str,
+    ce_model_path: str,
+    dl19: list[tuple[str, list[NodeWithScore], dict[str, Any]]],
+) -> None:
+    # Infinity computes in float32 on CPU: the exact local path is the reference.
+    local32 = CrossEncoderReranker(model=ce_model_path, precision="float32")
+    remote = RemoteReranker(base_url=infinity, path="/rerank", model=ce_model_path)
+    for query, nodes, _ in dl19[:4]:
+        want, got = (
+            _scores(local32.rerank(nodes, query).nodes),
+            _scores(remote.rerank(nodes, query).nodes),
+        )
+        assert all(abs(want[d] - got[d]) <= 1e-3 for d in want)  # type: ignore[operator]
