@@ -211,3 +211,31 @@ def test_infinity_scores_equal_the_local_float32_cross_encoder(
             _scores(remote.rerank(nodes, query).nodes),
         )
         assert all(abs(want[d] - got[d]) <= 1e-3 for d in want)  # type: ignore[operator]
+
+
+def test_serve_reranks_through_a_rerank_service(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    model_args: list[str],
+    ce_server: ServeProcess,
+) -> None:
+    # A stateless replica: `serve --reranker remote`, the service from the environment.
+    replica = start(
+        request,
+        tmp_path_factory,
+        ["--demo", *model_args, "--reranker", "remote", "--no-answers"],
+        env={"LLAMAINDEX_RERANKERS_REMOTE_URL": ce_server.url},
+        name="remote-replica",
+    )
+    replica.wait_listening()
+    body = {"query": "how to prune apple trees", "documents": ["Prune in late winter.", "AAPL"]}
+    direct = httpx.post(ce_server.url + "/v2/rerank", json=body, timeout=60).json()
+    through = httpx.post(replica.url + "/v2/rerank", json=body, timeout=60).json()
+    assert [r["index"] for r in through["results"]] == [r["index"] for r in direct["results"]]
+    for a, b in zip(direct["results"], through["results"], strict=True):
+        assert a["relevance_score"] == pytest.approx(b["relevance_score"], abs=1e-9)
+    assert through["meta"]["report"]["remote"]["requests"] == 1
+    chat = httpx.post(
+        replica.url + "/v1/retrieve", json={"query": "pruning apple trees"}, timeout=60
+    )
+    assert chat.status_code == 200 and chat.json()["sources"]
