@@ -22,7 +22,7 @@ export ANONYMIZED_TELEMETRY ?= False
 export NO_MKDOCS_2_WARNING ?= 1
 export DISABLE_MKDOCS_2_WARNING ?= true
 
-.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck docs docs-serve bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval clean
+.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck docs docs-serve bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval bench-remote infinity clean
 
 # Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
 # compile, since the default demo calls no LLM) and the full one the tests need (every extra,
@@ -126,6 +126,24 @@ bench-llm-quality: setup llama-server
 # Where the LLM reranker's defaults were chosen: SciFact and NFCorpus test queries 51-55.
 tune-llm: setup llama-server
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/tune_llm.py --queries 5
+
+# RemoteReranker through our serve (and Infinity when `make infinity` built it) vs the local
+# cross-encoder, DL19 BM25 top-20, all 43 queries (~3 min on 2 cores).
+bench-remote: setup
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_remote.py $(if $(wildcard $(INFINITY_VENV)/bin/infinity_emb),--infinity $(INFINITY_VENV)/bin/infinity_emb)
+
+# Infinity (infinity-emb), a rerank server we did not write, for tests/server/test_remote_serve.py
+# and bench-remote. Its own virtualenv: infinity-emb 0.0.78 calls tokenizer APIs that
+# transformers 5 removed, so it gets transformers 4.49 (and the huggingface_hub and
+# sentence-transformers that go with it); torch comes from our venv (a .pth file written first,
+# so that pip sees it installed and does not fetch a second, CUDA, build).
+INFINITY_VENV := .cache/infinity-venv
+infinity: $(INFINITY_VENV)/bin/infinity_emb
+
+$(INFINITY_VENV)/bin/infinity_emb: $(STAMP)
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > "$$($(INFINITY_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/zz_main_venv.pth"
+	$(INFINITY_VENV)/bin/pip install --quiet "infinity-emb[server]==0.0.78" "transformers>=4.44,<4.50" "huggingface_hub<1" "sentence-transformers>=3,<4"
 
 # Every published `llamaindex-rerankers eval` run (about 2.5 h on 2 cores) and their summary table.
 bench-eval: setup

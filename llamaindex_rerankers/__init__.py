@@ -15,10 +15,12 @@ from llamaindex_rerankers.base import BaseReranker, RerankerEndEvent
 from llamaindex_rerankers.cascade import CascadeReranker
 from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
 from llamaindex_rerankers.llm import LLMReranker, local_llm_server
+from llamaindex_rerankers.remote import RemoteReranker, RemoteRerankError
 from llamaindex_rerankers.types import (
     CrossEncoderUsage,
     Judgement,
     LLMUsage,
+    RemoteUsage,
     RerankReport,
     RerankResult,
 )
@@ -32,6 +34,9 @@ __all__ = [
     "LLMReranker",
     "LLMUsage",
     "ModelLoadError",
+    "RemoteRerankError",
+    "RemoteReranker",
+    "RemoteUsage",
     "RerankReport",
     "RerankResult",
     "RerankerEndEvent",

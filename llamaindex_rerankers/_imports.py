@@ -23,6 +23,7 @@ EXTRAS = {
     "uvicorn": "server",
     "prometheus_client": "server",
     "llama_cpp": "local-llm",
+    "httpx": "remote",
 }
 #: Modules inside the ``llama_index`` namespace that come from an extra's integration package.
 _LLAMA_INDEX_EXTRAS = {

@@ -6,7 +6,9 @@ cross-encoder model; adding a reranker is one line in :data:`_ENTRIES`. The comm
 choices and options from here, so that the names and defaults cannot drift apart.
 
 * Ours (:data:`RERANKER_NAMES`, built by :func:`make_reranker`): ``none`` (keep the retrieval
-  order), ``cross-encoder``, ``llm``, ``cascade``. Their defaults are the classes' own.
+  order), ``cross-encoder``, ``llm``, ``cascade``, ``remote`` (a rerank service, options
+  ``remote_url``, ``remote_api``, ``remote_model``, else ``$LLAMAINDEX_RERANKERS_REMOTE_*``).
+  Their defaults are the classes' own.
 * LlamaIndex's anchors (:data:`ANCHOR_NAMES`, built by :func:`make_anchor`, extra ``anchors``),
   the baselines the benchmarks compare ours against, with the same option names as ours
   (``top_n``, ``llm_base_url``, ``llm_model``, ``llm_api_key``) so that one command line drives
@@ -19,7 +21,7 @@ This module imports no reranker class until a factory runs: reading the table is
 Example:
     >>> from llamaindex_rerankers.registry import RERANKER_NAMES, make_reranker, needs_llm
     >>> RERANKER_NAMES
-    ('none', 'cross-encoder', 'llm', 'cascade')
+    ('none', 'cross-encoder', 'llm', 'cascade', 'remote')
     >>> ANCHOR_NAMES
     ('sbert', 'llmrerank', 'structuredllmrerank', 'rankgpt')
     >>> make_reranker("none") is None
@@ -113,6 +115,52 @@ def _cascade(
     )
 
 
+#: ``--remote-api`` values: the service's HTTP shape (Cohere's rerank API v2 or v1, TEI's).
+REMOTE_APIS: tuple[str, ...] = ("cohere", "cohere-v1", "tei")
+#: Environment variable read when no ``remote_api`` is given (``serve`` reads the rerank
+#: service's settings from the environment: ``$LLAMAINDEX_RERANKERS_REMOTE_URL`` ...).
+REMOTE_API_ENV = "LLAMAINDEX_RERANKERS_REMOTE_API"
+
+
+def remote_api_settings(value: str) -> dict[str, str]:
+    """``RemoteReranker``'s ``api`` and ``api_version`` for a ``--remote-api`` value.
+
+    Raises:
+        ValueError: not one of :data:`REMOTE_APIS`.
+
+    Example:
+        >>> remote_api_settings("cohere-v1")
+        {'api': 'cohere', 'api_version': 'v1'}
+    """
+    if value not in REMOTE_APIS:
+        raise ValueError(f"remote_api must be one of {', '.join(REMOTE_APIS)}, got {value!r}.")
+    if value == "tei":
+        return {"api": "tei"}
+    return {"api": "cohere", "api_version": "v1" if value == "cohere-v1" else "v2"}
+
+
+def _remote(
+    *,
+    top_n: int | None = None,
+    remote_url: str | None = None,
+    remote_api: str | None = None,
+    remote_model: str | None = None,
+    **options: Any,
+) -> BaseReranker:
+    import os
+
+    from llamaindex_rerankers.remote import RemoteReranker
+
+    api = remote_api or os.environ.get(REMOTE_API_ENV)
+    if api:
+        options.update(remote_api_settings(api))
+    if remote_url:
+        options["base_url"] = remote_url
+    if remote_model:
+        options["model"] = remote_model
+    return RemoteReranker(top_n=top_n, **options)
+
+
 # -- LlamaIndex's, the anchors --------------------------------------------------------------
 
 
@@ -191,6 +239,8 @@ class _Entry:
     cross_encoder_option: str | None = None
     #: One of LlamaIndex's rerankers, a benchmark baseline, rather than ours.
     anchor: bool = False
+    #: Takes a rerank service's options (``remote_url``, ``remote_api``, ``remote_model``).
+    remote: bool = False
 
 
 _ENTRIES: dict[str, _Entry] = {
@@ -198,6 +248,7 @@ _ENTRIES: dict[str, _Entry] = {
     "cross-encoder": _Entry(_cross_encoder, cross_encoder_option="model"),
     "llm": _Entry(_llm, needs_llm=True),
     "cascade": _Entry(_cascade, needs_llm=True, cross_encoder_option="cross_encoder_model"),
+    "remote": _Entry(_remote, remote=True),
     "sbert": _Entry(_sbert, cross_encoder_option="model", anchor=True),
     "llmrerank": _Entry(_llm_anchor(_llmrerank_class), needs_llm=True, anchor=True),
     "structuredllmrerank": _Entry(
@@ -235,15 +286,27 @@ def needs_llm(name: str) -> bool:
 
 
 def reranker_options(
-    name: str, *, cross_encoder_model: str | None = None, endpoint: LLMEndpoint | None = None
+    name: str,
+    *,
+    cross_encoder_model: str | None = None,
+    endpoint: LLMEndpoint | None = None,
+    remote_url: str | None = None,
+    remote_api: str | None = None,
+    remote_model: str | None = None,
 ) -> dict[str, Any]:
-    """The options a cross-encoder model and an LLM endpoint give the factory of ``name``
-    (:func:`make_reranker` or :func:`make_anchor`); options a reranker does not take are left out.
+    """The options a cross-encoder model, an LLM endpoint and a rerank service give the factory
+    of ``name`` (:func:`make_reranker` or :func:`make_anchor`); options a reranker does not take
+    are left out.
 
     Args:
         name: a reranker or anchor name.
         cross_encoder_model: the cross-encoder's id or local path; ``None`` keeps the default.
         endpoint: the LLM endpoint; ``None`` when no LLM is used.
+        remote_url: the rerank service's root URL (``remote``); ``None``: its environment
+            variable.
+        remote_api: one of :data:`REMOTE_APIS`; ``None``: ``$LLAMAINDEX_RERANKERS_REMOTE_API``,
+            else ``cohere``.
+        remote_model: the model name sent to the rerank service.
 
     Example:
         >>> reranker_options("cross-encoder", cross_encoder_model="/models/ce")
@@ -256,6 +319,9 @@ def reranker_options(
         options[key] = cross_encoder_model
     if endpoint is not None and needs_llm(name):
         options.update(endpoint.reranker_options())
+    if entry and entry.remote:
+        given = {"remote_url": remote_url, "remote_api": remote_api, "remote_model": remote_model}
+        options.update({k: v for k, v in given.items() if v})
     return options
 
 

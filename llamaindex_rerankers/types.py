@@ -152,6 +152,38 @@ class LLMUsage(_Usage):
 
 
 @dataclass
+class RemoteUsage(_Usage):
+    """What a rerank service did in one call (:class:`~llamaindex_rerankers.remote.RemoteReranker`).
+
+    Attributes:
+        documents: distinct passages sent to the service (a repeated passage is sent once).
+        deduplicated: passages that repeated an earlier one in the call and were not sent again.
+        requests: HTTP requests sent, retries included.
+        retries: HTTP requests that repeated a failed one.
+        failures: requests that failed for good (their passages are unjudged).
+        unjudged: distinct passages left unjudged: their request failed, or the service's answer
+            for them was unusable (a missing, repeated or out-of-range index, a score that is not
+            a number); the reason is in each node's ``rerank_error``.
+        truncated: passages the service said it truncated (only services that report it, such
+            as this package's ``serve``; 0 otherwise).
+        max_in_flight: the most requests this call had in flight at once.
+        seconds: wall-clock time of the call's requests, waits for a request slot included.
+    """
+
+    _PEAKS: ClassVar[tuple[str, ...]] = ("max_in_flight",)
+
+    documents: int = 0
+    deduplicated: int = 0
+    requests: int = 0
+    retries: int = 0
+    failures: int = 0
+    unjudged: int = 0
+    truncated: int = 0
+    max_in_flight: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
 class RerankReport:
     """What one rerank call did. Returned with the nodes by ``rerank`` / ``arerank``, sent with
     the end event, and readable as ``reranker.last_report`` in the calling thread or task.
@@ -172,6 +204,7 @@ class RerankReport:
         seconds: wall-clock time of the whole call.
         cross_encoder: the cross-encoder's figures, ``None`` when no cross-encoder ran.
         llm: the LLM judge's figures, ``None`` when no LLM judge ran.
+        remote: the rerank service's figures, ``None`` when no service was called.
     """
 
     query: str
@@ -186,6 +219,7 @@ class RerankReport:
     seconds: float = 0.0
     cross_encoder: CrossEncoderUsage | None = None
     llm: LLMUsage | None = None
+    remote: RemoteUsage | None = None
 
     @property
     def failed(self) -> bool:
@@ -200,6 +234,8 @@ class RerankReport:
             self.cross_encoder = other.cross_encoder.merged(self.cross_encoder)  # type: ignore[assignment]
         if other.llm is not None:
             self.llm = other.llm.merged(self.llm)  # type: ignore[assignment]
+        if other.remote is not None:
+            self.remote = other.remote.merged(self.remote)  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe nested dict: the call's fields, then one dict per backend that ran."""
@@ -216,6 +252,7 @@ class RerankReport:
             "seconds": self.seconds,
             "cross_encoder": None if self.cross_encoder is None else self.cross_encoder.to_dict(),
             "llm": None if self.llm is None else self.llm.to_dict(),
+            "remote": None if self.remote is None else self.remote.to_dict(),
         }
 
 

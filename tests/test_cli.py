@@ -158,7 +158,7 @@ def test_registry_builds_the_llm_rerankers_and_anchors_on_one_endpoint() -> None
         # make_reranker builds only ours; the anchors are built by make_anchor.
         with pytest.raises(ValueError, match=f"unknown reranker {name!r}"):
             make_reranker(name, top_n=3, **endpoint)
-    assert RERANKER_NAMES == ("none", "cross-encoder", "llm", "cascade")
+    assert RERANKER_NAMES == ("none", "cross-encoder", "llm", "cascade", "remote")
 
 
 # -- presentation (pure) --------------------------------------------------------------------

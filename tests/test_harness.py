@@ -266,7 +266,7 @@ def test_eval_command_rejects_bad_input(data_dir: Path, capsys: pytest.CaptureFi
     # Ours and LlamaIndex's anchors, checked before anything is loaded or started.
     assert main([*scifact, "--reranker", "none,bm25"]) == 2
     err = capsys.readouterr().err
-    assert "unknown reranker 'bm25'" in err and "cascade, sbert, llmrerank" in err
+    assert "unknown reranker 'bm25'" in err and "cascade, remote, sbert, llmrerank" in err
 
 
 # -- the eval command's checks come before any work ------------------------------------------

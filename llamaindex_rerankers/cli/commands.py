@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llamaindex_rerankers.cli.llm_options import llm_endpoint
-from llamaindex_rerankers.cli.parser import PROG, UsageError
+from llamaindex_rerankers.cli.parser import PROG, UsageError, remote_arguments
 from llamaindex_rerankers.registry import make_reranker, needs_llm, reranker_options
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,10 @@ def _reranker(
     args: argparse.Namespace, *, top_n: int | None, endpoint: LLMEndpoint | None = None
 ) -> BaseNodePostprocessor | None:
     options = reranker_options(
-        args.reranker, cross_encoder_model=args.cross_encoder_model, endpoint=endpoint
+        args.reranker,
+        cross_encoder_model=args.cross_encoder_model,
+        endpoint=endpoint,
+        **remote_arguments(args),
     )
     return make_reranker(args.reranker, top_n=top_n, **options)
 

@@ -24,7 +24,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llamaindex_rerankers._imports import require
 from llamaindex_rerankers.base import check_weight
 from llamaindex_rerankers.cli.llm_options import DEFAULT_N_CTX, add_llm_arguments, llm_endpoint
-from llamaindex_rerankers.cli.parser import positive_int
+from llamaindex_rerankers.cli.parser import add_remote_arguments, positive_int, remote_arguments
 from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV
 from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
 from llamaindex_rerankers.evaluation.data import DatasetError, load_beir, load_trec_run
@@ -140,12 +140,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "only what it has not judged yet. Rows with cache hits have meaningless latencies.",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_remote_arguments(parser)
     add_llm_arguments(parser)
 
 
 def _build(name: str, args: argparse.Namespace, endpoint: LLMEndpoint | None) -> Any:
     options = reranker_options(
-        name, cross_encoder_model=args.cross_encoder_model, endpoint=endpoint
+        name,
+        cross_encoder_model=args.cross_encoder_model,
+        endpoint=endpoint,
+        **remote_arguments(args),
     )
     if name in LLM_RERANKERS and args.llm_cache:  # our LLM judge's cache; the anchors have none
         options["cache"] = args.llm_cache

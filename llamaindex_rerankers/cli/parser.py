@@ -21,7 +21,7 @@ from llamaindex_rerankers.cross_encoder import CROSS_ENCODER_ENV, DEFAULT_CROSS_
 from llamaindex_rerankers.endpoints.llamacpp import CACHE_ENV, LLM_GGUF_ENV
 from llamaindex_rerankers.pipeline.chroma import DEFAULT_COLLECTION
 from llamaindex_rerankers.pipeline.embeddings import DEFAULT_EMBED_MODEL, EMBED_MODEL_ENV
-from llamaindex_rerankers.registry import RERANKER_NAMES
+from llamaindex_rerankers.registry import REMOTE_APIS, RERANKER_NAMES
 
 PROG = "llamaindex-rerankers"
 
@@ -111,6 +111,7 @@ def _add_query(sub: _Subcommands) -> None:
         help="none keeps the retrieval order (default: %(default)s)",
     )
     _add_cross_encoder_arg(p)
+    add_remote_arguments(p)
     p.add_argument(
         "--json",
         action="store_true",
@@ -151,6 +152,7 @@ def _add_demo(sub: _Subcommands) -> None:
         help="the reranker to compare with retrieval's order (default: %(default)s)",
     )
     _add_cross_encoder_arg(p)
+    add_remote_arguments(p)
     p.add_argument(
         "--question",
         action="append",
@@ -249,6 +251,36 @@ def _add_cross_encoder_arg(p: argparse.ArgumentParser) -> None:
         help=f"cross-encoder id or local path (default: ${CROSS_ENCODER_ENV}, "
         f"else {DEFAULT_CROSS_ENCODER})",
     )
+
+
+def add_remote_arguments(p: argparse.ArgumentParser) -> None:
+    """``--remote-url``, ``--remote-api``, ``--remote-model``: the rerank service of
+    ``--reranker remote`` (each defaults to its ``$LLAMAINDEX_RERANKERS_REMOTE_*`` variable)."""
+    p.add_argument(
+        "--remote-url",
+        metavar="URL",
+        default=None,
+        help="rerank service root for --reranker remote, e.g. http://127.0.0.1:8080 "
+        "(default: $LLAMAINDEX_RERANKERS_REMOTE_URL)",
+    )
+    p.add_argument(
+        "--remote-api",
+        choices=REMOTE_APIS,
+        default=None,
+        help="the rerank service's API (default: $LLAMAINDEX_RERANKERS_REMOTE_API, else cohere)",
+    )
+    p.add_argument(
+        "--remote-model",
+        metavar="M",
+        default=None,
+        help="model name sent to the rerank service (default: $LLAMAINDEX_RERANKERS_REMOTE_MODEL)",
+    )
+
+
+def remote_arguments(args: argparse.Namespace) -> dict[str, str | None]:
+    """The rerank service options of ``--reranker remote`` (``None`` where not given)."""
+    keys = ("remote_url", "remote_api", "remote_model")
+    return {k: getattr(args, k, None) for k in keys}
 
 
 def package_version() -> str:

@@ -329,13 +329,17 @@ def _run_one(
 
 def _report_counters(report: RerankReport) -> dict[str, float]:
     """One query's figures from our report: the LLM's under the names the anchors' figures
-    use (calls, prompt_tokens ...), the cross-encoder's prefixed ``ce_``."""
+    use (calls, prompt_tokens ...), the cross-encoder's prefixed ``ce_``, the rerank service's
+    ``remote_``."""
     counters: dict[str, float] = {}
     if report.cross_encoder is not None:
         usage = report.cross_encoder.to_dict()
         counters.update({f"ce_{k}": v for k, v in usage.items() if k != "seconds"})
     if report.llm is not None:
         counters.update({k: v for k, v in report.llm.to_dict().items() if k != "seconds"})
+    if report.remote is not None:
+        usage = report.remote.to_dict()
+        counters.update({f"remote_{k}": v for k, v in usage.items() if k != "seconds"})
     if report.retrieval_weight is not None:
         counters["retrieval_weight"] = report.retrieval_weight  # averaged, see _MEANS
     return counters
@@ -378,7 +382,7 @@ def score_runs(
                     reported.setdefault(k, []).append(float(v))
                     continue
                 # "max_*" figures (e.g. max_in_flight) are peaks: their total is the peak
-                merge = max if k.startswith("max_") else operator.add
+                merge = max if k.removeprefix("remote_").startswith("max_") else operator.add
                 totals[k] = merge(totals.get(k, 0), v)
         latencies = sorted(o.latency_s for o in run.outcomes.values())
         scored.append(

@@ -3,7 +3,8 @@
 This is the only module of the package that imports ``openai`` (lazily, on first use). It turns
 one chat request into a :class:`~llamaindex_rerankers.llm.types.ChatResult` or a
 :class:`~llamaindex_rerankers.llm.types.ChatClientError`, with our own retry policy (the SDK's
-retries are off; the maths is in :mod:`llamaindex_rerankers.llm.retry`):
+retries are off; the package's one retry mechanism, :mod:`llamaindex_rerankers.http.retry`, on
+tenacity, runs them):
 
 * **Retried**: HTTP 408, 429 and 5xx, connection errors, timeouts and malformed 200 answers (a
   body that is not a chat completion, or one without choices; proxies and overloaded servers
@@ -46,17 +47,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llamaindex_rerankers._imports import require
+from llamaindex_rerankers.http.retry import (
+    GaveUp,
+    RetryableError,
+    RetryNow,
+    RetryPolicy,
+    call_with_retries,
+    is_retryable_status,
+    retry_after_from_headers,
+)
 from llamaindex_rerankers.llm.capabilities import (
     logprobs_supported,
     record_logprobs_answer,
     record_logprobs_rejected,
 )
-from llamaindex_rerankers.llm.retry import (
-    is_retryable_status,
-    rejects_logprobs,
-    retry_after_from_headers,
-    retry_delay,
-)
+from llamaindex_rerankers.llm.retry import rejects_logprobs
 from llamaindex_rerankers.llm.types import ChatClientError, ChatResult, GeneratedToken, TokenChoice
 
 logger = logging.getLogger(__name__)
@@ -72,16 +77,6 @@ PLACEHOLDER_API_KEY = "not-needed"
 
 class _Malformed(Exception):
     """A 200 answer that is not a usable chat completion."""
-
-
-class _Retryable(Exception):
-    """One failed attempt worth retrying."""
-
-    def __init__(self, description: str, status: int | None, retry_after: float | None) -> None:
-        super().__init__(description)
-        self.description = description
-        self.status = status
-        self.retry_after = retry_after
 
 
 class OpenAIChatClient:
@@ -129,12 +124,7 @@ class OpenAIChatClient:
             raise ValueError("model must be a non-empty model name, e.g. model='gpt-4o-mini'.")
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}.")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}.")
-        if backoff_base < 0 or backoff_max < 0:
-            raise ValueError(
-                f"backoff_base and backoff_max must be >= 0, got {backoff_base}, {backoff_max}."
-            )
+        RetryPolicy(int(max_retries), float(backoff_base), float(backoff_max))  # checks them
         explicit_url = base_url or None
         resolved_url = explicit_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -174,6 +164,10 @@ class OpenAIChatClient:
             "rng": self._rng,
         }
         return (functools.partial(OpenAIChatClient, **settings), ())
+
+    def _policy(self) -> RetryPolicy:
+        # Built per call from the attributes, which callers may change after construction.
+        return RetryPolicy(self.max_retries, self.backoff_base, self.backoff_max, self._rng)
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -251,17 +245,14 @@ class OpenAIChatClient:
             ChatClientError: retries spent, deadline reached, or an answer that retrying cannot
                 fix (e.g. 401, 404); the message says which and quotes the last error.
         """
-        openai = require("openai")
         client = self._sdk_client()
-        want_logprobs = bool(logprobs) and logprobs_supported(self.identity) is not False
-        attempts = 0
-        failures: list[_Retryable] = []
-        while True:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise self._give_up("the deadline passed", attempts, failures)
-            attempts += 1
-            timeout = self.timeout if deadline is None else min(self.timeout, deadline - now)
+        # A list so that the attempt can switch it off for the calls after a 400 that rejects it.
+        want = [bool(logprobs) and logprobs_supported(self.identity) is not False]
+
+        async def attempt(number: int) -> ChatResult:
+            timeout = self.timeout
+            if deadline is not None:  # the retry loop starts no attempt past the deadline
+                timeout = max(0.001, min(self.timeout, deadline - time.monotonic()))
             kwargs: dict[str, Any] = {
                 "model": self._model,
                 "messages": [dict(m) for m in messages],
@@ -269,67 +260,57 @@ class OpenAIChatClient:
                 "temperature": self.temperature,
                 "timeout": timeout,
             }
-            if want_logprobs:
+            if want[0]:
                 kwargs["logprobs"] = True
                 kwargs["top_logprobs"] = top_logprobs
+            raw = await self._create(client, kwargs, want, number)
             try:
-                try:
-                    raw = await client.chat.completions.create(**kwargs)
-                except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                    if want_logprobs and rejects_logprobs(_error_text(exc)):
-                        record_logprobs_rejected(
-                            self.identity, f"HTTP {exc.status_code}: {_error_text(exc)}"
-                        )
-                        want_logprobs = False
-                        continue  # re-ask at once: this is not a transient failure
-                    raise self._fatal(exc, attempts) from exc
-                except openai.APIStatusError as exc:
-                    status = exc.status_code
-                    if is_retryable_status(status):
-                        raise _Retryable(
-                            f"HTTP {status}: {_error_text(exc)}",
-                            status,
-                            retry_after_from_headers(exc.response.headers),
-                        ) from exc
-                    raise self._fatal(exc, attempts) from exc
-                except openai.APITimeoutError as exc:
-                    raise _Retryable(f"timed out after {timeout:.3g} s", None, None) from exc
-                except openai.APIConnectionError as exc:
-                    cause = exc.__cause__ or exc
-                    raise _Retryable(f"connection error: {cause!r}", None, None) from exc
-                except (openai.APIResponseValidationError, ValueError) as exc:
-                    # A body that claims to be JSON but is not (json.JSONDecodeError is a
-                    # ValueError) fails inside the SDK.
-                    raise _Retryable(f"malformed answer: {exc}", 200, None) from exc
-                try:
-                    return self._parse(raw, want_logprobs, attempts)
-                except _Malformed as exc:
-                    raise _Retryable(f"malformed answer: {exc}", 200, None) from exc
-            except _Retryable as failure:
-                failures.append(failure)
-            if len(failures) > self.max_retries:
-                raise self._give_up(f"{len(failures)} retryable failures", attempts, failures)
-            wait = retry_delay(
-                len(failures) - 1,
-                retry_after=failures[-1].retry_after,
-                base=self.backoff_base,
-                cap=self.backoff_max,
-                rng=self._rng,
-            )
-            if deadline is not None and time.monotonic() + wait >= deadline:
-                raise self._give_up(
-                    f"the deadline would pass during the {wait:.3g} s wait before a retry",
-                    attempts,
-                    failures,
+                return self._parse(raw, want[0], number)
+            except _Malformed as exc:
+                raise RetryableError(f"malformed answer: {exc}", 200, None) from exc
+
+        try:
+            return (
+                await call_with_retries(attempt, self._policy(), deadline=deadline, name=str(self))
+            ).value
+        except GaveUp as exc:
+            raise ChatClientError(
+                f"{self} {exc}", status=exc.last.status if exc.last else None, attempts=exc.attempts
+            ) from exc
+
+    async def _create(
+        self, client: Any, kwargs: dict[str, Any], want: list[bool], attempts: int
+    ) -> Any:
+        """One request: the SDK's answer, or the failure sorted into retryable, re-ask without
+        logprobs (:class:`RetryNow`), or fatal (:class:`ChatClientError`)."""
+        openai = require("openai")
+        try:
+            return await client.chat.completions.create(**kwargs)
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if want[0] and rejects_logprobs(_error_text(exc)):
+                record_logprobs_rejected(
+                    self.identity, f"HTTP {exc.status_code}: {_error_text(exc)}"
                 )
-            logger.debug(
-                "%s attempt %d failed (%s); retrying in %.3f s",
-                self,
-                attempts,
-                failures[-1].description,
-                wait,
-            )
-            await asyncio.sleep(wait)
+                want[0] = False
+                raise RetryNow from exc  # re-ask at once: this is not a transient failure
+            raise self._fatal(exc, attempts) from exc
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if is_retryable_status(status):
+                raise RetryableError(
+                    f"HTTP {status}: {_error_text(exc)}",
+                    status,
+                    retry_after_from_headers(exc.response.headers),
+                ) from exc
+            raise self._fatal(exc, attempts) from exc
+        except openai.APITimeoutError as exc:
+            raise RetryableError(f"timed out after {kwargs['timeout']:.3g} s") from exc
+        except openai.APIConnectionError as exc:
+            raise RetryableError(f"connection error: {exc.__cause__ or exc!r}") from exc
+        except (openai.APIResponseValidationError, ValueError) as exc:
+            # A body that claims to be JSON but is not (json.JSONDecodeError is a ValueError)
+            # fails inside the SDK.
+            raise RetryableError(f"malformed answer: {exc}", 200, None) from exc
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -378,15 +359,6 @@ class OpenAIChatClient:
             f"{self} failed with HTTP {status}, which retrying cannot fix: "
             f"{_error_text(exc)}.{hint}",
             status=status,
-            attempts=attempts,
-        )
-
-    def _give_up(self, why: str, attempts: int, failures: Sequence[_Retryable]) -> ChatClientError:
-        last = failures[-1] if failures else None
-        detail = f"; last error: {last.description}" if last else ""
-        return ChatClientError(
-            f"{self} gave up after {attempts} attempt(s): {why}{detail}",
-            status=last.status if last else None,
             attempts=attempts,
         )
 

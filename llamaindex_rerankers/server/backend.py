@@ -276,8 +276,19 @@ class Backend:
     async def rerank_texts(self, query: str, texts: Sequence[str]) -> RerankResult:
         """Rerank plain texts (``/v1/rerank``); each output node's ``ref_doc_index`` metadata is
         the text's position in ``texts``."""
+        # The position is bookkeeping, not text to score: kept out of the pair the reranker
+        # reads (metadata_mode EMBED/LLM would otherwise prepend "ref_doc_index: i").
+        keys = ["ref_doc_index"]
         nodes = [
-            NodeWithScore(node=TextNode(text=t, id_=f"doc-{i}", metadata={"ref_doc_index": i}))
+            NodeWithScore(
+                node=TextNode(
+                    text=t,
+                    id_=f"doc-{i}",
+                    metadata={"ref_doc_index": i},
+                    excluded_embed_metadata_keys=keys,
+                    excluded_llm_metadata_keys=keys,
+                )
+            )
             for i, t in enumerate(texts)
         ]
         return await self.rerank(nodes, query)

@@ -213,6 +213,18 @@ class LLMUsageOut(_Open):
     )
 
 
+class RemoteUsageOut(_Open):
+    documents: int = Field(description="Distinct passages sent to the rerank service.")
+    deduplicated: int = Field(description="Repeated passages sent once.")
+    requests: int = Field(description="HTTP requests to the rerank service, retries included.")
+    retries: int = Field(description="HTTP requests that repeated a failed one.")
+    failures: int = Field(description="Requests that failed for good (passages unjudged).")
+    unjudged: int = Field(description="Passages left unjudged (failed request, unusable answer).")
+    truncated: int = Field(description="Passages the service said it truncated (if it says).")
+    max_in_flight: int = Field(description="The most requests this call had in flight at once.")
+    seconds: float = Field(description="Time spent on the service's requests.")
+
+
 class ReportOut(_Open):
     """The reranker's report of this call alone (`RerankReport.to_dict()`)."""
 
@@ -237,6 +249,9 @@ class ReportOut(_Open):
     )
     llm: LLMUsageOut | None = Field(
         default=None, description="The LLM judge's figures; null when none ran."
+    )
+    remote: RemoteUsageOut | None = Field(
+        default=None, description="The rerank service's figures; null when none was called."
     )
 
 

@@ -44,7 +44,7 @@ ENV_PREFIX = "LLAMAINDEX_RERANKERS_SERVE_"
 #: The rerankers the server offers: ours, from the one registry (the anchors are benchmarks).
 SERVER_RERANKERS: tuple[str, ...] = RERANKER_NAMES
 # The same names as a type, for pydantic; kept equal to the registry's by the check below.
-ServerReranker = Literal["none", "cross-encoder", "llm", "cascade"]
+ServerReranker = Literal["none", "cross-encoder", "llm", "cascade", "remote"]
 if get_args(ServerReranker) != SERVER_RERANKERS:  # pragma: no cover - a developer's slip
     raise RuntimeError("server.settings.ServerReranker must list registry.RERANKER_NAMES")
 

@@ -184,3 +184,22 @@ def test_the_graph_reader_sees_a_forbidden_import(tmp_path: Path) -> None:
     graph = import_graph(root)
     assert upward_imports(graph) == ["llamaindex_rerankers.base -> llamaindex_rerankers.cli"]
     assert package_cycles(graph) == [("base", "cli")]
+
+
+def test_the_http_layer_serves_both_rerankers_and_depends_on_neither() -> None:
+    # http/ (retries, the background loop) is shared by the LLM client and the rerank service
+    # client: it imports neither, so neither drags the other in.
+    for path in (PACKAGE / "http").rglob("*.py"):
+        names = imported(path)
+        assert not any(
+            n.startswith(("llamaindex_rerankers.llm", "llamaindex_rerankers.remote")) for n in names
+        ), path
+
+
+def test_one_retry_mechanism() -> None:
+    importers = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if any(name == "tenacity" or name.startswith("tenacity.") for name in imported(path))
+    }
+    assert importers == {"http/retry.py"}

@@ -412,6 +412,7 @@ def test_responses_name_local_models_without_the_servers_paths() -> None:
         (types.RerankReport, "ReportOut"),
         (types.CrossEncoderUsage, "CrossEncoderUsageOut"),
         (types.LLMUsage, "LLMUsageOut"),
+        (types.RemoteUsage, "RemoteUsageOut"),
     ],
 )
 def test_the_response_schema_documents_every_field_of_the_report(
