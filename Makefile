@@ -77,11 +77,16 @@ docs-serve: setup
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 # Debian's chromium for the chat page's browser test (playwright drives it; it never downloads
-# a browser of its own). Installed with apt when missing and we are root, as on CI.
+# a browser of its own), and Debian's redis-server for the Redis cache, session and replica
+# tests (each test run starts its own on a free port). Installed with apt when missing and we
+# are root, as on CI.
 system-deps:
-	@if ! command -v chromium >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	  else echo "install Debian's chromium (sudo apt-get install -y chromium) for the browser test" >&2; exit 1; fi; \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "install Debian's$$missing (sudo apt-get install -y$$missing) for the tests" >&2; exit 1; fi; \
 	fi
 
 # llama.cpp's own server (parallel slots, continuous batching), compiled from the pinned
