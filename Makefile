@@ -22,7 +22,7 @@ export ANONYMIZED_TELEMETRY ?= False
 export NO_MKDOCS_2_WARNING ?= 1
 export DISABLE_MKDOCS_2_WARNING ?= true
 
-.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck docs docs-serve bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval clean
+.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck docs docs-serve bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval bench-replicas clean
 
 # Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
 # compile, since the default demo calls no LLM) and the full one the tests need (every extra,
@@ -131,6 +131,11 @@ bench-llm-quality: setup llama-server
 # Where the LLM reranker's defaults were chosen: SciFact and NFCorpus test queries 51-55.
 tune-llm: setup llama-server
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/tune_llm.py --queries 5
+
+# Two serve replicas sharing one Redis (judgements and sessions) under 8 and 50 concurrent chat
+# and retrieve clients, 25 s per phase (about 3 min with start-up; needs redis-server).
+bench-replicas: setup system-deps llama-server
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_replicas.py --seconds 25
 
 # Every published `llamaindex-rerankers eval` run (about 2.5 h on 2 cores) and their summary table.
 bench-eval: setup
