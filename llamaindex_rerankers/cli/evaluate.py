@@ -134,10 +134,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--llm-cache",
-        metavar="PATH",
-        help="SQLite file caching the LLM reranker's judgements (llm and cascade), shared "
-        "between them and kept across runs: a rerun, or the cascade after llm, asks the LLM "
-        "only what it has not judged yet. Rows with cache hits have meaningless latencies.",
+        metavar="SPEC",
+        help="SQLite file (or redis://HOST:PORT/DB[?ttl=SECONDS], shared by machines) caching "
+        "the LLM reranker's judgements (llm and cascade), shared between them and kept across "
+        "runs: a rerun, or the cascade after llm, asks the LLM only what it has not judged "
+        "yet. Rows with cache hits have meaningless latencies.",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_remote_arguments(parser)

@@ -24,7 +24,13 @@ from llamaindex_rerankers.endpoints.llamacpp import (
     local_llm_server,
     serve_forever,
 )
-from llamaindex_rerankers.llm.cache import CachedJudgement, JudgementCache, MemoryCache, SQLiteCache
+from llamaindex_rerankers.llm.cache import (
+    CachedJudgement,
+    JudgementCache,
+    MemoryCache,
+    RedisCache,
+    SQLiteCache,
+)
 from llamaindex_rerankers.llm.capabilities import logprobs_supported, record_logprobs_support
 from llamaindex_rerankers.llm.labels import DEFAULT_LABELS, UNKNOWN, Label
 from llamaindex_rerankers.llm.llamaindex_client import LlamaIndexChatClient
@@ -50,6 +56,7 @@ __all__ = [
     "LocalLLMServerError",
     "MemoryCache",
     "OpenAIChatClient",
+    "RedisCache",
     "SQLiteCache",
     "gguf_namespace",
     "local_llm_server",

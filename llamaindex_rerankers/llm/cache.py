@@ -7,12 +7,17 @@ another port). The prompt key holds the prompt version and a hash of the templat
 examples. Value: a :class:`CachedJudgement`, the label probabilities (or the parsed label, as
 probability 1) and where they came from. Judgements that failed are never cached.
 
-Two implementations of the :class:`JudgementCache` protocol: :class:`MemoryCache` (an LRU, the
-default, per reranker instance) and :class:`SQLiteCache` (a file shared across runs and
-processes). Both also read and write many keys at once (``get_many`` / ``put_many``: one SQL
-statement, one transaction), which the reranker uses once per call, off its event loop; for a
-cache of your own those two methods are optional (:func:`get_many` / :func:`put_many` fall back
-to ``get`` / ``put``).
+Three implementations of the :class:`JudgementCache` protocol: :class:`MemoryCache` (an LRU,
+the default, per reranker instance), :class:`SQLiteCache` (a file shared across runs and the
+processes of one machine) and :class:`RedisCache` (a Redis server shared by every process that
+points at it: replicas of ``serve`` on several machines). All read and write many keys at once
+(``get_many`` / ``put_many``: one SQL statement and one transaction, one MGET and one pipeline),
+which the reranker uses once per call, off its event loop; for a cache of your own those two
+methods are optional (:func:`get_many` / :func:`put_many` fall back to ``get`` / ``put``).
+
+A ``cache=`` setting is a spec that :func:`open_cache` turns into a cache and
+:func:`cache_spec` writes back: ``"memory"``, a path to an SQLite file, ``redis://HOST:PORT/DB``
+(with ``?ttl=SECONDS`` for entries that expire), or ``None``.
 
 Example:
     >>> cache = MemoryCache(maxsize=2)
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -36,11 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from llamaindex_rerankers import _redis
+
+logger = logging.getLogger(__name__)
+
 #: The ``cache=`` settings the reranker understands, for error messages.
 SUPPORTED_SPECS = (
     "'memory' (an in-process LRU), a path to an SQLite file (e.g. 'judgements.sqlite' or "
-    "'/var/cache/judgements.sqlite'), an object with get/put (see JudgementCache), or None (no "
-    "cache)"
+    "'/var/cache/judgements.sqlite'), a Redis URL shared by several processes "
+    "('redis://HOST:PORT/DB', optionally '?ttl=SECONDS'), an object with get/put (see "
+    "JudgementCache), or None (no cache)"
 )
 
 #: ``scheme://`` at the start of a string: a URL, not a file path. Two characters at least, so
@@ -49,8 +60,9 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/")
 
 
 def check_cache_path(path: str | Path) -> str:
-    """``path`` as a string, if it names a file; a URL (``redis://...``, ``postgres://...``,
-    ``sqlite:///...``) raises instead of becoming a folder named after its scheme.
+    """``path`` as a string, if it names a file; a URL (``postgres://...``, ``sqlite:///...``,
+    and ``redis://...``, which is a :class:`RedisCache`, not a file) raises instead of becoming
+    a folder named after its scheme.
 
     Raises:
         ValueError: ``path`` starts with a URL scheme; the message lists the supported specs.
@@ -58,13 +70,18 @@ def check_cache_path(path: str | Path) -> str:
     Example:
         >>> check_cache_path("judgements.sqlite")
         'judgements.sqlite'
-        >>> check_cache_path("redis://127.0.0.1:6379/0")  # doctest: +ELLIPSIS
+        >>> check_cache_path("postgres://db/judgements")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: cache='redis://127.0.0.1:6379/0': the URL scheme 'redis' is not supported. ...
+        ValueError: cache='postgres://db/judgements': the URL scheme 'postgres' is not supported...
     """
     text = str(path)
     found = _URL.match(text) if isinstance(path, str) else None
+    if found is not None and _redis.is_redis_spec(text):
+        raise ValueError(
+            "cache: a redis:// URL names a RedisCache, not a file; pass it as cache= (see "
+            "open_cache), not as a path."
+        )
     if found is not None:
         raise ValueError(
             f"cache={text!r}: the URL scheme {found.group(1)!r} is not supported. Supported: "
@@ -320,3 +337,274 @@ def _decode(probs: str, source: str) -> CachedJudgement | None:
     if not all(math.isfinite(p) for p in decoded.values()):
         return None
     return CachedJudgement(decoded, str(source))
+
+
+class RedisCache:
+    """Judgements in Redis, shared by every process that points at the same server: a
+    judgement paid for by one replica is a hit for the others.
+
+    Keys are :func:`cache_key`'s (the same as :class:`SQLiteCache`'s) under ``prefix``; values
+    are JSON. A batch is one ``MGET`` or one pipeline of ``SET`` (with ``EX`` when the spec has
+    ``?ttl=``), sent by redis' asyncio client on an event loop of the cache's own, so that
+    synchronous callers (the reranker reads the cache in a worker thread) and async ones
+    (:meth:`aget_many`, :meth:`aput_many`) share one connection pool.
+
+    Redis down or slow is never an error: a read is a miss, a write is skipped, with one
+    WARNING when the outage begins and one INFO when it ends; timeouts are short (0.5 s unless
+    the spec says ``?timeout=``), and for a second after a failure calls skip Redis at once.
+
+    Args:
+        spec: ``redis://HOST[:PORT][/DB][?ttl=SECONDS&timeout=SECONDS]`` (``rediss://`` for
+            TLS), without credentials: the password comes from
+            ``$LLAMAINDEX_RERANKERS_REDIS_PASSWORD``.
+        prefix: the start of every key, to share one database with other data.
+
+    Raises:
+        ValueError: the spec is not a valid Redis URL or holds credentials.
+        ImportError: the ``redis`` extra is not installed.
+
+    Example:
+        >>> cache = RedisCache("redis://127.0.0.1:6379/0?ttl=86400")  # doctest: +SKIP
+        >>> LLMReranker(model="m", cache=cache)  # or simply cache="redis://..."  # doctest: +SKIP
+    """
+
+    def __init__(self, spec: str, *, prefix: str = "llamaindex-rerankers:judgement:") -> None:
+        self.spec = _redis.parse_redis_spec(spec)
+        _redis.check_installed()
+        self.prefix = prefix
+        self._loop = _redis.BackgroundLoop("llamaindex-rerankers-redis-cache")
+        self._clients = _redis.LoopClients(self.spec)
+        self._outage = _redis.Outage("the judgement cache (every passage is judged)", self.spec,
+                                     logger)  # fmt: skip
+
+    @property
+    def ttl(self) -> float | None:
+        """Seconds an entry lives (``None``: until Redis evicts it)."""
+        return self.spec.ttl
+
+    @property
+    def available(self) -> bool:
+        """Whether the last call reached Redis."""
+        return not self._outage.down
+
+    def get(self, key: str) -> CachedJudgement | None:
+        return self.get_many([key]).get(key)
+
+    def put(self, key: str, value: CachedJudgement) -> None:
+        self.put_many([(key, value)])
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedJudgement]:
+        """The cached entries of ``keys``, one ``MGET`` (misses, damaged values and every key
+        during an outage left out). Blocks: call it off the event loop, or use
+        :meth:`aget_many`."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted or not self._outage.should_try():
+            return {}
+        return self._guard(lambda: self._loop.run(self._mget(wanted), self._wait), {})
+
+    def put_many(self, items: Iterable[tuple[str, CachedJudgement]]) -> None:
+        """Store every ``(key, value)`` of ``items``, one pipeline (skipped during an outage).
+        Blocks: call it off the event loop, or use :meth:`aput_many`."""
+        rows = _rows(items)
+        if rows and self._outage.should_try():
+            self._guard(lambda: self._loop.run(self._set(rows), self._wait), None)
+
+    async def aget_many(self, keys: Iterable[str]) -> dict[str, CachedJudgement]:
+        """:meth:`get_many` for async callers, without blocking their loop."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted or not self._outage.should_try():
+            return {}
+        try:
+            found = await self._loop.arun(self._mget(wanted))
+        except _redis.errors() as exc:
+            self._outage.failed(exc)
+            return {}
+        self._outage.succeeded()
+        return found
+
+    async def aput_many(self, items: Iterable[tuple[str, CachedJudgement]]) -> None:
+        """:meth:`put_many` for async callers, without blocking their loop."""
+        rows = _rows(items)
+        if not rows or not self._outage.should_try():
+            return
+        try:
+            await self._loop.arun(self._set(rows))
+        except _redis.errors() as exc:
+            self._outage.failed(exc)
+            return
+        self._outage.succeeded()
+
+    def clear(self) -> None:
+        """Delete every key under ``prefix`` (``SCAN`` + ``DEL``; other keys are kept).
+
+        Raises:
+            redis.exceptions.RedisError: Redis could not be reached.
+        """
+        self._loop.run(self._clear(), self._wait * 20)
+
+    def close(self) -> None:
+        """Close the connections (a later call opens new ones)."""
+
+        async def close() -> None:
+            await self._clients.client().aclose()
+
+        try:
+            self._loop.run(close(), self._wait)
+        except _redis.errors():
+            pass
+
+    @property
+    def _wait(self) -> float:
+        # A batch is a few commands, each bounded by the socket timeout.
+        return 4 * self.spec.timeout
+
+    def _guard(self, call: Any, otherwise: Any) -> Any:
+        try:
+            result = call()
+        except _redis.errors() as exc:
+            self._outage.failed(exc)
+            return otherwise
+        self._outage.succeeded()
+        return result
+
+    async def _mget(self, keys: list[str]) -> dict[str, CachedJudgement]:
+        client = self._clients.client()
+        found = {}
+        for start in range(0, len(keys), _MAX_VARIABLES):
+            chunk = keys[start : start + _MAX_VARIABLES]
+            values = await client.mget([self.prefix + key for key in chunk])
+            for key, raw in zip(chunk, values, strict=True):
+                value = _decode_redis(raw)
+                if value is not None:
+                    found[key] = value
+        return found
+
+    async def _set(self, rows: list[tuple[str, str]]) -> None:
+        ttl = None if self.spec.ttl is None else max(1, math.ceil(self.spec.ttl))
+        async with self._clients.client().pipeline(transaction=False) as pipe:
+            for key, value in rows:
+                pipe.set(self.prefix + key, value, ex=ttl)
+            await pipe.execute()
+
+    async def _clear(self) -> None:
+        client = self._clients.client()
+        batch = []
+        async for key in client.scan_iter(match=_glob_escape(self.prefix) + "*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                await client.delete(*batch)
+                batch = []
+        if batch:
+            await client.delete(*batch)
+
+    def __repr__(self) -> str:
+        return f"RedisCache({str(self.spec)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its spec (never a password: that stays in the environment); the loaded
+        # copy opens connections of its own to the same server.
+        return (_open_redis, (str(self.spec), self.prefix))
+
+
+def _open_redis(spec: str, prefix: str) -> RedisCache:
+    return RedisCache(spec, prefix=prefix)
+
+
+def _rows(items: Iterable[tuple[str, CachedJudgement]]) -> list[tuple[str, str]]:
+    return [
+        (key, json.dumps({"probs": value.probs, "source": value.source})) for key, value in items
+    ]
+
+
+def _decode_redis(raw: bytes | str | None) -> CachedJudgement | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        return _decode(json.dumps(data["probs"]), str(data["source"]))
+    except (ValueError, TypeError, KeyError):
+        return None  # a damaged value (or another program's key under our prefix) is a miss
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def check_cache_spec(spec: Any) -> Any:
+    """``spec`` unchanged when :func:`open_cache` can open it; raises otherwise, without
+    opening anything (no file, no connection).
+
+    Raises:
+        ValueError: an unsupported URL, a bad Redis URL, or an object that is not a cache.
+
+    Example:
+        >>> check_cache_spec("redis://127.0.0.1:6379/0?ttl=60")
+        'redis://127.0.0.1:6379/0?ttl=60'
+    """
+    if spec is None or spec == "memory":
+        return spec
+    if _redis.is_redis_spec(spec):
+        _redis.parse_redis_spec(spec)
+        return spec
+    if isinstance(spec, (str, Path)):
+        check_cache_path(spec)
+        return spec
+    if isinstance(spec, JudgementCache):
+        return spec
+    raise ValueError(f"cache must be {SUPPORTED_SPECS}; got a {type(spec).__name__}.")
+
+
+def open_cache(spec: Any) -> JudgementCache | None:
+    """The cache a ``cache=`` setting names: ``None`` (no cache), ``"memory"`` (a new
+    :class:`MemoryCache`), a ``redis://`` URL (a :class:`RedisCache`), a path (an
+    :class:`SQLiteCache`, created if missing) or a cache object (returned as is).
+
+    Raises:
+        ValueError: the spec is none of these; the message lists what is supported.
+
+    Example:
+        >>> open_cache("memory")
+        MemoryCache(maxsize=100000, entries=0)
+        >>> open_cache(None) is None
+        True
+    """
+    check_cache_spec(spec)
+    if spec is None:
+        return None
+    if isinstance(spec, str) and spec == "memory":
+        return MemoryCache()
+    if _redis.is_redis_spec(spec):
+        return RedisCache(spec)
+    if isinstance(spec, (str, Path)):
+        return SQLiteCache(spec)
+    return spec
+
+
+def cache_spec(value: Any) -> str | None:
+    """What ``to_dict`` writes for a ``cache`` setting: the spec that :func:`open_cache` turns
+    into an equivalent cache (a memory cache's entries are not configuration; a Redis URL never
+    holds credentials).
+
+    Raises:
+        ValueError: ``value`` is a cache object of another kind, which has no spec.
+
+    Example:
+        >>> cache_spec(MemoryCache()), cache_spec(None)
+        ('memory', None)
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, MemoryCache):
+        return "memory"  # a fresh one when loaded: the entries are not configuration
+    if isinstance(value, SQLiteCache):
+        return value.path
+    if isinstance(value, RedisCache):
+        return str(value.spec)
+    raise ValueError(
+        f"LLMReranker.to_dict() cannot write a cache object of type {type(value).__name__}: "
+        "use cache='memory', a path to an SQLite file, a redis:// URL, or None; or write the "
+        "other settings with to_dict(exclude={'cache'}) and pass it again: "
+        "LLMReranker.from_dict(config, cache=your_cache)."
+    )

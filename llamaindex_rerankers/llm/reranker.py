@@ -21,8 +21,8 @@ reference) and 70 make copies and pickles share or rebuild each live part.
 
 Configuration round-trips: ``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json`` keep every
 setting, the prompts (string fields, also read and written by ``get_prompts`` /
-``update_prompts``) and the cache as a spec (``"memory"``, a path, or ``None``; a URL such as
-``redis://...`` is refused). Secrets (``api_key``, ``default_headers``) are never written.
+``update_prompts``) and the cache as a spec (``"memory"``, a path, ``redis://...``, or
+``None``; other URLs are refused). Secrets (``api_key``, ``default_headers``) are never written.
 
 Copies and pickles (LlamaIndex and user code copy postprocessors; multiprocessing pickles them):
 
@@ -67,11 +67,10 @@ from llama_index.core.prompts.mixin import PromptMixin, PromptMixinType
 from llamaindex_rerankers.base import BaseReranker
 from llamaindex_rerankers.injection import flag_injections
 from llamaindex_rerankers.llm.cache import (
-    SUPPORTED_SPECS,
     JudgementCache,
-    MemoryCache,
-    SQLiteCache,
-    check_cache_path,
+    cache_spec,
+    check_cache_spec,
+    open_cache,
 )
 from llamaindex_rerankers.llm.codes import DEFAULT_SALT, draw_codes, relabel
 from llamaindex_rerankers.llm.judging import JudgeSetup, event_manager, judge
@@ -277,9 +276,10 @@ class LLMReranker(BaseReranker, PromptMixin):
     cache: Any = Field(
         default="memory",
         description="'memory' (an LRU per instance, shared with its copies), a path to an "
-        "SQLite file, a JudgementCache object (get/put; get_many/put_many optional), or None "
-        "for no cache; a URL (redis://, postgres://...) raises. Written by to_dict as 'memory', "
-        "the SQLite path, or None.",
+        "SQLite file, 'redis://HOST:PORT/DB[?ttl=SECONDS]' (shared by every process that uses "
+        "it), a JudgementCache object (get/put; get_many/put_many optional), or None for no "
+        "cache; other URLs (postgres://...) raise. Written by to_dict as 'memory', the SQLite "
+        "path, the Redis URL (never with a password), or None.",
     )
     cache_namespace: str | None = Field(
         default=None,
@@ -482,9 +482,7 @@ class LLMReranker(BaseReranker, PromptMixin):
     @field_validator("cache")
     @classmethod
     def _check_cache(cls, value: Any) -> Any:
-        if isinstance(value, str) and value != "memory":
-            check_cache_path(value)  # a URL is not a path
-        return value
+        return check_cache_spec(value)  # a URL other than redis:// is not a path
 
     @field_validator("window_overlap")
     @classmethod
@@ -528,13 +526,13 @@ class LLMReranker(BaseReranker, PromptMixin):
                 "LLMReranker.from_dict(config, llm=...) or from_dict(config, client=...)."
             )
         if "cache" not in exclude:
-            _cache_spec(self.cache)  # raises for a cache that cannot be written
+            cache_spec(self.cache)  # raises for a cache that cannot be written
         exclude.discard("client")
         return super().to_dict(exclude=exclude, **kwargs)
 
     @field_serializer("cache")
     def _serialize_cache(self, value: Any) -> str | None:
-        return _cache_spec(value)
+        return cache_spec(value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -586,7 +584,7 @@ class LLMReranker(BaseReranker, PromptMixin):
         held = self._cache_state
         if held is not None and _same_spec(held[0], spec):
             return held[1]
-        made = _make_cache(spec)  # outside the lock: it may open a file
+        made = open_cache(spec)  # outside the lock: it may open a file
         with _LAZY_LOCK:
             held = self._cache_state
             if held is None or not _same_spec(held[0], spec):
@@ -748,18 +746,6 @@ class LLMReranker(BaseReranker, PromptMixin):
         return held[1]
 
 
-def _make_cache(spec: Any) -> JudgementCache | None:
-    if spec is None:
-        return None
-    if isinstance(spec, str) and spec == "memory":
-        return MemoryCache()
-    if isinstance(spec, (str, Path)):
-        return SQLiteCache(check_cache_path(spec))
-    if isinstance(spec, JudgementCache):
-        return spec
-    raise ValueError(f"cache must be {SUPPORTED_SPECS}; got a {type(spec).__name__}.")
-
-
 def _same_spec(made_from: Any, spec: Any) -> bool:
     """Whether a cache made from ``made_from`` is the one ``spec`` asks for: the same object,
     or an equal string or path."""
@@ -768,19 +754,3 @@ def _same_spec(made_from: Any, spec: Any) -> bool:
     return type(made_from) is type(spec) and isinstance(spec, (str, Path)) and made_from == spec
 
 
-def _cache_spec(value: Any) -> str | None:
-    """What ``to_dict`` writes for a ``cache`` setting; raises for objects it cannot write."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, MemoryCache):
-        return "memory"  # a fresh one when loaded: the entries are not configuration
-    if isinstance(value, SQLiteCache):
-        return value.path
-    raise ValueError(
-        f"LLMReranker.to_dict() cannot write a cache object of type {type(value).__name__}: "
-        "use cache='memory', a path to an SQLite file, or None; or write the other settings "
-        "with to_dict(exclude={'cache'}) and pass it again: LLMReranker.from_dict(config, "
-        "cache=your_cache)."
-    )

@@ -25,8 +25,9 @@ from llamaindex_rerankers._errors import one_line
 from llamaindex_rerankers.base import BaseReranker, _new_node
 from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
 from llamaindex_rerankers.pipeline.query import relevant_enough
-from llamaindex_rerankers.server.limits import AdmissionGate, SessionStore
+from llamaindex_rerankers.server.limits import AdmissionGate
 from llamaindex_rerankers.server.metrics import Metrics
+from llamaindex_rerankers.server.sessions import open_session_store
 from llamaindex_rerankers.server.settings import ServerSettings
 from llamaindex_rerankers.server.sources import suspected
 from llamaindex_rerankers.types import RerankReport, RerankResult
@@ -120,7 +121,8 @@ class Backend:
         )
         self.metrics.watch_gate(self.search_gate)
         self.metrics.watch_gate(self.chat_gate)
-        self.sessions = SessionStore(
+        self.sessions = open_session_store(
+            settings.session_store,
             max_sessions=settings.max_sessions,
             ttl=settings.session_ttl,
             max_messages=settings.max_session_messages,

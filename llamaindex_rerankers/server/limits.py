@@ -1,6 +1,8 @@
-"""Bounded concurrency and bounded sessions: what keeps one server safe for many users.
+"""Bounded concurrency: what keeps one server safe for many users (the bounded chat sessions
+are in :mod:`~llamaindex_rerankers.server.sessions`).
 
-Both live on one event loop and never await while changing their state, so they need no lock.
+The gates live on one event loop and never await while changing their state, so they need no
+lock.
 
 Example:
     >>> gate = AdmissionGate("search", limit=2, queue=0)
@@ -12,10 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 
 class Overloaded(Exception):
@@ -95,71 +94,3 @@ class Ticket:
         gate, self._gate = self._gate, None
         if gate is not None:
             gate._release()
-
-
-@dataclass
-class _Session:
-    messages: list[dict[str, str]] = field(default_factory=list)
-    expires: float = 0.0
-
-
-class SessionStore:
-    """Server-side chat histories: bounded in number (least recently used evicted), in length
-    (oldest messages dropped) and in time (``ttl`` seconds since last use).
-
-    Example:
-        >>> store = SessionStore(max_sessions=2, ttl=60.0, max_messages=4)
-        >>> store.append("s1", [{"role": "user", "content": "hi"}])
-        >>> store.history("s1")
-        [{'role': 'user', 'content': 'hi'}]
-    """
-
-    def __init__(
-        self,
-        *,
-        max_sessions: int,
-        ttl: float,
-        max_messages: int,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.max_sessions = max_sessions
-        self.ttl = ttl
-        self.max_messages = max_messages
-        self._clock = clock
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
-
-    def __len__(self) -> int:
-        self._expire()
-        return len(self._sessions)
-
-    def history(self, session_id: str) -> list[dict[str, str]]:
-        """A copy of the session's messages (empty for an unknown or expired session)."""
-        self._expire()
-        session = self._sessions.get(session_id)
-        if session is None:
-            return []
-        self._touch(session_id, session)
-        return [dict(m) for m in session.messages]
-
-    def append(self, session_id: str, messages: list[dict[str, str]]) -> None:
-        """Add messages to a session (created when new), keeping the newest ``max_messages``."""
-        self._expire()
-        session = self._sessions.get(session_id) or _Session()
-        session.messages = (session.messages + [dict(m) for m in messages])[-self.max_messages :]
-        self._touch(session_id, session)
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
-
-    def _touch(self, session_id: str, session: _Session) -> None:
-        session.expires = self._clock() + self.ttl
-        self._sessions[session_id] = session
-        self._sessions.move_to_end(session_id)
-
-    def _expire(self) -> None:
-        now = self._clock()
-        # Ordered by last use, so the expired ones are at the front.
-        while self._sessions:
-            oldest_id, oldest = next(iter(self._sessions.items()))
-            if oldest.expires > now:
-                break
-            del self._sessions[oldest_id]

@@ -4,6 +4,7 @@ gate (or answers 503 at once), and runs under a timeout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -36,6 +37,7 @@ from llamaindex_rerankers.server.schemas import (
     RetrieveRequest,
     RetrieveResponse,
 )
+from llamaindex_rerankers.server.sessions import SessionsUnavailable
 from llamaindex_rerankers.server.settings import ServerSettings
 from llamaindex_rerankers.server.sources import source_records
 
@@ -444,7 +446,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     last = len(texts) - 1
     top_k, top_n = k_and_n(body.top_k, body.top_n, settings)
     session_id = body.session_id
-    history = backend.sessions.history(session_id) if session_id else []
+    history = await _session_history(backend, session_id) if session_id else []
     history += [
         {"role": m.role, "content": t} for m, t in zip(body.messages[:last], texts, strict=False)
     ]
@@ -472,24 +474,25 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         ticket.release()
         raise
 
-    def remember() -> None:
+    async def remember() -> None:
         if session_id and completed(turn):
             exchange = [
                 {"role": "user", "content": question},
                 {"role": "assistant", "content": turn.answer},
             ]
-            backend.sessions.append(session_id, exchange)
+            with contextlib.suppress(SessionsUnavailable):  # logged once per outage by the store
+                await backend.sessions.aappend(session_id, exchange)
 
     if not body.stream:
         ticket.release()
-        remember()
+        await remember()
         return JSONResponse(turn.document())
 
     async def events() -> AsyncIterator[str]:
         try:
             async for event in stream_turn(turn, backend, deadline):
                 yield event
-            remember()
+            await remember()
         finally:
             ticket.release()
 
@@ -499,6 +502,21 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         headers=streaming.STREAM_HEADERS,
         background=BackgroundTask(ticket.release),  # also when the body never started
     )
+
+
+async def _session_history(backend: Backend, session_id: str) -> list[dict[str, str]]:
+    """The session's history; 503 with Retry-After when the session store is unreachable."""
+    try:
+        return await backend.sessions.ahistory(session_id)
+    except SessionsUnavailable:
+        raise ApiError(
+            503,
+            "sessions_unavailable",
+            "the session store is unreachable, so session_id cannot be used right now: retry "
+            "after Retry-After seconds, or send the whole conversation in messages without a "
+            "session_id",
+            headers={"Retry-After": str(backend.settings.retry_after)},
+        ) from None
 
 
 # -- the chat page ----------------------------------------------------------------------------

@@ -37,7 +37,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from llamaindex_rerankers.llm.cache import check_cache_spec
 from llamaindex_rerankers.registry import RERANKER_NAMES
+from llamaindex_rerankers.server.sessions import check_session_store
 
 #: Prefix of every environment variable the server reads.
 ENV_PREFIX = "LLAMAINDEX_RERANKERS_SERVE_"
@@ -106,6 +108,12 @@ def _reranker(value: Any) -> Any:
     return value
 
 
+def _cache(value: str) -> str:
+    if value != "none":
+        check_cache_spec(value)  # a bad Redis URL or an unsupported scheme fails at start-up
+    return value
+
+
 Port = Annotated[int, AfterValidator(_port)]
 PositiveInt = Annotated[int, AfterValidator(_positive_int)]
 NonNegativeInt = Annotated[int, AfterValidator(_non_negative_int)]
@@ -114,6 +122,8 @@ UnitFloat = Annotated[float, AfterValidator(_unit_float)]
 Flag = Annotated[bool, BeforeValidator(_bool)]
 Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_origins)]
 Reranker = Annotated[ServerReranker, BeforeValidator(_reranker)]
+CacheSpec = Annotated[str, AfterValidator(_cache)]
+SessionStoreSpec = Annotated[str, AfterValidator(check_session_store)]
 
 
 def _setting(
@@ -241,9 +251,11 @@ class ServerSettings(BaseSettings):
     llm_max_retries: NonNegativeInt = _setting(
         2, "retries per LLM request (rate limits, 5xx, timeouts)", metavar="R"
     )
-    llm_cache: str = _setting(
+    llm_cache: CacheSpec = _setting(
         "memory",
-        "LLM judgement cache: memory, none, or a path to an SQLite file",
+        "LLM judgement cache: memory, none, a path to an SQLite file, or "
+        "redis://HOST:PORT/DB[?ttl=SECONDS], shared by every replica that names it (password: "
+        "$LLAMAINDEX_RERANKERS_REDIS_PASSWORD)",
         metavar="SPEC",
     )
     llm_concurrency: PositiveInt = _setting(
@@ -309,6 +321,12 @@ class ServerSettings(BaseSettings):
     )
     max_session_messages: PositiveInt = _setting(
         40, "messages kept per session (the oldest go first)", metavar="N"
+    )
+    session_store: SessionStoreSpec = _setting(
+        "memory",
+        "where chat sessions live: memory (this process) or redis://HOST:PORT/DB, shared by "
+        "every replica and kept across restarts (password: $LLAMAINDEX_RERANKERS_REDIS_PASSWORD)",
+        metavar="SPEC",
     )
 
     # -- security

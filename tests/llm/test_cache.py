@@ -375,8 +375,8 @@ def test_text_mode_and_logprobs_mode_do_not_share_judgements() -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["redis://127.0.0.1:6379/0", "postgres://db/x", "postgresql+psycopg://u@db/x",
-     "sqlite:///judgements.sqlite", "file:///tmp/j.sqlite", "s3://bucket/cache"],
+    ["postgres://db/x", "postgresql+psycopg://u@db/x", "sqlite:///judgements.sqlite",
+     "file:///tmp/j.sqlite", "s3://bucket/cache", "memcached://127.0.0.1:11211"],
 )  # fmt: skip
 def test_a_url_as_cache_is_refused_and_creates_nothing(
     spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -385,6 +385,7 @@ def test_a_url_as_cache_is_refused_and_creates_nothing(
     with pytest.raises(ValueError, match=r"'memory'.*path.*None") as raised:
         LLMReranker(model="m", cache=spec)
     assert spec.split(":")[0] in str(raised.value)  # names the scheme it does not support
+    assert "redis://HOST:PORT/DB" in str(raised.value)  # and the URL that is supported
     with pytest.raises(ValueError, match="not supported"):
         LLMReranker.from_dict({**LLMReranker(model="m").to_dict(), "cache": spec})
     assert list(tmp_path.iterdir()) == []  # no folder 'redis:' or file made on the way

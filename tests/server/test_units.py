@@ -17,7 +17,8 @@ from llamaindex_rerankers.cli.serve import add_serve_arguments, settings_from_ar
 from llamaindex_rerankers.presentation import text_snippet
 from llamaindex_rerankers.server import schemas, streaming
 from llamaindex_rerankers.server.errors import field_path
-from llamaindex_rerankers.server.limits import AdmissionGate, Overloaded, SessionStore
+from llamaindex_rerankers.server.limits import AdmissionGate, Overloaded
+from llamaindex_rerankers.server.sessions import SessionStore
 from llamaindex_rerankers.server.settings import (
     ServerSettings,
     env_name,
