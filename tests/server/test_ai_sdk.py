@@ -57,6 +57,15 @@ def node_chat(base_url: str, *questions: str, timeout: float = 240) -> dict[str,
     return result
 
 
+def timed_chat(server: ServeProcess, body: dict[str, Any]) -> tuple[int, str, float, float]:
+    """POST ``body`` to /v1/chat: the status, the whole body, and when it was sent and ended."""
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
+        started = time.monotonic()
+        with client.stream("POST", "/v1/chat", json=body) as r:
+            text = r.read().decode()
+        return r.status_code, text, started, time.monotonic()
+
+
 def part_types(turn: dict[str, Any]) -> list[str]:
     return [p["type"] for p in turn["parts"]]
 
@@ -189,15 +198,15 @@ def slow_llm(llm: Any) -> Iterator[SlowLLM]:
     proxy.close()
 
 
-@pytest.fixture(scope="module")
-def timed_server(
+def slow_server(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     model_args: list[str],
     llm: Any,
     slow_llm: SlowLLM,
+    chat_timeout: float,
 ) -> ServeProcess:
-    """Answers through the slow proxy, with a short --chat-timeout and a shorter --llm-timeout
+    """Answers through the slow proxy, with this --chat-timeout and a short --llm-timeout
     (which must not cut an answer short: the chat's deadline governs its LLM calls)."""
     server = start(
         request,
@@ -205,8 +214,6 @@ def timed_server(
         [
             "--demo",
             *model_args,
-            "--reranker",
-            "cross-encoder",
             "--top-k",
             "4",
             "--top-n",
@@ -220,17 +227,42 @@ def timed_server(
             "--answer-max-tokens",
             "64",
             "--chat-timeout",
-            str(CHAT_TIMEOUT),
+            str(chat_timeout),
             "--llm-timeout",
             "0.5",
             "--llm-max-retries",
             "2",
         ],
         env={"LLAMAINDEX_RERANKERS_SERVE_API_KEY": API_KEY},
-        name="timed-server",
+        name="slow-llm-server",
     )
     server.wait_listening()
     return server
+
+
+@pytest.fixture(scope="module")
+def timed_server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    model_args: list[str],
+    llm: Any,
+    slow_llm: SlowLLM,
+) -> ServeProcess:
+    """A short --chat-timeout, for answers that outlast it."""
+    return slow_server(request, tmp_path_factory, model_args, llm, slow_llm, CHAT_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def patient_server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    model_args: list[str],
+    llm: Any,
+    slow_llm: SlowLLM,
+) -> ServeProcess:
+    """A --chat-timeout long enough for slow LLM calls on a loaded machine (SmolLM2 takes
+    20 s for a turn with history at a load of 10 on 2 cores)."""
+    return slow_server(request, tmp_path_factory, model_args, llm, slow_llm, 120.0)
 
 
 @pytest.fixture
@@ -299,14 +331,9 @@ def test_a_timed_out_stream_ends_report_error_finish_done_and_closes_the_llm_req
     timed_server: ServeProcess, slow: SlowLLM
 ) -> None:
     slow.pace = 1.0
-    with httpx.Client(base_url=timed_server.url, headers=AUTH, timeout=60) as client:
-        started = time.monotonic()
-        with client.stream(
-            "POST", "/v1/chat", json={"messages": [{"role": "user", "content": PRUNING}]}
-        ) as r:
-            assert r.status_code == 200
-            body = r.read().decode()
-        ended = time.monotonic()
+    question = {"messages": [{"role": "user", "content": PRUNING}]}
+    status, body, started, ended = timed_chat(timed_server, question)
+    assert status == 200
     parts = streaming.parse(body)
     kinds = [p if isinstance(p, str) else p["type"] for p in parts]
     assert kinds[-6:] == ["text-end", "finish-step", "data-report", "error", "finish", "[DONE]"]
@@ -318,10 +345,10 @@ def test_a_timed_out_stream_ends_report_error_finish_done_and_closes_the_llm_req
 
 
 def test_llm_calls_without_streaming_get_the_chat_deadline_not_the_llm_timeout(
-    timed_server: ServeProcess, slow: SlowLLM
+    patient_server: ServeProcess, slow: SlowLLM
 ) -> None:
-    """Condensing and the answer each take 0.8 s, above --llm-timeout (0.5 s): within the chat
-    timeout they must succeed, not fail after --llm-timeout x attempts."""
+    """Condensing and the answer each take at least 0.8 s, above --llm-timeout (0.5 s): within
+    the chat timeout they must succeed, not fail after --llm-timeout x attempts."""
     slow.hold = 0.8
     body = {
         "stream": False,
@@ -331,11 +358,9 @@ def test_llm_calls_without_streaming_get_the_chat_deadline_not_the_llm_timeout(
             {"role": "user", "content": FOLLOW_UP},
         ],
     }
-    with httpx.Client(base_url=timed_server.url, headers=AUTH, timeout=60) as client:
-        started = time.monotonic()
-        r = client.post("/v1/chat", json=body)
-    assert r.status_code == 200, r.text
-    out = r.json()
+    status, text, started, _ = timed_chat(patient_server, body)
+    assert status == 200, text
+    out = json.loads(text)
     assert out["status"] == "answered" and out["answer"].strip()
     assert out["timings"]["condense_s"] >= 0.8 and out["timings"]["answer_s"] >= 0.8
     assert wait_closed(slow, started, 2) == [None, None]  # one attempt each, both answered
@@ -345,15 +370,10 @@ def test_an_llm_call_without_streaming_is_cancelled_at_the_chat_deadline(
     timed_server: ServeProcess, slow: SlowLLM
 ) -> None:
     slow.hold = 60.0
-    with httpx.Client(base_url=timed_server.url, headers=AUTH, timeout=60) as client:
-        started = time.monotonic()
-        r = client.post(
-            "/v1/chat",
-            json={"stream": False, "messages": [{"role": "user", "content": PRUNING}]},
-        )
-        ended = time.monotonic()
-    assert r.status_code == 504, r.text
-    assert r.json()["code"] == "timeout"
+    question = {"stream": False, "messages": [{"role": "user", "content": PRUNING}]}
+    status, text, started, ended = timed_chat(timed_server, question)
+    assert status == 504, text
+    assert json.loads(text)["code"] == "timeout"
     assert ended - started <= CHAT_TIMEOUT + SLACK
     (closed,) = wait_closed(slow, started, 1)  # one attempt, closed at the deadline
     assert closed is not None and closed <= started + CHAT_TIMEOUT + SLACK
