@@ -22,7 +22,7 @@ export ANONYMIZED_TELEMETRY ?= False
 export NO_MKDOCS_2_WARNING ?= 1
 export DISABLE_MKDOCS_2_WARNING ?= true
 
-.PHONY: setup demo demo-llm serve system-deps llama-server test lint typecheck docs docs-serve bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval bench-remote infinity bench-replicas clean
+.PHONY: setup demo demo-llm serve system-deps llama-server js-deps test lint typecheck docs docs-serve bench-cross-encoder bench-long-text bench-llm bench-llm-server bench-llm-quality tune-llm bench-injection bench-eval bench-remote infinity bench-replicas clean
 
 # Two installs: the demo's (cross-encoder + Chroma + the offline embedding model: no llama.cpp
 # compile, since the default demo calls no LLM) and the full one the tests need (every extra,
@@ -95,8 +95,17 @@ system-deps:
 llama-server: $(VENV)/.created
 	PYTHON=$(BIN)/python scripts/build-llama-server.sh
 
+# The Vercel AI SDK (npm `ai`, pinned by tests/js/package-lock.json) for the chat client test
+# (tests/server/test_ai_sdk.py): `npm ci`, redone only when the lock file changes.
+JS := tests/js
+$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+js-deps: $(JS)/node_modules/.installed
+
 # The tests run the local LLM on llama-server, and fail (not skip) its tests if it is missing.
-test: lint typecheck system-deps llama-server
+test: lint typecheck system-deps llama-server js-deps
 	source scripts/offline-env.sh && LLAMAINDEX_RERANKERS_REQUIRE_LLAMA_SERVER=1 $(BIN)/python -m pytest
 
 bench-cross-encoder: setup

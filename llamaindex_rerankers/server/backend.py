@@ -194,7 +194,10 @@ class Backend:
         if self.answer_llm is None and s.answers and self.endpoint is not None:
             overrides: dict[str, Any] = {
                 "max_tokens": s.answer_max_tokens,
-                "timeout": s.llm_timeout,
+                # Not --llm-timeout: a chat turn's LLM calls (condensing, the answer, streamed
+                # or not) get what is left of its --chat-timeout, enforced by cancelling them
+                # (routes.chat, chat._deltas); the HTTP timeout only needs to stay out of the way.
+                "timeout": s.chat_timeout,
                 "max_retries": s.llm_max_retries,
             }
             if s.llm_context_window:

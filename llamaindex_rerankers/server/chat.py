@@ -27,6 +27,7 @@ from llama_index.core.llms import ChatMessage, MessageRole
 from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from llamaindex_rerankers._errors import one_line
 from llamaindex_rerankers.server import streaming
 from llamaindex_rerankers.server.backend import Backend, Search
 from llamaindex_rerankers.server.errors import ApiError
@@ -108,6 +109,14 @@ class ChatTurn:
 
     def sources(self) -> list[dict[str, Any]]:
         return source_records(self.search.nodes)
+
+    def abandon(self) -> None:
+        """Cancel the LLM's answer if its stream was never read (the response never started):
+        nobody would read what it writes."""
+        writer = self.stream.awrite_response_to_history_task if self.stream else None
+        if writer is not None and not writer.done():
+            writer.cancel()
+            writer.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     @property
     def abstained(self) -> bool:
@@ -255,42 +264,68 @@ async def stream_turn(turn: ChatTurn, backend: Backend, deadline: float) -> Asyn
         backend.metrics.stage.labels("answer").observe(turn.answer_seconds)
     yield streaming.sse(streaming.text_end(text_id))
     yield streaming.sse(streaming.FINISH_STEP)
+    # The report before the error: the AI SDK's Chat (useChat) stops reading at an `error`
+    # part, so whatever follows it never reaches the client's message.
+    yield streaming.sse(streaming.data("report", turn.report_event()))
     if turn.error is not None:
         yield streaming.sse(streaming.error(turn.error))
-    yield streaming.sse(streaming.data("report", turn.report_event()))
-    yield streaming.sse(streaming.FINISH)
+        yield streaming.sse(streaming.finish("error"))
+    else:
+        yield streaming.sse(streaming.FINISH)
     yield streaming.DONE
 
 
 async def _deltas(turn: ChatTurn, deadline: float) -> AsyncIterator[str]:
-    """The answer's text deltas; a timeout or an LLM failure ends them with ``turn.error``."""
+    """The answer's text deltas until ``deadline`` (``time.monotonic()``); a timeout or an LLM
+    failure ends them with ``turn.error``. Ended early (deadline, failure, or the client gone),
+    the LLM's request is cancelled, which closes its connection: the LLM stops generating."""
     assert turn.stream is not None
     stream = turn.stream
+    # The engine's writer task reads the LLM's HTTP stream into the response's queue. We own it:
+    # LlamaIndex's reader would otherwise await it to its end when closed, holding a timed-out
+    # or abandoned answer until the LLM has written all of it.
+    writer = stream.awrite_response_to_history_task
+    stream.awrite_response_to_history_task = None
     deltas = stream.async_response_gen()
+    loop = asyncio.get_running_loop()
+    when = loop.time() + (deadline - time.monotonic())
+    finished = False
     try:
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
+            # Awaited in this task (not a task of its own, as wait_for would make): a
+            # cancellation reaches the reader itself, so it is never closed while still
+            # running (a repeated cancellation used to leave wait_for's task running, and
+            # aclose() then raised "asynchronous generator is already running").
             try:
-                delta = await asyncio.wait_for(deltas.__anext__(), remaining)
+                async with asyncio.timeout_at(when):
+                    delta = await anext(deltas)
             except StopAsyncIteration:
-                return
+                break
             if delta:
                 yield delta
+        if writer is not None:
+            async with asyncio.timeout_at(when):
+                await writer  # the history write after the last token, or the LLM's failure
+        finished = True
     except TimeoutError:
         turn.error = "the answer took longer than the server's --chat-timeout"
     except Exception as exc:
-        logger.warning("the answer LLM failed while streaming: %s", exc)
+        logger.warning("the answer LLM failed while streaming: %s", one_line(exc))
         turn.error = f"the answer LLM failed while writing the answer ({type(exc).__name__})"
     finally:
         await deltas.aclose()
-        task = stream.awrite_response_to_history_task
-        if task is not None and not task.done():
-            task.cancel()
-        if task is not None:
-            # Its exception (if any) was handled above through async_response_gen.
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if writer is not None and not finished:
+            await _cancel(writer)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and give it a moment to close its connection; never raises."""
+    task.cancel()
+    # Its exception, if any, was reported through the reader.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    current = asyncio.current_task()
+    if current is None or not current.cancelling():
+        await asyncio.wait({task}, timeout=1.0)
 
 
 def completed(turn: ChatTurn) -> bool:

@@ -496,11 +496,15 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         finally:
             ticket.release()
 
+    def release() -> None:  # also when the body never started
+        turn.abandon()
+        ticket.release()
+
     return StreamingResponse(
         events(),
         media_type=streaming.MEDIA_TYPE,
         headers=streaming.STREAM_HEADERS,
-        background=BackgroundTask(ticket.release),  # also when the body never started
+        background=BackgroundTask(release),
     )
 
 

@@ -247,7 +247,12 @@ class ServerSettings(BaseSettings):
         "the local server)",
         metavar="T",
     )
-    llm_timeout: PositiveFloat = _setting(30.0, "seconds per LLM HTTP attempt", metavar="S")
+    llm_timeout: PositiveFloat = _setting(
+        30.0,
+        "seconds per HTTP attempt of the LLM reranker (a chat's LLM calls get what is left of "
+        "--chat-timeout instead)",
+        metavar="S",
+    )
     llm_max_retries: NonNegativeInt = _setting(
         2, "retries per LLM request (rate limits, 5xx, timeouts)", metavar="R"
     )
@@ -288,7 +293,10 @@ class ServerSettings(BaseSettings):
         60.0, "seconds allowed for a retrieve or rerank request", metavar="S"
     )
     chat_timeout: PositiveFloat = _setting(
-        300.0, "seconds allowed for a whole chat answer", metavar="S"
+        300.0,
+        "seconds allowed for a whole chat response, its LLM calls included (cancelled when it "
+        "runs out)",
+        metavar="S",
     )
     retry_after: PositiveInt = _setting(1, "seconds sent in Retry-After with a 503", metavar="S")
     graceful_timeout: PositiveFloat = _setting(

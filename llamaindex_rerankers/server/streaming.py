@@ -69,6 +69,11 @@ def error(text: str) -> dict[str, Any]:
     return {"type": "error", "errorText": text}
 
 
+def finish(reason: str) -> dict[str, Any]:
+    """``finish`` with a ``finishReason`` (``"error"`` after an ``error`` part)."""
+    return {"type": "finish", "finishReason": reason}
+
+
 START_STEP: dict[str, Any] = {"type": "start-step"}
 FINISH_STEP: dict[str, Any] = {"type": "finish-step"}
 FINISH: dict[str, Any] = {"type": "finish"}
