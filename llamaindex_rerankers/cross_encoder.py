@@ -31,6 +31,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llamaindex_rerankers._imports import require
 from llamaindex_rerankers._models import ModelLoadError, model_location
 from llamaindex_rerankers.base import BaseReranker, Once
+from llamaindex_rerankers.batch_hooks import current_batch_hook
 from llamaindex_rerankers.cross_encoder_backends import (
     OnnxRunner,
     PairEncoder,
@@ -508,10 +509,22 @@ class _LoadedModel:
         order. One tokenizer call for all pairs; length-sorted, individually padded batches."""
         if not texts:
             return [], []
+        hook = current_batch_hook()  # the call's own (a server's turns and cancellation)
         encoded = self.encoder.encode(query, texts)
         logits = [0.0] * len(texts)
         for idx, arrays in self.encoder.batches(encoded, batch_size):
-            for i, value in zip(idx, self.runner.logits(arrays, precision), strict=True):
+            if hook is None:
+                values = self.runner.logits(arrays, precision)
+            else:
+                # Between batches: where a call nobody waits for stops, and where a long call
+                # lets other calls' batches through.
+                ids = arrays["input_ids"]
+                hook.before_batch(len(idx), int(ids.shape[0] * ids.shape[1]))
+                try:
+                    values = self.runner.logits(arrays, precision)
+                finally:
+                    hook.after_batch()
+            for i, value in zip(idx, values, strict=True):
                 logits[i] = value
         return logits, encoded.truncated
 
