@@ -143,7 +143,12 @@ class CrossEncoderReranker(BaseReranker):
     ``threads=N`` sets ONNX Runtime's ``intra_op_num_threads`` (per loaded session) and, for the
     torch backend, ``torch.set_num_threads(N)`` in the calling thread for the duration of each
     call, restored afterwards. torch's setting is per OS thread plus a process-wide default that
-    threads started meanwhile inherit; calls running in other threads keep theirs.
+    threads started meanwhile inherit; calls running in other threads keep theirs. Unless the
+    environment sets ``OMP_WAIT_POLICY``, the package sets it to ``PASSIVE`` before it first
+    loads torch (idle OpenMP threads sleep instead of spinning): with spinning threads, a call
+    made while other processes keep the cores busy ran many times slower
+    (``benchmarks/results/cross_encoder_threads.md``). An application that imports torch
+    first keeps its own setting.
 
     Models are loaded once per process and shared by every instance with the same model, device,
     max_length, trust_remote_code, revision, backend, quantize, model_kwargs and tokenizer_kwargs
