@@ -82,18 +82,23 @@ def test_a_wait_beyond_the_bound_is_refused_with_a_retry_after_from_the_work_ahe
 # -- a real server ----------------------------------------------------------------------------
 
 
+def _server_waiting(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    model_args: list[str],
+    max_queue_wait: str,
+) -> ServeProcess:
+    args = ["--demo", *model_args, "--no-answers", "--max-queue-wait", max_queue_wait]
+    process = start(request, tmp_path_factory, args, name=f"wait-{max_queue_wait}-server")
+    process.wait_listening()
+    return process
+
+
 @pytest.fixture(scope="module")
 def bounded_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, model_args: list[str]
 ) -> ServeProcess:
-    process = start(
-        request,
-        tmp_path_factory,
-        ["--demo", *model_args, "--no-answers", "--max-queue-wait", "1"],
-        name="admission-server",
-    )
-    process.wait_listening()
-    return process
+    return _server_waiting(request, tmp_path_factory, model_args, "1")
 
 
 @pytest.mark.server
@@ -140,14 +145,7 @@ def patient_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, model_args: list[str]
 ) -> ServeProcess:
     # A wait bound high enough to admit four large requests at once.
-    process = start(
-        request,
-        tmp_path_factory,
-        ["--demo", *model_args, "--no-answers", "--max-queue-wait", "600"],
-        name="cancel-server",
-    )
-    process.wait_listening()
-    return process
+    return _server_waiting(request, tmp_path_factory, model_args, "600")
 
 
 @pytest.mark.server
