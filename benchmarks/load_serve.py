@@ -497,7 +497,7 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in mem.items())
         + ".",
     ]
-    client_503 = sum(p["all"]["overloaded_503"] for p in result["phases"].values())
+    client_503 = sum(p["all"]["overloaded_503"] for p in result["phases"].values() if "all" in p)
     lines += [
         "",
         f"503s seen by the clients: {client_503}; overload refusals counted by the server "
@@ -506,7 +506,9 @@ def markdown(result: dict[str, Any]) -> str:
         "(computed by the server from the work ahead) before its next request, except in the "
         "phases marked 'retrying at once'.",
     ]
-    examples = [e for p in result["phases"].values() for e in p["all"]["error_examples"]]
+    examples = [
+        e for p in result["phases"].values() if "all" in p for e in p["all"]["error_examples"]
+    ]
     if examples:
         lines += ["", "Errors seen: " + "; ".join(examples)]
     return "\n".join(lines) + "\n"
