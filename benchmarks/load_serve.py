@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             "reranker": "cross-encoder",
             "top_k": args.top_k,
             "top_n": args.top_n,
-            "defaults": "max_concurrent 8, max_queue 32, max_queue_wait 2, max_chats 4, "
+            "defaults": "max_concurrent 8, max_queue 32, max_queue_wait 1, max_chats 4, "
             "max_chat_queue 16, pool_threads 2",
             "server_args": args.server_args,
             "exit_code_after_sigterm": exit_code,
