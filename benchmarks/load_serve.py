@@ -54,6 +54,21 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 HOST = "127.0.0.1"
+#: The phases run by default (see --phases).
+PHASES = (
+    "rerank:1",
+    "rerank:8",
+    "rerank:50",
+    "rerank:50:eager",
+    "retrieve:1",
+    "retrieve:8",
+    "retrieve:50",
+    "retrieve:50:eager",
+    "large",
+)
+#: The large-request phase: requests of this many documents of this many characters.
+LARGE_DOCUMENTS = 1000
+LARGE_CHARS = 3900
 QUESTIONS = (
     "best practices for pruning apple trees",
     "why are my apples so small?",
@@ -73,6 +88,8 @@ class Tally:
     """Outcomes of one endpoint in one phase."""
 
     latencies: list[float] = field(default_factory=list)
+    refusal_latencies: list[float] = field(default_factory=list)
+    retry_afters: list[float] = field(default_factory=list)
     ok: int = 0
     overloaded: int = 0
     errors: int = 0
@@ -89,6 +106,7 @@ class Tally:
 
     def summary(self, seconds: float) -> dict[str, Any]:
         lat = sorted(self.latencies)
+        refused = sorted(self.refusal_latencies)
         return {
             "requests": self.total,
             "ok": self.ok,
@@ -101,6 +119,11 @@ class Tally:
             "p95_s": _quantile(lat, 0.95),
             "p99_s": _quantile(lat, 0.99),
             "max_s": lat[-1] if lat else None,
+            "refusal_p95_s": _quantile(refused, 0.95),
+            "refusal_max_s": refused[-1] if refused else None,
+            "retry_after_min_max": [min(self.retry_afters), max(self.retry_afters)]
+            if self.retry_afters
+            else None,
         }
 
 
@@ -133,7 +156,7 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[
         "--host", HOST, "--port", str(port),
         "--reranker", "cross-encoder", "--top-k", str(args.top_k), "--top-n", str(args.top_n),
         "--answer-max-tokens", str(args.answer_max_tokens),
-        "--no-access-log",
+        "--no-access-log", *args.server_args.split(),
     ]  # fmt: skip
     if args.skip_chat:
         command.append("--no-answers")
@@ -189,6 +212,8 @@ async def _one(
         return 0.0
     if status == 503 and r.headers.get("retry-after"):
         tally.overloaded += 1
+        tally.refusal_latencies.append(elapsed)
+        tally.retry_afters.append(float(r.headers["retry-after"]))
         return float(r.headers["retry-after"])
     tally.error(f"HTTP {status}{'' if complete else ' (incomplete stream)'}")
     return 0.0
@@ -200,8 +225,10 @@ async def run_phase(
     seconds: float,
     requests: Callable[[int, int], tuple[str, dict[str, Any]]],
     timeout: float,
+    honour_retry_after: bool = True,
 ) -> tuple[dict[str, Tally], float]:
-    """``clients`` users for ``seconds``; user u's n-th request is ``requests(u, n)``."""
+    """``clients`` users for ``seconds``; user u's n-th request is ``requests(u, n)``; after a
+    503 a user waits its Retry-After, or (``honour_retry_after=False``) retries at once."""
     tallies: dict[str, Tally] = {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
@@ -214,7 +241,7 @@ async def run_phase(
                 path, body = requests(u, n)
                 n += 1
                 wait = await _one(client, tallies.setdefault(path, Tally()), "POST", path, body)
-                if wait:
+                if wait and honour_retry_after:
                     await asyncio.sleep(min(wait, max(0.0, end - time.monotonic())))
 
         await asyncio.gather(*(user(u) for u in range(clients)))
@@ -222,22 +249,55 @@ async def run_phase(
     return tallies, elapsed
 
 
+async def large_phase(url: str, docs: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Four requests of 1,000 documents of 3,900 characters at once, and 2 s later a 4-document
+    rerank: how each is answered and how long the small one takes."""
+    text = "\n".join(docs)
+    big = [
+        (text * (LARGE_CHARS // len(text) + 2))[i : i + LARGE_CHARS] for i in range(LARGE_DOCUMENTS)
+    ]
+    small = {"query": QUESTIONS[0], "documents": [d[:300] for d in docs[:4]]}
+    async with httpx.AsyncClient(base_url=url, timeout=args.timeout) as client:
+
+        async def send(body: dict[str, Any]) -> dict[str, Any]:
+            started = time.perf_counter()
+            try:
+                r = await client.post("/v1/rerank", json=body)
+            except httpx.HTTPError as exc:
+                return {"error": type(exc).__name__, "s": time.perf_counter() - started}
+            out = {"status": r.status_code, "s": time.perf_counter() - started}
+            if r.headers.get("retry-after"):
+                out["retry_after"] = r.headers["retry-after"]
+            return out
+
+        large = [
+            asyncio.ensure_future(send({"query": QUESTIONS[i], "documents": big})) for i in range(4)
+        ]
+        await asyncio.sleep(2.0)
+        small_result = await send(small)
+        large_results = await asyncio.gather(*large)
+    return {"large": large_results, "small_during_large": small_result}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument(
-        "--search-rounds",
-        type=int,
-        default=2,
-        help="repeat the search phase, to see whether memory settles (default: 2)",
+        "--phases",
+        nargs="+",
+        default=list(PHASES),
+        help="ENDPOINT:CLIENTS[:eager] (rerank or retrieve; eager: clients retry a 503 at "
+        "once instead of waiting its Retry-After), or 'large'; default: all of " + " ".join(PHASES),
+    )
+    parser.add_argument("--phase-seconds", type=float, default=60.0, help="per phase")
+    parser.add_argument(
+        "--server-args", default="", help="more serve arguments, e.g. '--max-queue-wait 3'"
     )
     parser.add_argument("--chat-clients", type=int, default=4)
     parser.add_argument("--chat-seconds", type=float, default=40.0)
     parser.add_argument("--skip-chat", action="store_true")
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--top-n", type=int, default=5)
-    parser.add_argument("--rerank-documents", type=int, default=20)
+    parser.add_argument("--rerank-documents", type=int, default=4)
     parser.add_argument("--answer-max-tokens", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=300.0, help="client timeout, seconds")
     parser.add_argument("--output", type=Path, default=RESULTS / "load_serve")
@@ -258,22 +318,36 @@ def main(argv: list[str] | None = None) -> int:
             httpx.post(url + "/v1/retrieve", json={"query": q}, timeout=120).raise_for_status()
         memory["before"] = rss_mib(process.pid)
 
-        def search(u: int, n: int) -> tuple[str, dict[str, Any]]:
-            query = QUESTIONS[(u + n) % len(QUESTIONS)]
-            if (u + n) % 2 == 0:
-                return "/v1/retrieve", {"query": query}
-            start = (u * 7 + n) % len(docs)
-            chosen = [docs[(start + i) % len(docs)] for i in range(args.rerank_documents)]
-            return "/v1/rerank", {"query": query, "documents": chosen, "top_n": args.top_n}
+        def retrieve(u: int, n: int) -> tuple[str, dict[str, Any]]:
+            return "/v1/retrieve", {"query": QUESTIONS[(u + n) % len(QUESTIONS)]}
 
-        for round_ in range(1, args.search_rounds + 1):
-            name = "search" if round_ == 1 else f"search, round {round_}"
-            print(f"{name}: {args.clients} clients x {args.seconds:.0f} s", file=sys.stderr)
+        def rerank(u: int, n: int) -> tuple[str, dict[str, Any]]:
+            query = QUESTIONS[(u + n) % len(QUESTIONS)]
+            start = (u * 7 + n) % len(docs)
+            chosen = [docs[(start + i) % len(docs)][:300] for i in range(args.rerank_documents)]
+            return "/v1/rerank", {"query": query, "documents": chosen}
+
+        for spec in args.phases:
+            endpoint, _, rest = spec.partition(":")
+            clients_text, _, mode = rest.partition(":")
+            if endpoint == "large":
+                print("large: four 1,000-document reranks and a small one", file=sys.stderr)
+                phases["large"] = asyncio.run(large_phase(url, docs, args))
+                phases["large"]["rss_mib_after"] = rss_mib(process.pid)
+                phases["large"]["load_average_1min"] = os.getloadavg()[0]
+                continue
+            clients = int(clients_text)
+            honour = mode != "eager"
+            requests = {"rerank": rerank, "retrieve": retrieve}[endpoint]
+            name = f"{endpoint}, {clients} clients" + ("" if honour else ", retrying at once")
+            print(f"{name}: {args.phase_seconds:.0f} s", file=sys.stderr)
             tallies, elapsed = asyncio.run(
-                run_phase(url, args.clients, args.seconds, search, args.timeout)
+                run_phase(url, clients, args.phase_seconds, requests, args.timeout, honour)
             )
-            memory[f"after_search_{round_}"] = rss_mib(process.pid)
-            phases[name] = _phase(tallies, elapsed, args.clients, args.seconds)
+            phases[name] = _phase(tallies, elapsed, clients, args.phase_seconds)
+            phases[name]["rss_mib_after"] = rss_mib(process.pid)
+            phases[name]["load_average_1min"] = os.getloadavg()[0]
+            memory[f"after {name}"] = phases[name]["rss_mib_after"]
 
         if not args.skip_chat:
 
@@ -312,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
             "reranker": "cross-encoder",
             "top_k": args.top_k,
             "top_n": args.top_n,
-            "defaults": "max_concurrent 8, max_queue 32, max_chats 4, max_chat_queue 16, "
-            "pool_threads 2",
+            "defaults": "max_concurrent 8, max_queue 32, max_queue_wait 1, max_chats 4, "
+            "max_chat_queue 16, pool_threads 2",
+            "server_args": args.server_args,
             "exit_code_after_sigterm": exit_code,
             "rss_mib": memory,
             "rejected_overloaded": _sum_metric(metrics, "rejected_requests_total", "overloaded"),
@@ -323,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     args.output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.output.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
-    lost = sum(t["errors"] for p in phases.values() for t in p["endpoints"].values())
+    lost = sum(t["errors"] for p in phases.values() for t in p.get("endpoints", {}).values()) + sum(
+        "error" in r for r in phases.get("large", {}).get("large", [])
+    )
     return 0 if lost == 0 and exit_code == 0 else 1
 
 
@@ -354,6 +431,10 @@ def _sum_metric(text: str, name: str, reason: str) -> float:
     )
 
 
+def _range(values: list[float] | None) -> str:
+    return "–" if not values else f"{values[0]:g}–{values[1]:g}"
+
+
 def _s(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
@@ -375,10 +456,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['server']['exit_code_after_sigterm']}",
         "",
         "| phase | endpoint | clients × s | requests | answered/s | 200 | 200/s "
-        "| 503 + Retry-After | errors (lost) | p50 s | p95 s | p99 s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| 503 + Retry-After | errors (lost) | p50 s | p95 s | p99 s | 503 answered in "
+        "(p95) s | Retry-After s | load avg | RSS MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, phase in result["phases"].items():
+        if "endpoints" not in phase:
+            continue
         rows = [*phase["endpoints"].items()]
         if len(rows) > 1:
             rows.append(("all", phase["all"]))
@@ -387,8 +471,25 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {name} | `{path}` | {phase['clients']} × {phase['seconds']:.0f} | "
                 f"{t['requests']} | {t['requests_per_s']:.1f} | {t['ok']} | {t['ok_per_s']:.2f} | "
                 f"{t['overloaded_503']} | {t['errors']} | {_s(t['p50_s'])} | {_s(t['p95_s'])} | "
-                f"{_s(t['p99_s'])} |"
+                f"{_s(t['p99_s'])} | {_s(t['refusal_p95_s'])} | "
+                f"{_range(t['retry_after_min_max'])} | {phase.get('load_average_1min', 0):.2f} | "
+                f"{phase.get('rss_mib_after', 0):.0f} |"
             )
+    large = result["phases"].get("large")
+    if large:
+        answers = ", ".join(
+            f"{r.get('status', r.get('error'))} in {r['s']:.1f} s"
+            + (f" (Retry-After {r['retry_after']})" if "retry_after" in r else "")
+            for r in large["large"]
+        )
+        small = large["small_during_large"]
+        lines += [
+            "",
+            f"Large requests ({LARGE_DOCUMENTS} documents of {LARGE_CHARS} characters, four at "
+            f"once): {answers}. A 4-document rerank sent 2 s later: "
+            f"{small.get('status', small.get('error'))} in {small['s']:.2f} s. Load average "
+            f"{large['load_average_1min']:.2f}, RSS after {large['rss_mib_after']:.0f} MiB.",
+        ]
     lines += [
         "",
         "Latencies are of the 200 answers (a streamed chat until its `[DONE]`). Server memory "
@@ -396,16 +497,18 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in mem.items())
         + ".",
     ]
-    client_503 = sum(p["all"]["overloaded_503"] for p in result["phases"].values())
+    client_503 = sum(p["all"]["overloaded_503"] for p in result["phases"].values() if "all" in p)
     lines += [
         "",
         f"503s seen by the clients: {client_503}; overload refusals counted by the server "
         f'(`rejected_requests_total{{reason="overloaded"}}`): '
         f"{result['server']['rejected_overloaded']:.0f}. A 503 client waits its Retry-After "
-        "(1 s) before its next request. Latency is mostly queueing: about (max_concurrent + "
-        "max_queue) / throughput when the queue is full.",
+        "(computed by the server from the work ahead) before its next request, except in the "
+        "phases marked 'retrying at once'.",
     ]
-    examples = [e for p in result["phases"].values() for e in p["all"]["error_examples"]]
+    examples = [
+        e for p in result["phases"].values() if "all" in p for e in p["all"]["error_examples"]
+    ]
     if examples:
         lines += ["", "Errors seen: " + "; ".join(examples)]
     return "\n".join(lines) + "\n"

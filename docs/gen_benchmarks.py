@@ -41,6 +41,7 @@ PAGES: dict[str, tuple[str, list[str]]] = {
             "long_text_overlap0",
             "long_text_overlap0.5",
             "detector_cost",
+            "cross_encoder_threads",
         ],
     ),
     "llm": (
@@ -223,7 +224,11 @@ def _meta(data: dict[str, Any]) -> str:
 
 def _load_serve(data: dict[str, Any]) -> list[str]:
     rows = []
+    large: list[str] = []
     for phase, p in data["phases"].items():
+        if "endpoints" not in p:  # the large-request phase: each answer, and the small one's
+            large.append(f"{phase}: " + json.dumps(p))
+            continue
         for endpoint, figures in [*p["endpoints"].items(), ("all", p["all"])]:
             rows.append(
                 {
@@ -241,6 +246,7 @@ def _load_serve(data: dict[str, Any]) -> list[str]:
         + "; memory (RSS, MiB): "
         + ", ".join(f"{k} {fmt(v)}" for k, v in server.get("rss_mib", {}).items())
         + ".",
+        *large,
     ]
 
 

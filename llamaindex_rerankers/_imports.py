@@ -8,7 +8,17 @@ says which package (or extra) to install.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from types import ModuleType
+
+#: OpenMP's wait policy set (unless the environment sets one) before torch first loads: its
+#: threads sleep between parallel regions instead of spinning. With spinning threads, a call on
+#: a CPU that other processes keep busy collapses (each parallel region waits for a spinner
+#: the OS has preempted): ``benchmarks/bench_threads.py`` measured it.
+OMP_WAIT_POLICY = "PASSIVE"
+#: Modules whose import loads torch (and so OpenMP, which reads its environment once).
+_LOADS_TORCH = ("torch", "sentence_transformers", "transformers", "llama_index.embeddings")
 
 #: The extra that provides each optional top-level module.
 EXTRAS = {
@@ -57,6 +67,9 @@ def require(module: str) -> ModuleType:
     Example:
         >>> torch = require("torch")  # doctest: +SKIP
     """
+    if module.startswith(_LOADS_TORCH) and "torch" not in sys.modules:
+        # Too late once torch is loaded (by the application first): then its setting stands.
+        os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -31,6 +31,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llamaindex_rerankers._imports import require
 from llamaindex_rerankers._models import ModelLoadError, model_location
 from llamaindex_rerankers.base import BaseReranker, Once
+from llamaindex_rerankers.batch_hooks import current_batch_hook
 from llamaindex_rerankers.cross_encoder_backends import (
     OnnxRunner,
     PairEncoder,
@@ -142,7 +143,12 @@ class CrossEncoderReranker(BaseReranker):
     ``threads=N`` sets ONNX Runtime's ``intra_op_num_threads`` (per loaded session) and, for the
     torch backend, ``torch.set_num_threads(N)`` in the calling thread for the duration of each
     call, restored afterwards. torch's setting is per OS thread plus a process-wide default that
-    threads started meanwhile inherit; calls running in other threads keep theirs.
+    threads started meanwhile inherit; calls running in other threads keep theirs. Unless the
+    environment sets ``OMP_WAIT_POLICY``, the package sets it to ``PASSIVE`` before it first
+    loads torch (idle OpenMP threads sleep instead of spinning): with spinning threads, a call
+    made while other processes keep the cores busy ran many times slower
+    (``benchmarks/results/cross_encoder_threads.md``). An application that imports torch
+    first keeps its own setting.
 
     Models are loaded once per process and shared by every instance with the same model, device,
     max_length, trust_remote_code, revision, backend, quantize, model_kwargs and tokenizer_kwargs
@@ -501,10 +507,22 @@ class _LoadedModel:
         order. One tokenizer call for all pairs; length-sorted, individually padded batches."""
         if not texts:
             return [], []
+        hook = current_batch_hook()  # the call's own (a server's turns and cancellation)
         encoded = self.encoder.encode(query, texts)
         logits = [0.0] * len(texts)
         for idx, arrays in self.encoder.batches(encoded, batch_size):
-            for i, value in zip(idx, self.runner.logits(arrays, precision), strict=True):
+            if hook is None:
+                values = self.runner.logits(arrays, precision)
+            else:
+                # Between batches: where a call nobody waits for stops, and where a long call
+                # lets other calls' batches through.
+                ids = arrays["input_ids"]
+                hook.before_batch(len(idx), int(ids.shape[0] * ids.shape[1]))
+                try:
+                    values = self.runner.logits(arrays, precision)
+                finally:
+                    hook.after_batch()
+            for i, value in zip(idx, values, strict=True):
                 logits[i] = value
         return logits, encoded.truncated
 

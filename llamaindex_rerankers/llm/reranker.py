@@ -752,5 +752,3 @@ def _same_spec(made_from: Any, spec: Any) -> bool:
     if made_from is spec:
         return True
     return type(made_from) is type(spec) and isinstance(spec, (str, Path)) and made_from == spec
-
-

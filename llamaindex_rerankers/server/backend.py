@@ -23,8 +23,10 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llamaindex_rerankers._errors import one_line
 from llamaindex_rerankers.base import BaseReranker, _new_node
+from llamaindex_rerankers.batch_hooks import CallCancelled, batch_hook
 from llamaindex_rerankers.endpoints.endpoint import LLMEndpoint
 from llamaindex_rerankers.pipeline.query import relevant_enough
+from llamaindex_rerankers.server.admission import Job, WorkGate
 from llamaindex_rerankers.server.limits import AdmissionGate
 from llamaindex_rerankers.server.metrics import Metrics
 from llamaindex_rerankers.server.sessions import open_session_store
@@ -113,8 +115,12 @@ class Backend:
         #: Whether requests are reranked (``False`` for ``--reranker none``).
         self.reranks = reranker is not None or settings.reranker != "none"
         self.metrics = Metrics()
-        self.search_gate = AdmissionGate(
-            "search", limit=settings.max_concurrent, queue=settings.max_queue
+        self.search_gate = WorkGate(
+            "search",
+            limit=settings.max_concurrent,
+            queue=settings.max_queue,
+            max_wait=settings.max_queue_wait,
+            slots=settings.pool_threads,
         )
         self.chat_gate = AdmissionGate(
             "chat", limit=settings.max_chats, queue=settings.max_chat_queue
@@ -128,8 +134,11 @@ class Backend:
             max_messages=settings.max_session_messages,
         )
         self.metrics.watch_sessions(lambda: len(self.sessions))
+        # A thread for every running search and chat: they wait for their batch turns (at most
+        # pool_threads computing), not for a thread behind a large request.
         self._pool = ThreadPoolExecutor(
-            max_workers=settings.pool_threads, thread_name_prefix="llamaindex-rerankers-serve"
+            max_workers=settings.max_concurrent + settings.max_chats + settings.pool_threads,
+            thread_name_prefix="llamaindex-rerankers-serve",
         )
         self._load_lock = threading.Lock()
         self._loaded = False
@@ -172,7 +181,13 @@ class Backend:
             for stage in (self.reranker, getattr(self.reranker, "first", None)):
                 load = getattr(stage, "load", None)  # the cross-encoder, a cascade's first stage
                 if callable(load):
-                    load()
+                    model = load()
+                    # What a pair is cut to bounds the admission's estimate of its cost.
+                    limit = getattr(model, "max_seq_length", None) or getattr(
+                        model, "max_length", None
+                    )
+                    if isinstance(limit, int) and limit > 0:
+                        self.search_gate.pair_tokens = limit
 
     def _load(self) -> None:
         s = self.settings
@@ -227,24 +242,36 @@ class Backend:
             raise NotReady(f"the server could not load: {one_line(exc)}") from exc
 
     def close(self) -> None:
+        """Stop: requests still computing stop at their next batch, queued work never starts."""
+        self.search_gate.cancel_all()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the pipeline -----------------------------------------------------------------------
 
-    async def run_blocking(self, fn: Any, *args: Any) -> Any:
-        """Run a blocking call in the bounded pool."""
+    async def run_blocking(self, fn: Any, *args: Any, job: Job | None = None) -> Any:
+        """Run a blocking call in the pool; with ``job``, as that request's work (its batches
+        take turns, it stops when the job is cancelled, the job holds its slot until done)."""
+        if job is not None:
+            return await job.run(self._pool, fn, *args)
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def search(self, query: str, *, top_k: int, top_n: int) -> Search:
-        """Retrieve ``top_k`` candidates and rerank them; keep the best ``top_n``."""
+    async def search(self, query: str, *, top_k: int, top_n: int, job: Job | None = None) -> Search:
+        """Retrieve ``top_k`` candidates and rerank them; keep the best ``top_n`` (``job``: the
+        admitted request this is, see :meth:`run_blocking`)."""
         await self.ready()
         assert self.index is not None
         index = self.index
         started = time.perf_counter()
+
+        def retrieve() -> list[NodeWithScore]:
+            return index.as_retriever(similarity_top_k=top_k).retrieve(query)
+
         try:
             retrieved: list[NodeWithScore] = await self.run_blocking(
-                lambda: index.as_retriever(similarity_top_k=top_k).retrieve(query)
+                retrieve if job is None else lambda: job.turn(retrieve), job=job
             )
+        except CallCancelled:
+            raise
         except Exception as exc:
             logger.warning("retrieval failed: %s: %s", type(exc).__name__, one_line(exc))
             raise IndexUnavailable(
@@ -252,14 +279,17 @@ class Backend:
             ) from exc
         retrieve_seconds = time.perf_counter() - started
         self.metrics.stage.labels("retrieve").observe(retrieve_seconds)
-        result = await self.rerank(retrieved, query)
+        result = await self.rerank(retrieved, query, job=job)
         rerank_seconds = time.perf_counter() - started - retrieve_seconds
         return self._search(query, retrieved, result, top_n, retrieve_seconds, rerank_seconds)
 
-    async def rerank(self, nodes: Sequence[NodeWithScore], query: str) -> RerankResult:
+    async def rerank(
+        self, nodes: Sequence[NodeWithScore], query: str, *, job: Job | None = None
+    ) -> RerankResult:
         """Rerank ``nodes`` (all of them, best first) with the shared reranker.
 
-        A reranker that judges synchronously (the cross-encoder) runs in the bounded pool; one
+        A reranker that judges synchronously (the cross-encoder) runs in the backend's pool (its
+        batches taking turns, see :class:`~llamaindex_rerankers.server.admission.WorkGate`); one
         with its own async judging (LLM, cascade) is awaited, its LLM requests bounded by its
         instance-wide limit.
         """
@@ -268,17 +298,23 @@ class Backend:
         if reranker is None:
             report = RerankReport(query=query, n_candidates=len(nodes), n_returned=len(nodes))
             return RerankResult([_with_ranks(n, i) for i, n in enumerate(nodes, 1)], report)
-        if type(reranker)._ajudge is BaseReranker._ajudge:
-            result: RerankResult = await self.run_blocking(reranker.rerank, list(nodes), query)
+        if _judges_in_a_thread(reranker):
+            result: RerankResult = await self.run_blocking(
+                reranker.rerank, list(nodes), query, job=job
+            )
         else:
-            result = await reranker.arerank(list(nodes), query)
+            # Its worker threads copy this context: a cascade's cross-encoder takes turns too.
+            with batch_hook(job):
+                result = await reranker.arerank(list(nodes), query)
         self.metrics.observe_report(result.report)
         flagged = sum(suspected(n) for n in result.nodes)
         if flagged:
             self.metrics.injection_suspected.inc(flagged)
         return result
 
-    async def rerank_texts(self, query: str, texts: Sequence[str]) -> RerankResult:
+    async def rerank_texts(
+        self, query: str, texts: Sequence[str], *, job: Job | None = None
+    ) -> RerankResult:
         """Rerank plain texts (``/v1/rerank``); each output node's ``ref_doc_index`` metadata is
         the text's position in ``texts``."""
         # The position is bookkeeping, not text to score: kept out of the pair the reranker
@@ -296,7 +332,7 @@ class Backend:
             )
             for i, t in enumerate(texts)
         ]
-        return await self.rerank(nodes, query)
+        return await self.rerank(nodes, query, job=job)
 
     def _search(
         self,
@@ -369,6 +405,18 @@ class Backend:
         if response.is_error:
             raise ConnectionError(f"GET {url}: HTTP {response.status_code}")
         return f"GET {url}: {response.status_code}"
+
+
+def _judges_in_a_thread(reranker: BaseReranker) -> bool:
+    """Whether the reranker's judging is blocking work (the cross-encoder, whose own async
+    path is a thread pool too): it runs in the backend's pool, as its request's job, so that
+    its batches take turns with other requests' and it stops when cancelled. Rerankers with
+    their own async judging (LLM, cascade) are awaited instead."""
+    from llamaindex_rerankers.cross_encoder import CrossEncoderReranker
+
+    return isinstance(reranker, CrossEncoderReranker) or (
+        type(reranker)._ajudge is BaseReranker._ajudge
+    )
 
 
 def _build_reranker(settings: ServerSettings, endpoint: LLMEndpoint | None) -> BaseReranker:

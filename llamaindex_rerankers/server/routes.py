@@ -10,7 +10,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +19,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 
+from llamaindex_rerankers.batch_hooks import CallCancelled
 from llamaindex_rerankers.server import streaming
+from llamaindex_rerankers.server.admission import Job, Refused
 from llamaindex_rerankers.server.backend import Backend
 from llamaindex_rerankers.server.chat import begin_turn, completed, stream_turn
 from llamaindex_rerankers.server.errors import ApiError, invalid, overloaded
@@ -147,6 +149,56 @@ def k_and_n(top_k: int | None, top_n: int | None, settings: ServerSettings) -> t
     return k, n
 
 
+async def _run_job(
+    request: Request, backend: Backend, job: Job, work: Callable[[], Awaitable[T]]
+) -> T:
+    """Run an admitted request's ``work`` within ``--request-timeout`` (waiting for a place
+    included). When the time runs out or the client disconnects, the work is cancelled: it stops
+    at its next batch, and its place is freed when its thread has stopped."""
+    deadline = time.monotonic() + backend.settings.request_timeout
+
+    async def started() -> T:
+        await backend.search_gate.start(job)
+        return await work()
+
+    task = asyncio.ensure_future(started())
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait(
+            {task, gone},
+            timeout=max(0.0, deadline - time.monotonic()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if task in done:
+            try:
+                return task.result()
+            except CallCancelled:  # the server is shutting down
+                raise overloaded(backend.settings.retry_after, "shutting down") from None
+        if gone in done:
+            raise ApiError(499, "client_gone", "the client closed the connection")
+        raise _timeout()
+    finally:
+        for t in (task, gone):
+            t.cancel()
+            # Whatever it ends with now is nobody's business: keep asyncio from logging it.
+            t.add_done_callback(lambda t: t.cancelled() or t.exception())
+        job.finish()
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body has been read: the next ASGI message is
+    the disconnect, sent when the connection closes or the response is complete)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _admit_work(backend: Backend, kind: str, estimate: float, candidates: int = 0) -> Job:
+    try:
+        return backend.search_gate.admit(kind, estimate, candidates)
+    except Refused as exc:
+        raise overloaded(exc.retry_after, exc.gate) from None
+
+
 async def _admit(gate: AdmissionGate, settings: ServerSettings, deadline: float) -> Ticket:
     try:
         return await asyncio.wait_for(gate.acquire(), max(0.0, deadline - time.monotonic()))
@@ -154,23 +206,6 @@ async def _admit(gate: AdmissionGate, settings: ServerSettings, deadline: float)
         raise overloaded(settings.retry_after, gate.name) from None
     except TimeoutError:
         raise _timeout() from None
-
-
-async def _bounded(backend: Backend, gate: AdmissionGate, timeout: float, work: Awaitable[T]) -> T:
-    """Run ``work`` holding a slot of ``gate``, within ``timeout`` seconds (waiting included)."""
-    deadline = time.monotonic() + timeout
-    try:
-        ticket = await _admit(gate, backend.settings, deadline)
-    except BaseException:
-        if asyncio.iscoroutine(work):
-            work.close()
-        raise
-    try:
-        return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
-    except TimeoutError:
-        raise _timeout() from None
-    finally:
-        ticket.release()
 
 
 def _timeout() -> ApiError:
@@ -234,11 +269,13 @@ async def retrieve(body: RetrieveRequest, request: Request) -> dict[str, Any]:
     query = check_text(body.query, "query", settings)
     top_k, top_n = k_and_n(body.top_k, body.top_n, settings)
     started = time.perf_counter()
-    search = await _bounded(
+    estimate = backend.search_gate.estimate_retrieve(top_k, reranks=backend.reranks)
+    job = _admit_work(backend, "retrieve", estimate, top_k)
+    search = await _run_job(
+        request,
         backend,
-        backend.search_gate,
-        settings.request_timeout,
-        backend.search(query, top_k=top_k, top_n=top_n),
+        job,
+        lambda: backend.search(query, top_k=top_k, top_n=top_n, job=job),
     )
     return {
         "query": query,
@@ -319,8 +356,10 @@ async def _rerank(
     texts = _document_texts(body, settings)
     if not backend.reranks:
         raise ApiError(501, "no_reranker", "this server runs without a reranker (--reranker none)")
-    result = await _bounded(
-        backend, backend.search_gate, settings.request_timeout, backend.rerank_texts(query, texts)
+    gate = backend.search_gate
+    job = _admit_work(backend, "rerank", gate.estimate_rerank(len(query), [len(t) for t in texts]))
+    result = await _run_job(
+        request, backend, job, lambda: backend.rerank_texts(query, texts, job=job)
     )
     if result.report.failed:
         raise ApiError(

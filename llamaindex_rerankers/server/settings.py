@@ -280,13 +280,24 @@ class ServerSettings(BaseSettings):
         "requests allowed to wait for a slot; beyond it the answer is 503 with Retry-After",
         metavar="N",
     )
+    max_queue_wait: PositiveFloat = _setting(
+        # Measured (benchmarks/load_serve.py, 50 clients, shared 2-core machine): 2 s let the
+        # accepted retrieves' p95 reach 4.3 s, 1 s kept it at 3.1 s and the 4-document
+        # reranks' at 1.6 s (from 2.7 s); the wait adds to the request's own work.
+        1.0,
+        "longest estimated wait (seconds of /v1/retrieve and /v1/rerank work admitted ahead, "
+        "measured per token) a request is admitted with; beyond it the answer is 503 at once "
+        "with a Retry-After computed from that work",
+        metavar="S",
+    )
     max_chats: PositiveInt = _setting(4, "/v1/chat requests answered at once", metavar="N")
     max_chat_queue: NonNegativeInt = _setting(
         16, "chat requests allowed to wait; beyond it 503", metavar="N"
     )
     pool_threads: PositiveInt = _setting(
         2,
-        "threads for query embedding, Chroma and cross-encoder inference (off the event loop)",
+        "forward passes (a batch of pairs, or a query embedding and search) computed at once; "
+        "each request's batches take turns with other requests'",
         metavar="N",
     )
     request_timeout: PositiveFloat = _setting(

@@ -80,7 +80,7 @@ def test_a_full_server_answers_503_with_retry_after_at_once(server: ServeProcess
     served = [(t, r) for _, t, r in results if r.status_code == 200]
     assert len(refused) >= 3 and len(served) >= 1, statuses  # 1 slot + 1 queue place
     for elapsed, r in refused:
-        assert r.headers["retry-after"] == "1"
+        assert int(r.headers["retry-after"]) >= 1  # computed from the work ahead
         assert r.json()["code"] == "overloaded"
         assert elapsed < min(t for t, _ in served)  # refused at once, not after waiting
     for _, r in served:
