@@ -105,8 +105,10 @@ $(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
 js-deps: $(JS)/node_modules/.installed
 
 # The tests run the local LLM on llama-server, and fail (not skip) its tests if it is missing.
-test: lint typecheck system-deps llama-server js-deps
-	source scripts/offline-env.sh && LLAMAINDEX_RERANKERS_REQUIRE_LLAMA_SERVER=1 $(BIN)/python -m pytest
+# Infinity too: RemoteReranker is tested against a rerank server we did not write.
+test: lint typecheck system-deps llama-server js-deps infinity
+	source scripts/offline-env.sh && LLAMAINDEX_RERANKERS_REQUIRE_LLAMA_SERVER=1 \
+	  LLAMAINDEX_RERANKERS_REQUIRE_INFINITY=1 $(BIN)/python -m pytest
 
 bench-cross-encoder: setup
 	source scripts/offline-env.sh && $(BIN)/python benchmarks/bench_cross_encoder.py

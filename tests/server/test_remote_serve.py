@@ -171,6 +171,8 @@ INFINITY = Path(
 @pytest.fixture(scope="module")
 def infinity(ce_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not INFINITY.exists():
+        if os.environ.get("LLAMAINDEX_RERANKERS_REQUIRE_INFINITY"):  # make test: a real server
+            pytest.fail(f"Infinity is not installed at {INFINITY}; run `make infinity`")
         pytest.skip(f"Infinity is not installed at {INFINITY} (make infinity)")
     port = free_port()
     log = tmp_path_factory.mktemp("infinity") / "infinity.log"
