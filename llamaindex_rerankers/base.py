@@ -4,6 +4,10 @@
 callback payloads, sorting (stable, ties by input order), ``top_n``, ``min_score``, fusion with
 the first-stage rank, output metadata and never touching the caller's nodes. A reranker only
 implements :meth:`BaseReranker._judge`: "score these texts for this query".
+
+Why one module over 600 lines: it is the contract every reranker shares (the sync and async doors,
+argument checks, events, ordering, the report), read together when a reranker is written; the maths
+it calls lives in scoring.py and windows.py.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ or ONNX Runtime on an export of the same model). ``precision="float32"`` on torc
 ``CrossEncoder.predict``'s logits (to 1e-5); the default ``precision="auto"`` is bfloat16 where
 the hardware computes it natively. Identical passages are scored once. One loaded model serves
 every instance, thread and task of the process (see :class:`CrossEncoderReranker`).
+
+Why one module over 600 lines: the reranker's fields and their validation, model loading and its
+checks, and the scoring path belong to one class; the runners (torch, ONNX) are in
+cross_encoder_backends.py.
 """
 
 from __future__ import annotations

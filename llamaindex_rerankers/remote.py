@@ -16,6 +16,9 @@ The two HTTP shapes:
   the raw logit is kept too (``rerank_logit``).
 
 Only this module and the server's probes import ``httpx`` (extra ``remote``).
+
+Why one module over 600 lines: one reranker, the request and response shapes of its three APIs and
+the validation that keeps every score on its own passage; retries are in http/retry.py.
 """
 
 from __future__ import annotations

@@ -100,6 +100,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="write results JSON here: every figure, per query too (the table shows the main ones)",
     )
     parser.add_argument("--plot", help="write a PNG of nDCG@10 and latency against K")
+    _add_reranker_settings(parser)
+    add_remote_arguments(parser)
+    add_llm_arguments(parser)
+
+
+def _add_reranker_settings(parser: argparse.ArgumentParser) -> None:
+    """The settings of the rerankers under evaluation (models, cascade, LLM judge, cache)."""
     parser.add_argument(
         "--cross-encoder-model",
         help="cross-encoder for cross-encoder, "
@@ -141,8 +148,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "yet. Rows with cache hits have meaningless latencies.",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_remote_arguments(parser)
-    add_llm_arguments(parser)
 
 
 def _build(name: str, args: argparse.Namespace, endpoint: LLMEndpoint | None) -> Any:

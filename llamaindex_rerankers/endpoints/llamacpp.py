@@ -34,6 +34,9 @@ Each server has a ``namespace``, ``"gguf-sha256:<digest of the GGUF file>"``: th
 model itself, the same whichever server runs it on whichever port. Pass it as the reranker's
 ``cache_namespace`` and a judgement cache file is hit across runs.
 
+Why one module over 600 lines: start, probe, fall back, stop and serve form one life cycle of one
+child process; finding the binary and the model is in llamacpp_files.py.
+
 Example:
     >>> from llamaindex_rerankers.llm import LLMReranker, local_llm_server
     >>> with local_llm_server() as server:  # doctest: +SKIP

@@ -4,6 +4,9 @@ documentation at ``/docs``.
 Requests reject unknown fields (``extra="forbid"``) so a typo is a 422 that names it instead of a
 silently ignored option. Limits that depend on the server's settings (query length, number of
 documents) are checked by the routes, with the same error shape.
+
+Why one module over 600 lines: every request and response model of the HTTP API, from which the
+OpenAPI document is generated; one place to read what the server accepts and returns.
 """
 
 from __future__ import annotations
