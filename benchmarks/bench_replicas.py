@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from load_serve import HOST, QUESTIONS, RESULTS, Tally, _quantile, free_port
+from load_serve import HOST, QUESTIONS, RESULTS, Tally, _quantile, free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTION = "replicas"
@@ -118,20 +118,6 @@ def start_replica(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], 
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     return process, f"http://{HOST}:{port}"
-
-
-def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"a replica exited:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"a replica was not ready within 300 s:\n{log.read_text()}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:

@@ -167,18 +167,27 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://{HOST}:{port}"
+    wait_ready(process, url, log)
+    return process, url
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes], url: str, log: Path, probe: str = "/readyz"
+) -> None:
+    """Return once ``url + probe`` answers 200; raise with the process's log when it exits
+    first or does not answer within 300 s (then it is killed)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{log.read_text(errors='replace')}")
+            raise RuntimeError(f"{process.args[0]} exited:\n{log.read_text(errors='replace')}")
         try:
-            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                return process, url
+            if httpx.get(url + probe, timeout=5).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
     process.kill()
-    raise RuntimeError(f"the server was not ready within 300 s:\n{log.read_text()}")
+    raise RuntimeError(f"{url}{probe} did not answer within 300 s:\n{log.read_text()}")
 
 
 def corpus_documents() -> list[str]:
