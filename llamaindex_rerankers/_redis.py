@@ -27,12 +27,9 @@ import math
 import os
 import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
-
-T = TypeVar("T")
 
 #: URL schemes of a Redis spec.
 SCHEMES = ("redis", "rediss")
@@ -204,40 +201,6 @@ class LoopClients:
                 held = (loop, connect(self.spec))
                 self._held = held
             return held[1]
-
-
-class BackgroundLoop:
-    """An event loop in a daemon thread of its own, for synchronous callers of async Redis
-    code: one loop, one client, whatever thread or loop the caller is on. Started at first use.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _running(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name=self.name, daemon=True)
-                thread.start()
-                self._loop = loop
-            return self._loop
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run ``coroutine`` on the loop and wait for it (at most ``timeout`` seconds)."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._running())
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
-
-    async def arun(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Await ``coroutine`` run on the loop, from any other loop."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._running())
-        return await asyncio.wrap_future(future)
 
 
 class Outage:

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -40,14 +41,17 @@ import re
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from llamaindex_rerankers import _redis
+from llamaindex_rerankers.http.loop import run_async, run_sync
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The ``cache=`` settings the reranker understands, for error messages.
 SUPPORTED_SPECS = (
@@ -375,7 +379,6 @@ class RedisCache:
         self.spec = _redis.parse_redis_spec(spec)
         _redis.check_installed()
         self.prefix = prefix
-        self._loop = _redis.BackgroundLoop("llamaindex-rerankers-redis-cache")
         self._clients = _redis.LoopClients(self.spec)
         self._outage = _redis.Outage("the judgement cache (every passage is judged)", self.spec,
                                      logger)  # fmt: skip
@@ -403,14 +406,14 @@ class RedisCache:
         wanted = list(dict.fromkeys(keys))
         if not wanted or not self._outage.should_try():
             return {}
-        return self._guard(lambda: self._loop.run(self._mget(wanted), self._wait), {})
+        return self._guard(lambda: self._run(self._mget(wanted), self._wait), {})
 
     def put_many(self, items: Iterable[tuple[str, CachedJudgement]]) -> None:
         """Store every ``(key, value)`` of ``items``, one pipeline (skipped during an outage).
         Blocks: call it off the event loop, or use :meth:`aput_many`."""
         rows = _rows(items)
         if rows and self._outage.should_try():
-            self._guard(lambda: self._loop.run(self._set(rows), self._wait), None)
+            self._guard(lambda: self._run(self._set(rows), self._wait), None)
 
     async def aget_many(self, keys: Iterable[str]) -> dict[str, CachedJudgement]:
         """:meth:`get_many` for async callers, without blocking their loop."""
@@ -418,7 +421,7 @@ class RedisCache:
         if not wanted or not self._outage.should_try():
             return {}
         try:
-            found = await self._loop.arun(self._mget(wanted))
+            found = await run_async(self._mget(wanted))
         except _redis.errors() as exc:
             self._outage.failed(exc)
             return {}
@@ -431,7 +434,7 @@ class RedisCache:
         if not rows or not self._outage.should_try():
             return
         try:
-            await self._loop.arun(self._set(rows))
+            await run_async(self._set(rows))
         except _redis.errors() as exc:
             self._outage.failed(exc)
             return
@@ -443,7 +446,7 @@ class RedisCache:
         Raises:
             redis.exceptions.RedisError: Redis could not be reached.
         """
-        self._loop.run(self._clear(), self._wait * 20)
+        self._run(self._clear(), self._wait * 20)
 
     def close(self) -> None:
         """Close the connections (a later call opens new ones)."""
@@ -452,7 +455,7 @@ class RedisCache:
             await self._clients.client().aclose()
 
         try:
-            self._loop.run(close(), self._wait)
+            self._run(close(), self._wait)
         except _redis.errors():
             pass
 
@@ -460,6 +463,12 @@ class RedisCache:
     def _wait(self) -> float:
         # A batch is a few commands, each bounded by the socket timeout.
         return 4 * self.spec.timeout
+
+    @staticmethod
+    def _run(coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run ``coroutine`` on the package's background loop (one loop and one client for
+        every thread; a forked child gets a loop of its own), at most ``timeout`` seconds."""
+        return run_sync(asyncio.wait_for(coroutine, timeout))
 
     def _guard(self, call: Any, otherwise: Any) -> Any:
         try:
