@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import threading
 import time
 
@@ -182,3 +183,115 @@ def test_large_requests_whose_clients_left_stop_computing_and_free_their_places(
     small = httpx.post(url + "/v1/rerank", json=SMALL, timeout=120)
     assert small.status_code == 200
     assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.server
+def test_sigterm_drains_within_the_request_timeout_while_large_requests_compute(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, model_args: list[str]
+) -> None:
+    """Four large requests are computing (minutes of work in all) when SIGTERM comes: each is
+    answered 504 when its --request-timeout runs out, its work stops at the next batch, and the
+    process exits with code 0 well before the work would have been done (a server that let the
+    abandoned batches run would need minutes)."""
+    timeout = 5.0
+    args = [
+        "--demo",
+        *model_args,
+        "--no-answers",
+        "--max-queue-wait",
+        "600",
+        "--request-timeout",
+        str(timeout),
+        "--graceful-timeout",
+        "300",  # not what bounds the drain: the request timeout is
+    ]
+    server = start(request, tmp_path_factory, args, name="drain-server")
+    server.wait_listening()
+    url = server.url
+    assert httpx.post(url + "/v1/rerank", json=SMALL, timeout=120).is_success
+    outcomes: dict[int, object] = {}
+
+    def large(i: int) -> None:
+        try:
+            r = httpx.post(url + "/v1/rerank", json=large_body(800, f"big {i}"), timeout=120)
+            outcomes[i] = r.status_code
+        except httpx.HTTPError as exc:
+            outcomes[i] = exc
+
+    clients = [threading.Thread(target=large, args=(i,)) for i in range(4)]
+    for c in clients:
+        c.start()
+    deadline = time.monotonic() + 30
+    while _gauge(url, "in_flight") < 4:
+        assert time.monotonic() < deadline, "the large requests never all started"
+        time.sleep(0.05)
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    code = server.process.wait(timeout=120)
+    drained_in = time.monotonic() - signalled
+    for c in clients:
+        c.join(timeout=30)
+    assert code == 0, server.output()[-2000:]
+    # Within the request timeout (counted from before the signal), plus a batch and the exit.
+    assert drained_in < timeout + 5.0, (drained_in, server.output()[-2000:])
+    # Every client was answered (its time ran out), none cut off or left waiting.
+    assert outcomes == {i: 504 for i in range(4)}, outcomes
+
+
+@pytest.mark.server
+def test_a_chat_retrieval_is_admitted_by_the_same_wait_as_retrieve(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    model_args: list[str],
+    llm: object,
+) -> None:
+    """A chat's retrieval and reranking go through the search gate: while a large rerank holds
+    its only place, a chat is refused at once with a Retry-After computed from that work (before
+    any LLM call) instead of computing beside it unaccounted; once the work is done, the same
+    chat answers. (A small request beside one large one is admitted: under batch turns it waits
+    only about its own work, see the first test; so the place, not the wait, is what is full.)"""
+    args = [
+        "--demo",
+        *model_args,
+        "--llm-base-url",
+        llm.base_url,  # type: ignore[attr-defined]
+        "--llm-model",
+        llm.model,  # type: ignore[attr-defined]
+        "--llm-context-window",
+        "2048",
+        "--answer-max-tokens",
+        "8",
+        "--max-concurrent",
+        "1",
+        "--max-queue",
+        "0",
+    ]
+    server = start(request, tmp_path_factory, args, name="chat-admission-server")
+    server.wait_listening()
+    url = server.url
+    chat = {"messages": [{"role": "user", "content": PRUNING}], "stream": False}
+    # Warm up both paths: the costs are measured, not guessed.
+    assert httpx.post(url + "/v1/rerank", json=large_body(40, "warm"), timeout=120).is_success
+    assert httpx.post(url + "/v1/chat", json=chat, timeout=300).status_code == 200
+    outcome: dict[str, httpx.Response] = {}
+
+    def large() -> None:
+        outcome["large"] = httpx.post(url + "/v1/rerank", json=large_body(300, "a"), timeout=300)
+
+    worker = threading.Thread(target=large)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while _gauge(url, "in_flight") < 1:
+        assert time.monotonic() < deadline, "the large request never started"
+        time.sleep(0.05)
+    started = time.monotonic()
+    refused = httpx.post(url + "/v1/chat", json=chat, timeout=300)
+    refused_in = time.monotonic() - started
+    assert "large" not in outcome, "the large request ended before the chat was sent"
+    assert refused.status_code == 503, refused.text[:300]
+    assert refused.json()["code"] == "overloaded"
+    assert int(refused.headers["retry-after"]) >= 2, refused.headers
+    assert refused_in < 1.0, refused_in
+    worker.join(timeout=300)
+    assert outcome["large"].status_code == 200
+    assert httpx.post(url + "/v1/chat", json=chat, timeout=300).status_code == 200
