@@ -81,6 +81,14 @@ class Metrics:
             ["endpoint", "reason"],
             registry=r,
         )
+        self.refusal_latency = Histogram(
+            _P + "refusal_duration_seconds",
+            "Time to answer a 503 (overloaded, shutting down, unavailable), from the request "
+            "reaching the application to the last byte",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge(_P + "in_flight", "Requests running", ["gate"], registry=r)
         self.queued = Gauge(_P + "queued", "Requests waiting for a slot", ["gate"], registry=r)
         self.sessions = Gauge(_P + "sessions", "Server-side chat sessions alive", registry=r)
@@ -134,7 +142,10 @@ class MetricsMiddleware:
         finally:
             endpoint = endpoint_of(scope)
             self.metrics.requests.labels(endpoint, scope.get("method", ""), str(status[0])).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.latency.labels(endpoint).observe(elapsed)
+            if status[0] == 503:
+                self.metrics.refusal_latency.labels(endpoint).observe(elapsed)
 
 
 def endpoint_of(scope: Mapping[str, Any]) -> str:

@@ -90,6 +90,15 @@ def test_a_full_server_answers_503_with_retry_after_at_once(server: ServeProcess
         'llamaindex_rerankers_rejected_requests_total{endpoint="/v1/rerank",reason="overloaded"}'
         in metrics
     )
+    # Each refusal is timed on the server too (what the client sees adds its own scheduling).
+    timed = next(
+        float(line.rpartition(" ")[2])
+        for line in metrics.splitlines()
+        if line.startswith(
+            'llamaindex_rerankers_refusal_duration_seconds_count{endpoint="/v1/rerank"}'
+        )
+    )
+    assert timed >= len(refused), (timed, len(refused))
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_cleanly(server: ServeProcess) -> None:
