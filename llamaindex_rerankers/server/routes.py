@@ -85,7 +85,7 @@ def backend_of(request: Request) -> Backend:
     return backend
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """With an API key configured, ``Authorization: Bearer <key>`` must match it (compared in
     constant time, on digests so that not even the length leaks)."""
     expected = backend_of(request).settings.api_key
@@ -103,7 +103,7 @@ def require_api_key(request: Request) -> None:
         )
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """A body sent as anything but JSON is a 415 (FastAPI would otherwise read it as bytes and
     answer 422 "valid dictionary"). A request without a Content-Type is read as JSON."""
     kind = request.headers.get("content-type")
