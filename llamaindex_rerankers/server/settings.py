@@ -281,10 +281,12 @@ class ServerSettings(BaseSettings):
         metavar="N",
     )
     max_queue_wait: PositiveFloat = _setting(
-        # Measured (benchmarks/load_serve.py, 50 clients, shared 2-core machine): 2 s let the
-        # accepted retrieves' p95 reach 4.3 s, 1 s kept it at 3.1 s and the 4-document
-        # reranks' at 1.6 s (from 2.7 s); the wait adds to the request's own work.
-        1.0,
+        # Measured (benchmarks/load_serve.py, 50 clients honouring Retry-After, quiet 2-core
+        # machine, 2026-12-05): accepted 4-document reranks' p95 1.09 s at 1 s, 0.81 s at
+        # 0.75 s, 0.57 s at 0.5 s; retrieves' 1.32 / 1.09 / 0.90 s; answers per second the same
+        # (rerank 36.3 / 39.1 / 37.0, retrieve 3.65 / 3.66 / 3.63): a shorter bound only
+        # refuses sooner what would have waited. The wait adds to the request's own work.
+        0.5,
         "longest estimated wait (seconds of /v1/retrieve and /v1/rerank work admitted ahead, "
         "measured per token) a request is admitted with; beyond it the answer is 503 at once "
         "with a Retry-After computed from that work",
