@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from llamaindex_rerankers.endpoints.llamacpp import sigterm_as_interrupt
+from llamaindex_rerankers.registry import REMOTE_APIS
 from llamaindex_rerankers.server.settings import SERVER_RERANKERS, ServerSettings, env_name
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             metavar=f.metadata.get("metavar"),
             help=text,
             **({"choices": SERVER_RERANKERS} if f.name == "reranker" else {}),
+            **({"choices": REMOTE_APIS} if f.name == "remote_api" else {}),
         )
         if f.name == "llm_api_key":
             group.add_argument(

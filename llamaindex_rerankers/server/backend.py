@@ -430,7 +430,12 @@ def _build_reranker(settings: ServerSettings, endpoint: LLMEndpoint | None) -> B
         )
     # The same mapping as the CLI's: --cross-encoder-model and the endpoint, per reranker.
     options = reranker_options(
-        name, cross_encoder_model=settings.cross_encoder_model, endpoint=endpoint
+        name,
+        cross_encoder_model=settings.cross_encoder_model,
+        endpoint=endpoint,
+        remote_url=settings.remote_url,
+        remote_api=settings.remote_api,
+        remote_model=settings.remote_model,
     )
     if name != "none":
         # The cascade's goes to its LLM stage: the sources it keeps are that stage's survivors.

@@ -38,7 +38,7 @@ from pydantic_settings import (
 )
 
 from llamaindex_rerankers.llm.cache import check_cache_spec
-from llamaindex_rerankers.registry import RERANKER_NAMES
+from llamaindex_rerankers.registry import REMOTE_APIS, RERANKER_NAMES
 from llamaindex_rerankers.server.sessions import check_session_store
 
 #: Prefix of every environment variable the server reads.
@@ -49,6 +49,9 @@ SERVER_RERANKERS: tuple[str, ...] = RERANKER_NAMES
 ServerReranker = Literal["none", "cross-encoder", "llm", "cascade", "remote"]
 if get_args(ServerReranker) != SERVER_RERANKERS:  # pragma: no cover - a developer's slip
     raise RuntimeError("server.settings.ServerReranker must list registry.RERANKER_NAMES")
+RemoteApi = Literal["cohere", "cohere-v1", "tei"]
+if get_args(RemoteApi) != REMOTE_APIS:  # pragma: no cover - a developer's slip
+    raise RuntimeError("server.settings.RemoteApi must list registry.REMOTE_APIS")
 
 
 # pydantic converts the text; these only check bounds, in words that say what to pass (pydantic's
@@ -108,6 +111,12 @@ def _reranker(value: Any) -> Any:
     return value
 
 
+def _remote_api(value: Any) -> Any:
+    if isinstance(value, str) and value not in REMOTE_APIS:
+        raise ValueError(f"must be one of {', '.join(REMOTE_APIS)}, got {value!r}")
+    return value
+
+
 def _cache(value: str) -> str:
     if value != "none":
         check_cache_spec(value)  # a bad Redis URL or an unsupported scheme fails at start-up
@@ -122,6 +131,7 @@ UnitFloat = Annotated[float, AfterValidator(_unit_float)]
 Flag = Annotated[bool, BeforeValidator(_bool)]
 Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_origins)]
 Reranker = Annotated[ServerReranker, BeforeValidator(_reranker)]
+RemoteApiName = Annotated[RemoteApi, BeforeValidator(_remote_api)]
 CacheSpec = Annotated[str, AfterValidator(_cache)]
 SessionStoreSpec = Annotated[str, AfterValidator(check_session_store)]
 
@@ -204,6 +214,23 @@ class ServerSettings(BaseSettings):
         None,
         "cross-encoder id or local path (default: $LLAMAINDEX_RERANKERS_CROSS_ENCODER, else "
         "cross-encoder/ms-marco-MiniLM-L-6-v2)",
+        metavar="M",
+    )
+    remote_url: str | None = _setting(
+        None,
+        "rerank service root for --reranker remote, e.g. http://rerank:8080 (default: "
+        "$LLAMAINDEX_RERANKERS_REMOTE_URL)",
+        metavar="URL",
+    )
+    remote_api: RemoteApiName | None = _setting(
+        None,
+        f"the rerank service's API: {', '.join(REMOTE_APIS)} (default: "
+        "$LLAMAINDEX_RERANKERS_REMOTE_API, else cohere)",
+        metavar="API",
+    )
+    remote_model: str | None = _setting(
+        None,
+        "model name sent to the rerank service (default: $LLAMAINDEX_RERANKERS_REMOTE_MODEL)",
         metavar="M",
     )
     top_k: PositiveInt = _setting(20, "first-stage candidates per question", metavar="K")

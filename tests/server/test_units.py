@@ -256,6 +256,31 @@ def test_the_servers_reranker_detects_injections_unless_told_not_to(
     assert ServerSettings().detect_injection is True
 
 
+def test_serve_flags_choose_the_rerank_service_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llamaindex_rerankers.remote import RemoteReranker
+    from llamaindex_rerankers.server.backend import _build_reranker
+
+    monkeypatch.setenv("LLAMAINDEX_RERANKERS_REMOTE_URL", "http://from-env:1")
+    monkeypatch.setenv("LLAMAINDEX_RERANKERS_REMOTE_API", "cohere")
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = ["--reranker", "remote", "--remote-url", "http://rerank:8080", "--remote-api", "tei"]
+    settings = settings_from_args(parser.parse_args([*args, "--remote-model", "bge"]))
+    built = _build_reranker(settings, None)
+    assert isinstance(built, RemoteReranker)
+    assert (built.base_url, built.api, built.model) == ("http://rerank:8080", "tei", "bge")
+    # Without the flags, the library's own variables still apply.
+    built = _build_reranker(ServerSettings(reranker="remote"), None)
+    assert isinstance(built, RemoteReranker)
+    assert (built.base_url, built.api) == ("http://from-env:1", "cohere")
+    with pytest.raises(SystemExit):  # argparse names the choices
+        parser.parse_args(["--remote-api", "jina"])
+    with pytest.raises(ValueError, match="cohere, cohere-v1, tei"):
+        ServerSettings(remote_api="jina")  # type: ignore[arg-type]
+
+
 def test_snippets_are_cut_at_a_word() -> None:
     text = "word " * 100
     snippet = text_snippet(text, limit=22)
