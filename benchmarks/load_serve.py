@@ -407,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         "phases": phases,
     }
     # with_name, not with_suffix: "load_wait_0.5" is a name, not "load_wait_0" and ".5".
-    args.output.with_name(args.output.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    json_file = args.output.with_name(args.output.name + ".json")
+    json_file.write_text(json.dumps(result, indent=2) + "\n")
     args.output.with_name(args.output.name + ".md").write_text(markdown(result))
     print(markdown(result))
     lost = sum(t["errors"] for p in phases.values() for t in p.get("endpoints", {}).values()) + sum(

@@ -69,7 +69,10 @@ PAGES: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "evaluation": ("Evaluation runs", ["eval_summary", "eval_*"]),
-    "serving": ("Serving benchmarks", ["load_serve", "remote_rerank", "bench_replicas"]),
+    "serving": (
+        "Serving benchmarks",
+        ["load_serve", "load_serve_wait*", "retrieve_parts", "remote_rerank", "bench_replicas"],
+    ),
 }
 
 # Files that do not record the command that wrote them: who writes them, and with what.
@@ -237,6 +240,7 @@ def _load_serve(data: dict[str, Any]) -> list[str]:
                     "clients × s": f"{p['clients']} × {p['seconds']:g}",
                 }
                 | figures
+                | _server_refusals(p.get("server_refusals"))
             )
     server = data["server"]
     return [
@@ -248,6 +252,16 @@ def _load_serve(data: dict[str, Any]) -> list[str]:
         + ".",
         *large,
     ]
+
+
+def _server_refusals(refusals: dict[str, float] | None) -> dict[str, Any]:
+    """The server's own timing of a phase's 503s (runs before 2026-12-05 21:30 lack it)."""
+    if not refusals or not refusals.get("count"):
+        return {}
+    return {
+        "server: 503s within 50 ms": f"{refusals['within_50ms'] / refusals['count']:.1%}",
+        "server: 503 mean s": refusals["mean_s"],
+    }
 
 
 def _tune_raw(data: dict[str, Any]) -> list[str]:
@@ -314,7 +328,7 @@ def render(path: Path) -> str:
         parts.append(meta)
     if isinstance(data.get("note"), str):
         parts.append(f"Note: {data['note']}")
-    if stem == "load_serve":
+    if stem.startswith("load_serve"):
         parts += _load_serve(data)
     elif stem == "tune_llm_raw":
         parts += _tune_raw(data)
