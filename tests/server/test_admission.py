@@ -47,6 +47,27 @@ def _gauge(url: str, name: str) -> float:
     raise AssertionError(f"no {name} gauge in /metrics")
 
 
+def _wait_in_flight(url: str, n: int, what: str) -> None:
+    """Return once the server runs at least ``n`` requests (its ``in_flight`` gauge)."""
+    deadline = time.monotonic() + 60
+    while _gauge(url, "in_flight") < n:
+        assert time.monotonic() < deadline, f"{what} never started"
+        time.sleep(0.05)
+
+
+def _start_large(url: str, outcome: dict[str, httpx.Response], key: str) -> threading.Thread:
+    """Send a 300-long-document rerank from a thread (its response lands in ``outcome[key]``);
+    return once the server runs it."""
+
+    def post() -> None:
+        outcome[key] = httpx.post(url + "/v1/rerank", json=large_body(300, key), timeout=300)
+
+    worker = threading.Thread(target=post)
+    worker.start()
+    _wait_in_flight(url, 1, "the large request")
+    return worker
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and all its threads (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -110,16 +131,7 @@ def test_work_beyond_the_wait_bound_is_refused_at_once_and_small_requests_still_
     # Warm up: the server's costs are measured, not guessed.
     assert httpx.post(url + "/v1/rerank", json=large_body(40, "warm"), timeout=120).is_success
     outcome: dict[str, httpx.Response] = {}
-
-    def first() -> None:
-        outcome["first"] = httpx.post(url + "/v1/rerank", json=large_body(300, "a"), timeout=300)
-
-    worker = threading.Thread(target=first)
-    worker.start()
-    deadline = time.monotonic() + 60
-    while _gauge(url, "in_flight") < 1:
-        assert time.monotonic() < deadline, "the large request never started"
-        time.sleep(0.05)
+    worker = _start_large(url, outcome, "first")
 
     started = time.monotonic()
     second = httpx.post(url + "/v1/rerank", json=large_body(300, "b"), timeout=300)
@@ -221,10 +233,7 @@ def test_sigterm_drains_within_the_request_timeout_while_large_requests_compute(
     clients = [threading.Thread(target=large, args=(i,)) for i in range(4)]
     for c in clients:
         c.start()
-    deadline = time.monotonic() + 30
-    while _gauge(url, "in_flight") < 4:
-        assert time.monotonic() < deadline, "the large requests never all started"
-        time.sleep(0.05)
+    _wait_in_flight(url, 4, "the four large requests")
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     code = server.process.wait(timeout=120)
@@ -274,16 +283,7 @@ def test_a_chat_retrieval_is_admitted_by_the_same_wait_as_retrieve(
     assert httpx.post(url + "/v1/rerank", json=large_body(40, "warm"), timeout=120).is_success
     assert httpx.post(url + "/v1/chat", json=chat, timeout=300).status_code == 200
     outcome: dict[str, httpx.Response] = {}
-
-    def large() -> None:
-        outcome["large"] = httpx.post(url + "/v1/rerank", json=large_body(300, "a"), timeout=300)
-
-    worker = threading.Thread(target=large)
-    worker.start()
-    deadline = time.monotonic() + 60
-    while _gauge(url, "in_flight") < 1:
-        assert time.monotonic() < deadline, "the large request never started"
-        time.sleep(0.05)
+    worker = _start_large(url, outcome, "large")
     started = time.monotonic()
     refused = httpx.post(url + "/v1/chat", json=chat, timeout=300)
     refused_in = time.monotonic() - started
