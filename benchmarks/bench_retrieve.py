@@ -97,11 +97,10 @@ def parts(backend: Any, query: str, top_k: int) -> tuple[float, float]:
 
 async def pipeline(backend: Any, query: str, top_k: int, top_n: int) -> float:
     """Seconds of ``Backend.search`` as ``/v1/retrieve`` runs it (admitted, with turns)."""
-    gate = backend.search_gate
     started = time.perf_counter()
-    job = gate.admit("retrieve", gate.estimate_retrieve(top_k), top_k)
+    job = backend.admit_retrieve(top_k)
     try:
-        await gate.start(job)
+        await backend.search_gate.start(job)
         await backend.search(query, top_k=top_k, top_n=top_n, job=job)
     finally:
         job.finish()

@@ -255,6 +255,16 @@ class Backend:
             return await job.run(self._pool, fn, *args)
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    def admit_retrieve(self, top_k: int) -> Job:
+        """Admit a retrieval of ``top_k`` candidates (and their rerank) by the wait it would
+        face (``/v1/retrieve`` and a chat's retrieval); release with ``job.finish()``.
+
+        Raises:
+            Refused: its estimated wait exceeds ``--max-queue-wait`` (503 with Retry-After).
+        """
+        gate = self.search_gate
+        return gate.admit("retrieve", gate.estimate_retrieve(top_k, reranks=self.reranks), top_k)
+
     async def search(self, query: str, *, top_k: int, top_n: int, job: Job | None = None) -> Search:
         """Retrieve ``top_k`` candidates and rerank them; keep the best ``top_n`` (``job``: the
         admitted request this is, see :meth:`run_blocking`)."""

@@ -28,11 +28,9 @@ from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from llamaindex_rerankers._errors import one_line
-from llamaindex_rerankers.batch_hooks import CallCancelled
 from llamaindex_rerankers.server import streaming
-from llamaindex_rerankers.server.admission import Refused
 from llamaindex_rerankers.server.backend import Backend, Search
-from llamaindex_rerankers.server.errors import ApiError, overloaded
+from llamaindex_rerankers.server.errors import ApiError
 from llamaindex_rerankers.server.sources import source_records, suspected
 
 logger = logging.getLogger(__name__)
@@ -81,23 +79,16 @@ class _RerankingRetriever(BaseRetriever):
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         self.started = time.perf_counter()
         # Admitted by the search gate like /v1/retrieve: its forward passes take turns with
-        # the others, it counts in their estimated waits, and it is refused (503) when its wait
-        # would exceed --max-queue-wait. Cancelling the turn (timeout, client gone) stops it at
-        # its next batch.
+        # the others, it counts in their estimated waits, and it is refused (503, by the
+        # handler of Refused) when its wait would exceed --max-queue-wait. Cancelling the turn
+        # (timeout, client gone) stops it at its next batch.
         backend = self._backend
-        gate = backend.search_gate
-        estimate = gate.estimate_retrieve(self._top_k, reranks=backend.reranks)
+        job = backend.admit_retrieve(self._top_k)
         try:
-            job = gate.admit("retrieve", estimate, self._top_k)
-        except Refused as exc:
-            raise overloaded(exc.retry_after, exc.gate) from None
-        try:
-            await gate.start(job)
+            await backend.search_gate.start(job)
             self.search = await backend.search(
                 query_bundle.query_str, top_k=self._top_k, top_n=self._top_n, job=job
             )
-        except CallCancelled:  # the server is shutting down
-            raise overloaded(backend.settings.retry_after, "shutting down") from None
         finally:
             job.finish()
         if self.search.failed or self.search.abstained or _withheld(self.search):

@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llamaindex_rerankers.batch_hooks import CallCancelled
+from llamaindex_rerankers.server.admission import Refused
 from llamaindex_rerankers.server.backend import IndexUnavailable, NotReady
 from llamaindex_rerankers.server.metrics import count_rejection
 from llamaindex_rerankers.server.schemas import InvalidText
@@ -162,6 +164,18 @@ def install_error_handlers(app: FastAPI) -> None:
         settings = getattr(getattr(request.app.state, "backend", None), "settings", None)
         seconds = str(getattr(settings, "retry_after", 1))
         return answer(request, ApiError(503, code, str(exc), headers={"Retry-After": seconds}))
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        # The search gate's admission (/v1/retrieve, /v1/rerank, a chat's retrieval).
+        return answer(request, overloaded(exc.retry_after, exc.gate))
+
+    @app.exception_handler(CallCancelled)
+    async def _cancelled(request: Request, exc: CallCancelled) -> JSONResponse:
+        # A timeout or a departed client is answered before its work is cancelled; work that
+        # stops with nobody having answered was cancelled by the shutdown.
+        settings = getattr(getattr(request.app.state, "backend", None), "settings", None)
+        return answer(request, overloaded(getattr(settings, "retry_after", 1), "shutting down"))
 
     @app.exception_handler(NotReady)
     async def _not_ready(request: Request, exc: NotReady) -> JSONResponse:

@@ -19,9 +19,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 
-from llamaindex_rerankers.batch_hooks import CallCancelled
 from llamaindex_rerankers.server import streaming
-from llamaindex_rerankers.server.admission import Job, Refused
+from llamaindex_rerankers.server.admission import Job
 from llamaindex_rerankers.server.backend import Backend
 from llamaindex_rerankers.server.chat import begin_turn, completed, stream_turn
 from llamaindex_rerankers.server.errors import ApiError, invalid, overloaded
@@ -170,10 +169,7 @@ async def _run_job(
             return_when=asyncio.FIRST_COMPLETED,
         )
         if task in done:
-            try:
-                return task.result()
-            except CallCancelled:  # the server is shutting down
-                raise overloaded(backend.settings.retry_after, "shutting down") from None
+            return task.result()  # CallCancelled (the shutdown) is answered by its handler
         if gone in done:
             raise ApiError(499, "client_gone", "the client closed the connection")
         raise _timeout()
@@ -190,13 +186,6 @@ async def _client_gone(request: Request) -> None:
     the disconnect, sent when the connection closes or the response is complete)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _admit_work(backend: Backend, kind: str, estimate: float, candidates: int = 0) -> Job:
-    try:
-        return backend.search_gate.admit(kind, estimate, candidates)
-    except Refused as exc:
-        raise overloaded(exc.retry_after, exc.gate) from None
 
 
 async def _admit(gate: AdmissionGate, settings: ServerSettings, deadline: float) -> Ticket:
@@ -269,8 +258,7 @@ async def retrieve(body: RetrieveRequest, request: Request) -> dict[str, Any]:
     query = check_text(body.query, "query", settings)
     top_k, top_n = k_and_n(body.top_k, body.top_n, settings)
     started = time.perf_counter()
-    estimate = backend.search_gate.estimate_retrieve(top_k, reranks=backend.reranks)
-    job = _admit_work(backend, "retrieve", estimate, top_k)
+    job = backend.admit_retrieve(top_k)
     search = await _run_job(
         request,
         backend,
@@ -357,7 +345,7 @@ async def _rerank(
     if not backend.reranks:
         raise ApiError(501, "no_reranker", "this server runs without a reranker (--reranker none)")
     gate = backend.search_gate
-    job = _admit_work(backend, "rerank", gate.estimate_rerank(len(query), [len(t) for t in texts]))
+    job = gate.admit("rerank", gate.estimate_rerank(len(query), [len(t) for t in texts]))
     result = await _run_job(
         request, backend, job, lambda: backend.rerank_texts(query, texts, job=job)
     )

@@ -451,3 +451,34 @@ def test_the_response_schema_documents_every_field_of_the_report(
     fields = {f.name for f in dataclasses.fields(record) if not f.name.startswith("_")}
     assert set(model.model_fields) == fields
     assert all(model.model_fields[name].description for name in fields)
+
+
+def test_a_refusal_and_a_shutdown_cancellation_are_503s_with_retry_after() -> None:
+    """Wherever they escape (a route's admission, a chat's retrieval, work stopped by the
+    shutdown), the search gate's refusal and a cancelled call are answered by one handler each:
+    503 overloaded with the Retry-After the gate computed, or the server's own."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from llamaindex_rerankers.batch_hooks import CallCancelled
+    from llamaindex_rerankers.server.admission import Refused
+    from llamaindex_rerankers.server.errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/refused")
+    async def refused() -> None:
+        raise Refused("search", 7, 9.5)
+
+    @app.get("/cancelled")
+    async def cancelled() -> None:
+        raise CallCancelled("stopped")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    answer = client.get("/refused")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "7"
+    assert answer.json()["code"] == "overloaded" and "(search)" in answer.json()["message"]
+    answer = client.get("/cancelled")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert answer.json()["code"] == "overloaded" and "shutting down" in answer.json()["message"]
