@@ -105,16 +105,15 @@ def _origins(value: Any) -> Any:
     return value
 
 
-def _reranker(value: Any) -> Any:
-    if isinstance(value, str) and value not in SERVER_RERANKERS:
-        raise ValueError(f"must be one of {', '.join(SERVER_RERANKERS)}, got {value!r}")
-    return value
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], Any]:
+    """A check that a text is one of ``choices``, in words that list them."""
 
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
 
-def _remote_api(value: Any) -> Any:
-    if isinstance(value, str) and value not in REMOTE_APIS:
-        raise ValueError(f"must be one of {', '.join(REMOTE_APIS)}, got {value!r}")
-    return value
+    return check
 
 
 def _cache(value: str) -> str:
@@ -130,8 +129,8 @@ PositiveFloat = Annotated[float, AfterValidator(_positive_float)]
 UnitFloat = Annotated[float, AfterValidator(_unit_float)]
 Flag = Annotated[bool, BeforeValidator(_bool)]
 Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_origins)]
-Reranker = Annotated[ServerReranker, BeforeValidator(_reranker)]
-RemoteApiName = Annotated[RemoteApi, BeforeValidator(_remote_api)]
+Reranker = Annotated[ServerReranker, BeforeValidator(_one_of(SERVER_RERANKERS))]
+RemoteApiName = Annotated[RemoteApi, BeforeValidator(_one_of(REMOTE_APIS))]
 CacheSpec = Annotated[str, AfterValidator(_cache)]
 SessionStoreSpec = Annotated[str, AfterValidator(check_session_store)]
 
