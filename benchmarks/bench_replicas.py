@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from load_serve import HOST, QUESTIONS, RESULTS, Tally, _quantile, free_port, wait_ready
+from load_serve import (
+    HOST,
+    QUESTIONS,
+    RESULTS,
+    Tally,
+    _quantile,
+    free_port,
+    start_serve,
+    stop,
+    wait_ready,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTION = "replicas"
@@ -106,28 +115,6 @@ def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
         stdout=(work / "redis.log").open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     return process, f"redis://{HOST}:{port}/0"
-
-
-def start_replica(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [sys.executable, "-m", "llamaindex_rerankers.server", "--host", HOST,
-               "--port", str(port), "--no-access-log", *args]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        env.pop(name, None)
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    return process, f"http://{HOST}:{port}"
-
-
-def stop(process: subprocess.Popen[bytes]) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return process.wait()
 
 
 async def run_phase(
@@ -266,7 +253,15 @@ def main(argv: list[str] | None = None) -> int:
                 "--max-chats", "1", "--max-chat-queue", "1", "--llm-concurrency", "2",
             ]  # fmt: skip
             for name in ("a", "b"):
-                replicas.append(start_replica(replica_args, work / f"replica-{name}.log"))
+                # No OpenAI settings leak in: every LLM call goes to the local server.
+                replicas.append(
+                    start_serve(
+                        replica_args,
+                        work / f"replica-{name}.log",
+                        unset=("OPENAI_API_KEY", "OPENAI_BASE_URL"),
+                        wait=False,
+                    )
+                )
             for (process, url), name in zip(replicas, "ab", strict=True):
                 wait_ready(process, url, work / f"replica-{name}.log")
             urls = [url for _, url in replicas]

@@ -36,9 +36,7 @@ import os
 import platform
 import pstats
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from load_serve import HOST, QUESTIONS, free_port, wait_ready
+from load_serve import QUESTIONS, start_serve, stop
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,18 +52,10 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def start_server(folder: Path, top_k: int, top_n: int, log: Path) -> tuple[Any, str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "llamaindex_rerankers.server", "--demo", "--persist-dir",
-        str(folder), "--host", HOST, "--port", str(port), "--reranker", "cross-encoder",
-        "--top-k", str(top_k), "--top-n", str(top_n), "--no-answers", "--no-access-log",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://{HOST}:{port}"
-    wait_ready(process, url, log)
-    return process, url
+    """``serve --demo`` with the cross-encoder, its demo index kept in ``folder``."""
+    args = ["--demo", "--persist-dir", str(folder), "--reranker", "cross-encoder",
+            "--top-k", str(top_k), "--top-n", str(top_n), "--no-answers"]  # fmt: skip
+    return start_serve(args, log)
 
 
 def in_process_backend(folder: Path, top_k: int, top_n: int) -> Any:
@@ -171,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         loop.close()
         backend.close()
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
 
     medians = {k: _median(v) for k, v in samples.items()}

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,26 +149,57 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_serve(
+    args: Sequence[str],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    unset: Sequence[str] = (),
+    wait: bool = True,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m llamaindex_rerankers.server ARGS`` on a free port of ``HOST``, its output in
+    ``log``, this checkout on its path, the hub offline, ``env`` added and ``unset`` removed;
+    returns it with its URL once ``/readyz`` answers (at once with ``wait=False``: then call
+    :func:`wait_ready`, e.g. after starting several)."""
     port = free_port()
+    command = [sys.executable, "-m", "llamaindex_rerankers.server", "--host", HOST,
+               "--port", str(port), "--no-access-log", *args]  # fmt: skip
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **(env or {})}
+    for name in unset:
+        full_env.pop(name, None)
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    url = f"http://{HOST}:{port}"
+    if wait:
+        wait_ready(process, url, log)
+    return process, url
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, up to 60 s to exit, then SIGKILL; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``serve --demo`` with the cross-encoder and this benchmark's settings."""
     command = [
-        sys.executable, "-m", "llamaindex_rerankers.server", "--demo",
-        "--host", HOST, "--port", str(port),
-        "--reranker", "cross-encoder", "--top-k", str(args.top_k), "--top-n", str(args.top_n),
-        "--answer-max-tokens", str(args.answer_max_tokens),
-        "--no-access-log", *args.server_args.split(),
+        "--demo", "--reranker", "cross-encoder",
+        "--top-k", str(args.top_k), "--top-n", str(args.top_n),
+        "--answer-max-tokens", str(args.answer_max_tokens), *args.server_args.split(),
     ]  # fmt: skip
     if args.skip_chat:
         command.append("--no-answers")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env = {}
     shared_ce = REPO.parent / "shared" / "models" / "minilm-l6-ce"
-    if not env.get("LLAMAINDEX_RERANKERS_CROSS_ENCODER") and shared_ce.exists():
+    if not os.environ.get("LLAMAINDEX_RERANKERS_CROSS_ENCODER") and shared_ce.exists():
         env["LLAMAINDEX_RERANKERS_CROSS_ENCODER"] = str(shared_ce)
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://{HOST}:{port}"
-    wait_ready(process, url, log)
-    return process, url
+    return start_serve(command, log, env=env)
 
 
 def wait_ready(
@@ -375,12 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             phases["chat"] = _phase(tallies, elapsed, args.chat_clients, args.chat_seconds)
         metrics = httpx.get(url + "/metrics", timeout=30).text
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            exit_code = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            exit_code = process.wait()
+        exit_code = stop(process)
 
     result = {
         "command": "source scripts/offline-env.sh && .venv/bin/python benchmarks/load_serve.py"
