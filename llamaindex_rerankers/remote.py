@@ -38,7 +38,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 
 from llamaindex_rerankers._imports import require
 from llamaindex_rerankers.base import RERANK_ERROR, BaseReranker, Once
-from llamaindex_rerankers.http.loop import run_async, run_sync
+from llamaindex_rerankers.http.loop import gather_all, run_async, run_sync
 from llamaindex_rerankers.http.retry import (
     GaveUp,
     RetryableError,
@@ -330,13 +330,9 @@ class RemoteReranker(BaseReranker):
         chunks = [unique[i : i + step] for i in range(0, len(unique), step)]
         call = _Call(url, query, deadline, RemoteUsage(documents=len(unique)))
         call.usage.deduplicated = len(texts) - len(unique)
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._request(call, chunk)) for chunk in chunks]
-        except* RemoteRerankError as errors:
-            raise errors.exceptions[0] from None
-        by_text = {t: j for task, chunk in zip(tasks, chunks, strict=True)
-                   for t, j in zip(chunk, task.result(), strict=True)}  # fmt: skip
+        answers = await gather_all([self._request(call, chunk) for chunk in chunks])
+        by_text = {t: j for answer, chunk in zip(answers, chunks, strict=True)
+                   for t, j in zip(chunk, answer, strict=True)}  # fmt: skip
         usage = call.usage
         usage.unjudged = sum(j.score is None for j in by_text.values())
         usage.seconds = time.perf_counter() - started

@@ -31,7 +31,7 @@ import asyncio
 import atexit
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -120,6 +120,23 @@ async def run_async(coro: Coroutine[Any, Any, T]) -> T:
     if on_background_loop():
         return await coro
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, background_loop()))
+
+
+async def gather_all(coroutines: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently and return the results in order. If one raises (a misconfiguration,
+    not a counted failure) or the caller is cancelled, the others are cancelled and awaited
+    (so that they release their request slots). The first error is raised as itself, not
+    wrapped in the task group's ``ExceptionGroup``: callers catch it by its type.
+
+    (Not ``except*``: before CPython 3.11.4 an exception raised in an ``except*`` clause comes
+    out wrapped in a new ``ExceptionGroup`` anyway, gh-103590.)
+    """
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coroutines]
+    except BaseExceptionGroup as errors:
+        raise errors.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
 @atexit.register

@@ -43,7 +43,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -51,6 +51,7 @@ from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageR
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 from llama_index.core.prompts import BasePromptTemplate
 
+from llamaindex_rerankers.http.loop import gather_all
 from llamaindex_rerankers.llm.cache import (
     CachedJudgement,
     JudgementCache,
@@ -265,7 +266,7 @@ async def _answers(call: _Call, asked: Sequence[str]) -> dict[str, _Outcome]:
     try:
         if bar is not None:
             bar.update(len(found))
-        answers = await _all([_judge_one(call, asked[i], bar) for i in missing])
+        answers = await gather_all([_judge_one(call, asked[i], bar) for i in missing])
     finally:
         if bar is not None:
             bar.close()
@@ -570,19 +571,6 @@ async def _acquire(limiter: asyncio.Semaphore, deadline: float | None) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-async def _all(coroutines: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run concurrently and return the results in order. If one raises (a misconfiguration,
-    not a counted failure) or the caller is cancelled, the others are cancelled and awaited
-    (so that they release their request slots). The first error is raised as itself, not
-    wrapped in the task group's ``ExceptionGroup``: callers catch it by its type."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(c) for c in coroutines]
-    except BaseExceptionGroup as errors:
-        raise errors.exceptions[0] from None
-    return [task.result() for task in tasks]
 
 
 def _progress(total: int, enabled: bool) -> Any:
